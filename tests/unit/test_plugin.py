@@ -1,0 +1,116 @@
+"""The plugin as a user meets it: options, collection, errors. No engine runs here."""
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+SUITE = "from pytest_npuprec.suite import test_precision  # noqa: F401\n"
+CONFIG = """
+model_name: "org/Absent-Model-1B"
+precision:
+  max_tokens: 4
+  prompts: ["hello"]
+  thresholds:
+    cosine_similarity: {min: 0.999}
+    kl_divergence: {max: 0.01}
+"""
+HEAVY = ("torch", "vllm", "transformers")
+
+
+@pytest.fixture
+def project(pytester):
+    pytester.makepyfile(test_suite=SUITE)
+    configs = pytester.mkdir("configs")
+    (configs / "Absent-Model-1B.yaml").write_text(CONFIG)
+    return pytester
+
+
+def _imports_after(code: str) -> list[str]:
+    probe = code + f"\nimport sys; print([m for m in {HEAVY!r} if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    return eval(out.strip().splitlines()[-1])
+
+
+def test_help_imports_no_torch_vllm_or_transformers():
+    code = "import pytest, contextlib, io\nwith contextlib.redirect_stdout(io.StringIO()): pytest.main(['--help'])"
+    assert _imports_after(code) == []
+
+
+def test_config_metrics_verdicts_and_report_import_nothing_heavy():
+    code = ("import pytest_npuprec.plugin, pytest_npuprec.config.loader, pytest_npuprec.compare, "
+            "pytest_npuprec.verdicts, pytest_npuprec.report.render, pytest_npuprec.report.write, "
+            "pytest_npuprec.report.document, pytest_npuprec.orchestrate, pytest_npuprec.weights")
+    assert _imports_after(code) == []
+
+
+def test_options_and_marker_are_registered(project):
+    result = project.runpytest("--help")
+    for option in ("--model=NAME", "--npuprec-model=NAME", "--config-dir=DIR", "--model-root=DIR", "--device=",
+                   "--report-dir=DIR", "--npuprec-fault"):
+        result.stdout.fnmatch_lines([f"*{option}*"])
+    project.runpytest("--markers").stdout.fnmatch_lines(["@pytest.mark.npu:*"])
+
+
+def test_one_test_per_model_and_check_all_marked_npu(project):
+    result = project.runpytest("--collect-only", "-q", "-m", "npu", "--config-dir", "configs",
+                               "--model", "Absent-Model-1B")
+    result.stdout.fnmatch_lines([
+        "*test_precision?Absent-Model-1B-finite_logits?",
+        "*test_precision?Absent-Model-1B-cosine_similarity?",
+        "*test_precision?Absent-Model-1B-kl_divergence?",
+        "3 tests collected*",
+    ])
+
+
+def test_model_list_is_comma_separated_and_repeatable(project):
+    (project.path / "configs" / "Other.yaml").write_text(CONFIG.replace("Absent-Model-1B", "Other"))
+    for args in (["--model", "Absent-Model-1B,Other"], ["--model", "Absent-Model-1B", "--model", "Other"],
+                 ["--model", "all"], ["--npuprec-model", "org/Other", "--model", "Absent-Model-1B"]):
+        result = project.runpytest("--collect-only", "-q", "--config-dir", "configs", *args)
+        result.stdout.fnmatch_lines(["6 tests collected*"])
+
+
+def test_misspelled_threshold_is_a_collection_error_without_traceback(project):
+    bad = CONFIG.replace("cosine_similarity:", "cosine_simlarity:")
+    (project.path / "configs" / "Absent-Model-1B.yaml").write_text(bad)
+    result = project.runpytest("--config-dir", "configs", "--model", "Absent-Model-1B")
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    result.stdout.fnmatch_lines(["*ERROR collecting*",
+                                 "*Absent-Model-1B.yaml: precision.thresholds.cosine_simlarity: unknown metric*"])
+    assert "Traceback" not in result.stdout.str() and "loader.py" not in result.stdout.str()
+
+
+def test_device_npu_without_ascend_stack_ends_red(project):
+    pytest.importorskip("sys")  # always here; the check below is what matters
+    from pytest_npuprec.runners.environment import npu_stack_missing
+
+    if not npu_stack_missing():
+        pytest.skip("this machine has torch_npu and vllm-ascend")
+    result = project.runpytest("--config-dir", "configs", "--model", "Absent-Model-1B", "--device", "npu")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--device npu was requested but*not installed*must not pass on CPUs*"])
+
+
+def test_missing_real_weights_fail_every_check_naming_model_and_places(project, tmp_path):
+    root = tmp_path / "models"
+    root.mkdir()
+    result = project.runpytest("--config-dir", "configs", "--model", "Absent-Model-1B", "--model-root", str(root),
+                               "--device", "cpu", "--report-dir", str(tmp_path / "reports"))
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.assert_outcomes(failed=3)
+    out = result.stdout.str()
+    assert "Absent-Model-1B (org/Absent-Model-1B): no checkpoint" in out
+    assert str(root / "org" / "Absent-Model-1B") in out and str(root / "Absent-Model-1B") in out
+    assert str(root / "models--org--Absent-Model-1B" / "snapshots") in out
+
+
+def test_taken_model_option_falls_back_to_npuprec_model(project):
+    project.makeconftest(textwrap.dedent("""
+        def pytest_addoption(parser):
+            parser.addoption("--model", action="store", default="robot-default")
+    """))
+    result = project.runpytest("--collect-only", "-q", "--config-dir", "configs",
+                               "--npuprec-model", "Absent-Model-1B", "--model", "whatever-the-robot-wants")
+    result.stdout.fnmatch_lines(["3 tests collected*"])
+    assert project.runpytest("--help").ret == 0
