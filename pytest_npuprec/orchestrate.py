@@ -6,6 +6,7 @@ to run it (missing weights, no device) is kept and raised again for every check 
 from __future__ import annotations
 
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,14 +30,33 @@ class ModelResult:
     report_paths: dict[str, Path] = field(default_factory=dict)
     error: BaseException | None = None
 
+    def describe_error(self) -> str:
+        """The message alone for errors the user must fix; the traceback too for anything else (a bug)."""
+        assert self.error is not None
+        if isinstance(self.error, _user_errors()):
+            return str(self.error)
+        return "".join(traceback.format_exception(self.error)).rstrip()
+
 
 def run_model(config: ModelConfig, options: RunOptions) -> ModelResult:
     result = ModelResult(config)
     try:
         _run(config, options, result)
-    except Exception as exc:  # kept and re-raised per check, so every check of the model is red
+    except Exception as exc:  # kept and reported per check, so every check of the model is red
         result.error = exc
     return result
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    from .capture.prompts import PromptError
+    from .config.loader import ConfigError
+    from .runners.device import DeviceRunError
+    from .runners.environment import DeviceUnavailableError
+    from .standins import UnknownStandinError
+    from .weights import WeightsNotFoundError
+
+    return (ConfigError, DeviceRunError, DeviceUnavailableError, PromptError, UnknownStandinError,
+            WeightsNotFoundError)
 
 
 def _run(config: ModelConfig, options: RunOptions, result: ModelResult) -> None:

@@ -13,8 +13,7 @@ def test_precision(npuprec_check, npuprec_results):
     model_config, check_id = npuprec_check
     result = npuprec_results(model_config)
     if result.error is not None:
-        pytest.fail(f"{model_config.name}: could not run: {type(result.error).__name__}: {result.error}",
-                    pytrace=False)
+        pytest.fail(f"{model_config.name}: could not run: {result.describe_error()}", pytrace=False)
     verdict = result.verdicts[check_id]
     if not verdict.passed:
         pytest.fail(verdict.message, pytrace=False)

@@ -78,6 +78,8 @@ def classify_token(device_token: int, reference_token: int, reference_logits, ma
     reference_token = _token_id(reference_token, vocab_size, "reference")
     _check_margin(margin)
     row = row.astype(np.float64)
+    if not np.isfinite(row).all():
+        return NONFINITE
     if device_token == reference_token:
         return MATCH
     ref_logit, dev_logit = row[reference_token], row[device_token]

@@ -29,7 +29,6 @@ class TransformersRunner:
         started = time.perf_counter()
         self.model = AutoModelForCausalLM.from_pretrained(
             str(self.model_path), dtype=getattr(torch, self.dtype), trust_remote_code=self.trust_remote_code,
-            device_map="cpu",
         ).eval()
         self.info = {"platform": "cpu", "dtype": self.dtype, "model_class": type(self.model).__name__,
                      "threads": torch.get_num_threads(), "start_s": round(time.perf_counter() - started, 2)}

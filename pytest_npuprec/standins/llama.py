@@ -24,7 +24,7 @@ class LlamaArch:
     vocab_size: int = 1024
     hidden_size: int = 256
     intermediate_size: int = 688
-    num_hidden_layers: int = 2
+    num_hidden_layers: int = 4
     num_attention_heads: int = 4
     num_key_value_heads: int = 2
     head_dim: int = 64

@@ -1,0 +1,193 @@
+"""Build-once, reuse-forever cache of stand-in checkpoints.
+
+Layout: ``<cache_root>/standins/<name>-<key>/``.  A folder counts as
+complete only if its manifest (written last, before the folder is renamed
+into place) matches the key and the model file's size and sha256.  Builds
+happen in a temp folder next to the target under an exclusive file lock
+(fcntl where available) and are published with ``os.replace``, so a
+concurrent pytest process either waits and reuses the result or, without
+locking, loses a harmless rename race.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from .registry import BUILDER_VERSION, get_spec, standin_key
+
+log = logging.getLogger("pytest_npuprec.standins")
+
+MANIFEST_NAME = "npuprec_manifest.json"
+REQUIRED_FILES = (
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+)
+_verified: set[tuple[str, int, int]] = set()  # (path, size, mtime_ns) whose sha256 matched this process
+
+
+def cache_root() -> Path:
+    """``$NPUPREC_CACHE_DIR`` or ``~/.cache/pytest-npuprec``."""
+    env = os.environ.get("NPUPREC_CACHE_DIR")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "pytest-npuprec"
+
+
+def standin_dir(name: str, cache_dir: Path | str | None = None) -> Path:
+    """Where ``name`` lives (or would live) in the cache; does not build."""
+    spec = get_spec(name)
+    root = Path(cache_dir).expanduser() if cache_dir is not None else cache_root()
+    return root / "standins" / f"{name}-{standin_key(spec)}"
+
+
+def read_manifest(path: Path) -> dict | None:
+    try:
+        return json.loads((Path(path) / MANIFEST_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def is_complete(path: Path, key: str) -> bool:
+    """True if ``path`` is a finished checkpoint for ``key`` (manifest + files + model hash)."""
+    path = Path(path)
+    man = read_manifest(path)
+    if not man or man.get("key") != key or man.get("builder_version") != BUILDER_VERSION:
+        return False
+    if not all((path / f).is_file() for f in REQUIRED_FILES):
+        return False
+    model = path / "model.safetensors"
+    st = model.stat()
+    if st.st_size != man.get("model_bytes"):
+        return False
+    token = (str(model), st.st_size, st.st_mtime_ns)
+    if token not in _verified:
+        if _sha256(model) != man.get("model_sha256"):
+            return False
+        _verified.add(token)
+    return True
+
+
+def ensure_standin(name: str, cache_dir: Path | str | None = None) -> Path:
+    """Return the checkpoint folder of stand-in ``name``, building it on first use.
+
+    ``cache_dir`` replaces :func:`cache_root` (the folder goes to
+    ``<cache_dir>/standins/<name>-<key>/``).  Raises UnknownStandinError
+    (a KeyError) for names not in STANDINS.
+    """
+    spec = get_spec(name)
+    key = standin_key(spec)
+    final = standin_dir(name, cache_dir)
+    if is_complete(final, key):
+        return final
+    base = final.parent
+    base.mkdir(parents=True, exist_ok=True)
+    with _exclusive_lock(base / f".{final.name}.lock"):
+        if is_complete(final, key):  # another process built it while we waited
+            return final
+        _remove_stale(base, final)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=base))
+        try:
+            _build_into(spec, key, tmp)
+            try:
+                os.replace(tmp, final)
+            except OSError:
+                # lost a race with a builder that could not lock (no fcntl)
+                if not is_complete(final, key):
+                    raise
+                shutil.rmtree(tmp, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return final
+
+
+def _build_into(spec, key: str, out_dir: Path) -> None:
+    import safetensors
+    import tokenizers
+    import torch
+    import transformers
+
+    log.warning("building stand-in model %r (first use; takes about a minute) into %s", spec.name, out_dir)
+    t0 = time.perf_counter()
+    with _env(TOKENIZERS_PARALLELISM="false"):
+        facts = spec.build(out_dir)
+    model = out_dir / "model.safetensors"
+    manifest = {
+        "name": spec.name,
+        "description": spec.description,
+        "builder_version": BUILDER_VERSION,
+        "key": key,
+        "key_material": spec.key_material(),
+        "model_sha256": _sha256(model),
+        "model_bytes": model.stat().st_size,
+        "files_sha256": {f: _sha256(out_dir / f) for f in REQUIRED_FILES},
+        **facts,
+        "build_seconds": round(time.perf_counter() - t0, 2),
+        "versions": {
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "tokenizers": tokenizers.__version__,
+            "safetensors": safetensors.__version__,
+        },
+        "built_at_unix": int(time.time()),
+    }
+    # the manifest is what marks the folder complete: write it last, atomically
+    part = out_dir / (MANIFEST_NAME + ".part")
+    part.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    os.replace(part, out_dir / MANIFEST_NAME)
+    log.warning("built stand-in %r in %.1f s (sha256 %s)", spec.name, manifest["build_seconds"], manifest["model_sha256"][:16])
+
+
+def _remove_stale(base: Path, final: Path) -> None:
+    """Under the lock: drop an incomplete target and temp folders of dead builders of the same key."""
+    if final.exists():
+        shutil.rmtree(final, ignore_errors=True)
+    for p in base.glob(f".{final.name}.tmp-*"):
+        shutil.rmtree(p, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _exclusive_lock(lock_path: Path):
+    try:
+        import fcntl
+    except ImportError:  # no POSIX locks: rely on the os.replace race handling
+        yield
+        return
+    with open(lock_path, "a+") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _env(**values: str):
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
