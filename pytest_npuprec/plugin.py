@@ -44,7 +44,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--report-dir", default=None, metavar="DIR",
                     help="where JSON/Markdown reports and captures go (default: <rootdir>/reports/npuprec)")
     group.addoption("--npuprec-fault", default=None, metavar="NAME[=MAGNITUDE]",
-                    help="inject a device-side fault (attention_scale, rope_theta, weight_noise) to prove the "
+                    help="inject a device-side fault (attention_scale, rope_theta, rmsnorm_offset, overflow) to prove the "
                          "checks can fail; for validating the suite itself")
     parser.addini("npuprec_config_dir", "default for --config-dir", default=DEFAULT_CONFIG_DIR)
 

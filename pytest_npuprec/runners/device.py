@@ -36,7 +36,7 @@ class Fault:
         if name not in FAULTS:
             raise ValueError(f"--npuprec-fault {text}: unknown fault {name!r}; expected one of "
                              f"{', '.join(FAULTS)} (optionally =MAGNITUDE)")
-        defaults = {"attention_scale": 1.25, "rope_theta": 0.01, "weight_noise": 0.05}
+        defaults = {"attention_scale": 1.25, "rope_theta": 0.01, "rmsnorm_offset": 0.1, "overflow": 1}
         try:
             magnitude = float(value) if value else defaults[name]
         except ValueError:

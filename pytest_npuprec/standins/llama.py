@@ -10,12 +10,13 @@ reference upcasts them exactly.
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import corpus
-from .tokenizer import CHAT_TEMPLATE, EOS_TOKEN, IM_END, render_chat, train_tokenizer, write_tokenizer_files
+from .tokenizer import CHAT_TEMPLATE, EOS_TOKEN, IM_END, IM_START, render_chat, train_tokenizer, write_tokenizer_files
 from .training import TrainSettings, build_stream, deterministic_torch, loss_summary, train
 
 
@@ -24,7 +25,7 @@ class LlamaArch:
     vocab_size: int = 1024
     hidden_size: int = 256
     intermediate_size: int = 688
-    num_hidden_layers: int = 4
+    num_hidden_layers: int = 2
     num_attention_heads: int = 4
     num_key_value_heads: int = 2
     head_dim: int = 64
@@ -62,14 +63,15 @@ def hf_config(arch: LlamaArch, eos_id: int) -> dict:
         "bos_token_id": None,
         "eos_token_id": eos_id,
         "pad_token_id": eos_id,
-        "torch_dtype": "bfloat16",
+        "torch_dtype": "bfloat16",  # transformers 4.x spelling
+        "dtype": "bfloat16",  # transformers 5.x spelling
     }
 
 
 def _build_model(arch: LlamaArch, eos_id: int):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig(**{k: v for k, v in hf_config(arch, eos_id).items() if k not in ("architectures", "model_type", "torch_dtype")})
+    cfg = LlamaConfig(**{k: v for k, v in hf_config(arch, eos_id).items() if k not in ("architectures", "model_type", "torch_dtype", "dtype")})
     cfg._attn_implementation = "sdpa"
     return LlamaForCausalLM(cfg).float()
 
@@ -88,6 +90,7 @@ class LlamaStandin:
         return {
             "kind": "llama",
             "arch": asdict(self.arch),
+            "hf_config": hf_config(self.arch, eos_id=0),
             "train": asdict(self.train),
             "chat_template": CHAT_TEMPLATE,
             "corpus_sha256": corpus.corpus_digest(),
@@ -121,17 +124,26 @@ class LlamaStandin:
         ids = write_tokenizer_files(tok, out_dir, self.arch.max_position_embeddings)
         eos_id, im_end_id = ids[EOS_TOKEN], ids[IM_END]
         doc_ids = [tok.encode(t).ids + [eos_id] for t in texts]
+        # every later sentence of a prose document, tokenized as a prompt would be
+        offsets = [sum(len(d) for d in doc_ids[:i]) for i in range(len(doc_ids) + 1)]
+        sentence_entries = [
+            (tok.encode(text[c:]).ids + [eos_id], offsets[i + 1])
+            for i, text in enumerate(texts)
+            if not text.startswith(IM_START)
+            for c in sentence_starts(text)
+        ]
 
         with deterministic_torch(self.train.threads, self.train.seed):
             model = _build_model(self.arch, eos_id)
             stream, starts = build_stream(doc_ids)
             t_train = time.perf_counter()
-            losses = train(model, stream, starts, self.train)
+            losses = train(model, stream, starts, self.train, sentence_entries, copy_pool(tok, texts))
             train_seconds = time.perf_counter() - t_train
             state = {k: v.detach().to(torch.bfloat16).contiguous() for k, v in model.state_dict().items()}
             # the checkpoint as shipped (BF16 upcast to FP32): how well does it know the corpus?
             model.load_state_dict({k: v.float() for k, v in state.items()})
             fit = corpus_fit(model, doc_ids)
+            fit_sentences = corpus_fit(model, [ids for ids, _ in sentence_entries])
 
         save_file(state, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
         _write_json(out_dir / "config.json", hf_config(self.arch, eos_id))
@@ -145,8 +157,31 @@ class LlamaStandin:
             "train_seconds": round(train_seconds, 2),
             "loss": loss_summary(losses),
             "corpus_fit_bf16": fit,
+            "sentence_start_fit_bf16": fit_sentences,
             "prep_seconds": round(t_train - t0, 2),
         }
+
+
+def copy_pool(tok, texts: list[str]) -> list[int]:
+    """Ids of whole-word tokens (" word") that occur in the prose, for copy windows."""
+    seen: set[int] = set()
+    for text in texts:
+        if not text.startswith(IM_START):
+            seen.update(tok.encode(text).ids)
+    pool = []
+    for i in sorted(seen):
+        piece = tok.id_to_token(i)
+        if piece.startswith("\u0120") and piece[1:].isalpha() and len(piece) > 2:
+            pool.append(i)
+    return pool
+
+
+_SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9])")
+
+
+def sentence_starts(text: str) -> list[int]:
+    """Character offsets of every sentence after the first."""
+    return [m.end() for m in _SENTENCE_BREAK.finditer(text)]
 
 
 def corpus_fit(model, doc_ids: list[list[int]], max_len: int = 256) -> dict:

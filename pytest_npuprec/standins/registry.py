@@ -44,7 +44,7 @@ STANDINS: dict[str, StandinSpec] = {
     "tiny-llama": LlamaStandin(
         name="tiny-llama",
         description=(
-            "4-layer LlamaForCausalLM (hidden 256, 4 heads x head_dim 64, 2 KV heads, "
+            "2-layer LlamaForCausalLM (hidden 256, 4 heads x head_dim 64, 2 KV heads, "
             "vocab 1024 byte-level BPE) briefly trained on the bundled corpus; BF16 weights"
         ),
     ),

