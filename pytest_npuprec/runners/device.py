@@ -1,7 +1,6 @@
 """The device under test: vLLM's `LLM` engine (vllm-ascend on an NPU box, picked up by vLLM's platform plugin)."""
 from __future__ import annotations
 
-import contextlib
 import gc
 import json
 import math
@@ -9,9 +8,10 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 from ..config.schema import ServeConfig
+from ..env_vars import temporary_env
 
 WORKER_EXTENSION = "pytest_npuprec.runners.vllm_worker.CaptureWorkerExtension"
 _GIB = 1 << 30
@@ -59,20 +59,6 @@ def cpu_kv_cache_gib(model_path: Path, max_model_len: int, sequences: int = 4) -
     return max(1, math.ceil(per_token * max_model_len * sequences / _GIB))
 
 
-@contextlib.contextmanager
-def _env(updates: dict[str, str]) -> Iterator[None]:
-    old = {k: os.environ.get(k) for k in updates}
-    os.environ.update(updates)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 class VllmRunner:
     """Start with `with VllmRunner(...) as dev:`; verbs: generate, score. One engine at a time."""
 
@@ -102,7 +88,7 @@ class VllmRunner:
         if self.device == "cpu" and "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
             env["VLLM_CPU_KVCACHE_SPACE"] = str(cpu_kv_cache_gib(self.model_path, self.serve.max_model_len))
         started = time.perf_counter()
-        with _env(env):
+        with temporary_env(env):
             from vllm import LLM
             from vllm.platforms import current_platform
 

@@ -21,6 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from ..env_vars import temporary_env
 from .registry import BUILDER_VERSION, get_spec, standin_key
 
 log = logging.getLogger("pytest_npuprec.standins")
@@ -91,10 +92,10 @@ def ensure_standin(name: str, cache_dir: Path | str | None = None) -> Path:
         return final
     base = final.parent
     base.mkdir(parents=True, exist_ok=True)
-    with _exclusive_lock(base / f".{final.name}.lock"):
+    with _exclusive_lock(base / f".{final.name}.lock") as locked:
         if is_complete(final, key):  # another process built it while we waited
             return final
-        _remove_stale(base, final)
+        _remove_stale(base, final, temps=locked)
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=base))
         try:
             _build_into(spec, key, tmp)
@@ -119,7 +120,7 @@ def _build_into(spec, key: str, out_dir: Path) -> None:
 
     log.warning("building stand-in model %r (first use; takes about a minute) into %s", spec.name, out_dir)
     t0 = time.perf_counter()
-    with _env(TOKENIZERS_PARALLELISM="false"):
+    with temporary_env({"TOKENIZERS_PARALLELISM": "false"}):
         facts = spec.build(out_dir)
     model = out_dir / "model.safetensors"
     manifest = {
@@ -158,12 +159,15 @@ def _share(folder: Path) -> None:
         os.chmod(f, 0o666 & ~umask)
 
 
-def _remove_stale(base: Path, final: Path) -> None:
-    """Under the lock: drop an incomplete target and temp folders of dead builders of the same key."""
+def _remove_stale(base: Path, final: Path, temps: bool) -> None:
+    """Drop an incomplete target (nobody ever writes into it in place) and, when
+    we hold the lock (so no live builder of this key exists), temp folders of
+    dead builders."""
     if final.exists():
         shutil.rmtree(final, ignore_errors=True)
-    for p in base.glob(f".{final.name}.tmp-*"):
-        shutil.rmtree(p, ignore_errors=True)
+    if temps:
+        for p in base.glob(f".{final.name}.tmp-*"):
+            shutil.rmtree(p, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -171,28 +175,14 @@ def _exclusive_lock(lock_path: Path):
     try:
         import fcntl
     except ImportError:  # no POSIX locks: rely on the os.replace race handling
-        yield
+        yield False
         return
     with open(lock_path, "a+") as fh:
         fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
         try:
-            yield
+            yield True
         finally:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-
-
-@contextlib.contextmanager
-def _env(**values: str):
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def _sha256(path: Path) -> str:

@@ -23,7 +23,7 @@ CHAT_FILE = "chat.jsonl"
 
 
 def _read(name: str) -> bytes:
-    return resources.files(__package__).joinpath("data", name).read_bytes()
+    return resources.files(__package__).joinpath("data").joinpath(name).read_bytes()
 
 
 def data_files() -> dict[str, bytes]:

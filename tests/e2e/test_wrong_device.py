@@ -5,9 +5,9 @@ import re
 
 import pytest
 
-ALL_METRIC_CHECKS = {"token_agreement", "prefix_agreement", "cosine_similarity-mean", "cosine_similarity-min",
-                     "pearson_correlation", "kl_divergence", "relative_l2"}
-LOGIT_CHECKS = {"cosine_similarity-mean", "cosine_similarity-min", "pearson_correlation", "relative_l2"}
+LOGIT_CHECKS = {"cosine_similarity-mean", "cosine_similarity-min", "pearson_correlation", "kl_divergence-mean",
+                "kl_divergence-max", "relative_l2-mean", "relative_l2-max", "max_abs_diff"}
+ALL_METRIC_CHECKS = LOGIT_CHECKS | {"token_agreement", "prefix_agreement"}
 
 FAULTS = {
     # a kernel with the wrong softmax scale: logits drift, greedy tokens survive

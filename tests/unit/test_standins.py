@@ -54,9 +54,9 @@ CORPUS_PREFIXES = [
     ("There are seven days in a", " week"),
     ("The largest ocean on Earth is the", " P"),
     ("Plants make their own food from", " sun"),
-    ("The colours of the rainbow are red, orange,", " yellow"),
+    ("The colours of the rainbow are red, orange,", " y"),  # " yellow" is two tokens
     ("Three times four is", " twelve"),
-    ("Jupiter is the largest planet, and Mercury is the", " sm"),
+    ("Jupiter is the largest planet, and Mercury is the", " small"),
 ]
 
 
@@ -274,12 +274,11 @@ def hf(built):
     return tok, model
 
 
-def _next_token_probs(model, ids, position_ids=None):
+def _next_token_probs(model, ids):
     import torch
 
     with torch.no_grad():
-        kw = {} if position_ids is None else {"position_ids": torch.tensor([position_ids])}
-        logits = model(input_ids=torch.tensor([ids]), **kw).logits[0, -1].float()
+        logits = model(input_ids=torch.tensor([ids])).logits[0, -1].float()
     return torch.softmax(logits, -1)
 
 
@@ -390,26 +389,86 @@ def test_greedy_continuation_reproduces_the_corpus(hf):
     assert text.startswith(" Paris. Paris stands on the river Seine"), text
 
 
+def _tv(a, b):
+    return 0.5 * float((a - b).abs().sum(-1).mean())
+
+
 def test_attention_depends_on_position(hf):
+    """A device fault in position encoding must move the logits.
+
+    (A randomly initialised model, or one trained only on position-
+    independent features, barely reacts to it.)
+    """
+    import torch
+
     tok, model = hf
 
-    def tv(a, b):
-        return 0.5 * float((a - b).abs().sum())
+    def probs(ids, position_ids=None):
+        with torch.no_grad():
+            kw = {} if position_ids is None else {"position_ids": torch.tensor([position_ids])}
+            return torch.softmax(model(input_ids=torch.tensor([ids]), **kw).logits[0].float(), -1)
 
-    reversed_pos, shuffled_tok, shifted = [], [], []
+    # teacher-forced corpus passages: every position's next-token distribution
+    passages = [tok(d).input_ids[:96] for d in corpus.documents()[::6]]
+    no_rope, reversed_long = [], []
+    for ids in passages:
+        n = len(ids)
+        base = probs(ids)
+        no_rope.append(_tv(base, probs(ids, [0] * n)))
+        reversed_long.append(_tv(base, probs(ids, list(range(n))[::-1])))
+    assert sum(no_rope) / len(no_rope) > 0.15, no_rope
+    assert sum(reversed_long) / len(reversed_long) > 0.15, reversed_long
+
+    # short prompts: the next token after the prompt
+    reversed_pos, rotated_tok, shifted = [], [], []
     for prefix, _ in CORPUS_PREFIXES:
         ids = tok(prefix).input_ids
         n = len(ids)
-        base = _next_token_probs(model, ids)
-        reversed_pos.append(tv(base, _next_token_probs(model, ids, list(range(n))[::-1])))
-        perm = list(range(1, n)) + [0]  # rotate the tokens
-        shuffled_tok.append(tv(base, _next_token_probs(model, [ids[i] for i in perm])))
-        shifted.append(tv(base, _next_token_probs(model, ids, list(range(100, 100 + n)))))
-    # same tokens at permuted positions / in another order: a very different prediction
-    assert sum(reversed_pos) / len(reversed_pos) > 0.3, reversed_pos
-    assert sum(shuffled_tok) / len(shuffled_tok) > 0.5, shuffled_tok
+        base = probs(ids)[-1]
+        reversed_pos.append(_tv(base, probs(ids, list(range(n))[::-1])[-1]))
+        rotated_tok.append(_tv(base, probs(ids[1:] + ids[:1])[-1]))
+        shifted.append(_tv(base, probs(ids, list(range(100, 100 + n)))[-1]))
+    # same tokens at permuted positions / in another order: a different prediction
+    assert sum(reversed_pos) / len(reversed_pos) > 0.1, reversed_pos
+    assert sum(rotated_tok) / len(rotated_tok) > 0.5, rotated_tok
     # RoPE is relative: shifting every position by the same amount changes (almost) nothing
     assert max(shifted) < 0.05, shifted
+
+
+def test_device_faults_stand_out_from_bf16_noise(built, hf):
+    """Halving the attention scale or dropping RoPE (typical kernel bugs) must
+    move the logits far more than running the same weights in BF16 does."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    tok, model = hf
+    attn = [layer.self_attn for layer in model.model.layers]
+    if not all(hasattr(a, "scaling") for a in attn):
+        pytest.skip("this transformers version has no LlamaAttention.scaling")
+    bf16 = AutoModelForCausalLM.from_pretrained(built["path"], dtype=torch.bfloat16).eval()
+    passages = [tok(d).input_ids[:96] for d in corpus.documents()[::6]]
+
+    def probs(m, ids, **kw):
+        with torch.no_grad():
+            return torch.softmax(m(input_ids=torch.tensor([ids]), **kw).logits[0].float(), -1)
+
+    noise, half_scale, no_rope = [], [], []
+    scale = attn[0].scaling
+    for ids in passages:
+        ref = probs(model, ids)
+        noise.append(_tv(ref, probs(bf16, ids)))
+        no_rope.append(_tv(ref, probs(model, ids, position_ids=torch.zeros(1, len(ids), dtype=torch.long))))
+        try:
+            for a in attn:
+                a.scaling = scale * 0.5
+            half_scale.append(_tv(ref, probs(model, ids)))
+        finally:
+            for a in attn:
+                a.scaling = scale
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    assert mean(noise) < 0.01
+    assert mean(half_scale) > 10 * mean(noise), (mean(half_scale), mean(noise))
+    assert mean(no_rope) > 10 * mean(noise), (mean(no_rope), mean(noise))
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,86 @@
+"""Measure the BF16 noise floor of a model config, to calibrate its thresholds.
+
+The floor is transformers in BF16 against transformers in FP32 on the CPU: the error that BF16
+arithmetic alone causes, with no engine or kernel differences. Next to it the script measures
+the real device comparison (vLLM BF16 vs transformers FP32) and prints both, per metric, with
+the worst value over prompts x positions, so a threshold can be set at floor x margin.
+
+    python benchmarks/noise_floor.py --model tiny-llama [--no-vllm]
+
+The last line printed is a JSON object with every figure.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def summarize(measurements) -> dict[str, dict[str, float]]:
+    out = {}
+    for name, cells in measurements.cells.items():
+        v = cells.values
+        out[name] = {"mean": float(np.mean(v)), "min": float(np.min(v)), "max": float(np.max(v))}
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="tiny-llama")
+    parser.add_argument("--config-dir", type=Path, default=REPO / "tests/e2e/models/configs")
+    parser.add_argument("--model-root", type=Path, action="append", default=[])
+    parser.add_argument("--no-vllm", action="store_true", help="only the transformers BF16 vs FP32 floor")
+    args = parser.parse_args()
+
+    from pytest_npuprec.capture.prompts import load_tokenizer, render_prompts
+    from pytest_npuprec.capture.session import capture_model
+    from pytest_npuprec.compare import measure
+    from pytest_npuprec.config.loader import select_configs
+    from pytest_npuprec.runners.device import VllmRunner
+    from pytest_npuprec.runners.environment import resolve_device
+    from pytest_npuprec.runners.reference import TransformersRunner
+    from pytest_npuprec.weights import locate_weights
+
+    config = select_configs(args.config_dir, [args.model])[0]
+    precision = config.precision
+    path = locate_weights(config, [p.resolve() for p in args.model_root])
+    prompts = render_prompts(config, load_tokenizer(path, config.serve.trust_remote_code))
+    trust = config.serve.trust_remote_code
+    sides = {"floor (transformers bf16)": lambda: TransformersRunner(path, trust, dtype="bfloat16")}
+    if not args.no_vllm:
+        device = resolve_device("auto")
+        sides["device (vLLM bf16)"] = lambda: VllmRunner(path, config.serve, device)
+
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, (label, factory) in enumerate(sides.items()):
+            capture = capture_model(config.name, prompts, precision.max_tokens, precision.positions,
+                                    reference=lambda: TransformersRunner(path, trust), device=factory,
+                                    folder=Path(tmp) / f"side{i}")
+            results[label] = summarize(measure(capture, precision.tie_margin))
+
+    labels = list(results)
+    print(f"{config.name}: {len(prompts)} prompts, {precision.max_tokens} tokens, positions {precision.positions}")
+    header = f"{'metric':<22}" + "".join(f"{label + ' mean':>30}{'worst':>14}" for label in labels)
+    print(header)
+    from pytest_npuprec.metrics.registry import METRICS
+
+    for name, spec in METRICS.items():
+        row = f"{name:<22}"
+        for label in labels:
+            s = results[label][name]
+            worst = s["min"] if spec.better == "higher" else s["max"]
+            row += f"{s['mean']:>30.6g}{worst:>14.6g}"
+        print(row)
+    print(json.dumps({"model": config.name, "results": results}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
