@@ -41,6 +41,10 @@ def check_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         else:
             threshold = f"{c['reduce']} {'>=' if c['bound'] == 'min' else '<='} {c['threshold']:g}"
         rows.append([c["check"], _num(c["value"], ".6g"), threshold, "PASS" if c["passed"] else "FAIL"])
+    checked = {c["metric"] for c in report["checks"]}
+    for name, stats in report.get("metrics", {}).items():
+        if name not in checked:
+            rows.append([name, _num(stats["mean"], ".6g"), "mean (no threshold)", "-"])
     return header, rows
 
 

@@ -46,12 +46,13 @@ def test_report_has_prompt_rows_and_aggregates(report):
     assert set(checks) == {"finite_logits", "token_agreement", "cosine_similarity"}
     assert checks["cosine_similarity"]["passed"] is False and checks["cosine_similarity"]["worst"]["prompt_id"] == "p2"
     assert report["run"]["versions"]["vllm"] == "0.0-test"
+    assert report["metrics"]["cosine_similarity"]["min"] == pytest.approx(-1.0)
 
 
 def test_terminal_and_markdown_tables(report):
     text = render_terminal(report)
     for part in ("device 1st", "reference 1st", "match", "cosine", "rel L2", "p2", "NO", "cosine_similarity",
-                 "FAIL", "overall: FAIL", "vocab 50"):
+                 "FAIL", "overall: FAIL", "vocab 50", "kl_divergence", "mean (no threshold)"):
         assert part in text, part
     md = render_markdown(report)
     assert "| # | prompt |" in md and "**Overall: FAIL**" in md and "vllm 0.0-test" in md
