@@ -37,6 +37,7 @@ class PromptSummary:
     id: str
     label: str
     prompt_tokens: int
+    positions: tuple[int, ...]  # the scored positions (logits rows) of this prompt
     device_tokens: tuple[int, ...]
     reference_tokens: tuple[int, ...]
     first_status: str  # match | tie | mismatch | nonfinite
@@ -104,6 +105,7 @@ def _measure_prompt(record: PromptCapture, acc: dict, tie_margin: float | None):
         acc[name].append((np.array([value], dtype=np.float64), np.array([index]), first_position))
     summary = PromptSummary(
         index=index, id=record.prompt.id, label=record.prompt.label, prompt_tokens=len(record.prompt.token_ids),
+        positions=record.positions,
         device_tokens=dev_tokens, reference_tokens=ref_tokens, first_status=first,
         prefix_length=agreement.prefix_length, prefix_status=agreement.status, metrics=summary_metrics,
     )

@@ -30,6 +30,8 @@ def build_report(config: ModelConfig, measurements: Measurements, verdicts: dict
             "id": p.id,
             "prompt": p.label,
             "prompt_tokens": p.prompt_tokens,
+            "scored_positions": {"count": len(p.positions), "first": min(p.positions, default=None),
+                                 "last": max(p.positions, default=None)},
             "device_first_token": {"id": dev_first, "text": decode(dev_first)},
             "reference_first_token": {"id": ref_first, "text": decode(ref_first)},
             "first_token": p.first_status,

@@ -38,7 +38,7 @@ class LlamaArch:
     head_dim: int = 64
     rms_norm_eps: float = 1e-5
     rope_theta: float = 10000.0
-    max_position_embeddings: int = 2048
+    max_position_embeddings: int = 32768  # room for long-context checks; rope is computed, not learned
     initializer_range: float = 0.02
     tie_word_embeddings: bool = False
 

@@ -84,3 +84,40 @@ def test_capture_folder_is_complete_or_absent(tmp_path, confident_logits):
     np.save(writer.logits_path("device", 0), confident_logits[0])
     writer.abandon()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_reference_is_released_before_the_device_engine_starts(tmp_path):
+    """One engine at a time: the FP32 reference and the device are never resident together."""
+    import contextlib
+
+    from pytest_npuprec.capture.records import PromptInput
+    from pytest_npuprec.capture.session import capture_model
+
+    events = []
+
+    class Fake:
+        def __init__(self, side):
+            self.side, self.info = side, {}
+
+        def generate(self, prompts, max_tokens):
+            return [(5, 6, 7)[:max_tokens] for _ in prompts]
+
+        def score(self, tokens, positions, out):
+            events.append(f"{self.side} score")
+            np.save(out, np.zeros((len(positions), 11), dtype=np.float32))
+
+    def factory(side):
+        @contextlib.contextmanager
+        def run():
+            events.append(f"{side} start")
+            yield Fake(side)
+            events.append(f"{side} stop")
+        return run
+
+    prompts = [PromptInput(0, "p1", "a", (1, 2)), PromptInput(1, "p2", "b", (3,))]
+    capture = capture_model("toy", prompts, 3, "continuation", factory("reference"), factory("device"),
+                            tmp_path / "cap")
+    assert events == ["reference start", "reference score", "reference score", "reference stop",
+                      "device start", "device score", "device score", "device stop"]
+    assert capture.prompts[0].scored == (1, 2, 5, 6, 7) and capture.prompts[0].positions == (1, 2, 3)
+    assert capture.prompts[1].positions == (0, 1, 2)

@@ -314,7 +314,7 @@ def test_config_and_weights(built):
     assert (cfg["hidden_size"], cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["head_dim"]) == (256, 4, 2, 64)
     assert cfg["vocab_size"] == 1024 and cfg["intermediate_size"] == 688
     assert cfg["rms_norm_eps"] == 1e-5 and cfg["rope_theta"] == 10000.0
-    assert cfg["max_position_embeddings"] == 2048 and cfg["tie_word_embeddings"] is False
+    assert cfg["max_position_embeddings"] == 32768 and cfg["tie_word_embeddings"] is False
     gen = json.loads((built["path"] / "generation_config.json").read_text())
     assert gen["eos_token_id"] == [0, 2]  # <|endoftext|>, <|im_end|>
     with safe_open(str(built["path"] / "model.safetensors"), "pt") as f:
