@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 DEFAULT_MODEL = "tiny-llama"
 DEFAULT_CONFIG_DIR = "tests/e2e/models/configs"
 _MODEL_TAKEN = "_npuprec_model_option_taken"
+_results_key = pytest.StashKey[dict]()  # model name -> ModelResult, for the terminal summary
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -104,7 +105,9 @@ def _report_dir(config: pytest.Config) -> Path:
 
 
 def _model_roots(config: pytest.Config) -> list[Path]:
-    values = config.getoption("--model-root") or [p for p in os.environ.get("NPUPREC_MODEL_ROOT", "").split(":") if p]
+    from .weights import MODEL_ROOT_ENV
+
+    values = config.getoption("--model-root") or [p for p in os.environ.get(MODEL_ROOT_ENV, "").split(":") if p]
     return [_cli_path(config, v) for v in values]
 
 
@@ -117,16 +120,13 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     try:
         configs = select_configs(_config_dir(metafunc.config), requested_models(metafunc.config))
     except ConfigError as exc:
-        raise pytest.Collector.CollectError(f"pytest-npuprec: invalid model config: {exc}") from None
+        raise pytest.Collector.CollectError(f"pytest-npuprec: {exc}") from None
     params, ids = [], []
     for model in configs:
         for check_id in (FINITE_CHECK, *(t.id for t in model.thresholds)):
             params.append(pytest.param((model, check_id), marks=pytest.mark.npu))
             ids.append(f"{model.name}-{check_id}")
     metafunc.parametrize("npuprec_check", params, ids=ids)
-
-
-_results_key = pytest.StashKey[dict]()
 
 
 @pytest.fixture(scope="session")

@@ -77,7 +77,7 @@ def test_misspelled_threshold_is_a_collection_error_without_traceback(project):
     result = project.runpytest("--config-dir", "configs", "--model", "Absent-Model-1B")
     assert result.ret == pytest.ExitCode.INTERRUPTED
     result.stdout.fnmatch_lines(["*ERROR collecting*",
-                                 "*Absent-Model-1B.yaml: precision.thresholds.cosine_simlarity: unknown metric*"])
+                                 "*pytest-npuprec: *Absent-Model-1B.yaml: precision.thresholds.cosine_simlarity: unknown metric*"])
     assert "Traceback" not in result.stdout.str() and "loader.py" not in result.stdout.str()
 
 
