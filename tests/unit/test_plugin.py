@@ -114,3 +114,18 @@ def test_taken_model_option_falls_back_to_npuprec_model(project):
                                "--npuprec-model", "Absent-Model-1B", "--model", "whatever-the-robot-wants")
     result.stdout.fnmatch_lines(["3 tests collected*"])
     assert project.runpytest("--help").ret == 0
+
+
+SEED_MODELS = ["Qwen3Guard-Gen-4B", "Nanbeige4-3B-Thinking-2511", "BitCPM4-CANN-1B", "BitCPM4-0.5B",
+               "BitCPM4-CANN-1B-unquantized"]
+
+
+def test_seed_model_configs_collect(project):
+    from pathlib import Path
+
+    configs = Path(__file__).resolve().parents[1] / "e2e" / "models" / "configs"
+    result = project.runpytest("--collect-only", "-q", "-m", "npu", "--config-dir", str(configs),
+                               "--model", ",".join(SEED_MODELS))
+    for name in SEED_MODELS:
+        result.stdout.fnmatch_lines([f"*test_precision?{name}-finite_logits?", f"*test_precision?{name}-token_agreement?"])
+    assert result.ret == pytest.ExitCode.OK
