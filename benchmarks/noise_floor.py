@@ -17,17 +17,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def summarize(measurements) -> dict[str, dict[str, float]]:
-    out = {}
-    for name, cells in measurements.cells.items():
-        v = cells.values
-        out[name] = {"mean": float(np.mean(v)), "min": float(np.min(v)), "max": float(np.max(v))}
-    return out
 
 
 def main() -> int:
@@ -63,7 +54,8 @@ def main() -> int:
             capture = capture_model(config.name, prompts, precision.max_tokens, precision.positions,
                                     reference=lambda: TransformersRunner(path, trust), device=factory,
                                     folder=Path(tmp) / f"side{i}")
-            results[label] = summarize(measure(capture, precision.tie_margin))
+            measured = measure(capture, precision.tie_margin)
+            results[label] = {name: cells.summary() for name, cells in measured.cells.items()}
 
     labels = list(results)
     print(f"{config.name}: {len(prompts)} prompts, {precision.max_tokens} tokens, positions {precision.positions}")

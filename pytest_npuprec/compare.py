@@ -11,6 +11,9 @@ from .metrics import tokens as token_metrics
 from .metrics.registry import METRICS
 
 
+REDUCERS = {"mean": np.mean, "min": np.min, "max": np.max}
+
+
 @dataclass
 class Cells:
     """One metric's values, with where each came from."""
@@ -18,6 +21,13 @@ class Cells:
     values: np.ndarray  # float64
     prompt: np.ndarray  # prompt index of each value
     position: np.ndarray  # position in the scored sequence (the logits row that predicts position + 1)
+
+    def reduce(self, how: str) -> float:
+        """mean, min or max over every prompt and position."""
+        return float(REDUCERS[how](self.values))
+
+    def summary(self) -> dict[str, float]:
+        return {how: self.reduce(how) for how in REDUCERS}
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,6 @@ from .config.schema import Threshold
 from .metrics.registry import METRICS
 
 FINITE_CHECK = "finite_logits"
-_REDUCERS = {"mean": np.mean, "min": np.min, "max": np.max}
 
 
 @dataclass(frozen=True)
@@ -73,7 +72,7 @@ def judge(m: Measurements, threshold: Threshold) -> Verdict:
                        f"{m.model}: {threshold.metric}: {int(nan.sum())} of {n} values are NaN because the "
                        f"logits are not finite (first at {_where_text(where)}); "
                        f"threshold {threshold.describe()} cannot pass", where, n, int(nan.sum()))
-    value = float(_REDUCERS[threshold.reduce](values))
+    value = cells.reduce(threshold.reduce)
     lower_is_worse = spec.better == "higher"
     worst_i = int(np.argmin(values) if lower_is_worse else np.argmax(values))
     worst = dict(_where(m, int(cells.prompt[worst_i]), int(cells.position[worst_i])),

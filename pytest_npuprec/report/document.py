@@ -4,8 +4,6 @@ from __future__ import annotations
 import datetime as _dt
 from typing import Any, Callable
 
-import numpy as np
-
 from ..compare import Measurements
 from ..config.schema import ModelConfig
 from ..verdicts import Verdict
@@ -54,8 +52,7 @@ def build_report(config: ModelConfig, measurements: Measurements, verdicts: dict
         "positions": meta.get("positions_mode"),
         "max_tokens": meta.get("max_tokens"),
         "checks": [dict(v.as_dict(), value=_finite_or_none(v.value)) for v in verdicts.values()],
-        "metrics": {name: {stat: _finite_or_none(float(fn(cells.values))) for stat, fn in
-                           (("mean", np.mean), ("min", np.min), ("max", np.max))}
+        "metrics": {name: {stat: _finite_or_none(v) for stat, v in cells.summary().items()}
                     for name, cells in measurements.cells.items()},
         "prompts": prompts,
         "nonfinite": [vars(b) for b in measurements.nonfinite[:100]],
