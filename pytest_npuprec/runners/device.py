@@ -30,15 +30,14 @@ class Fault:
 
     @classmethod
     def parse(cls, text: str) -> "Fault":
-        from .vllm_worker import FAULTS
+        from .vllm_worker import DEFAULT_MAGNITUDES, FAULTS
 
         name, _, value = text.partition("=")
         if name not in FAULTS:
             raise ValueError(f"--npuprec-fault {text}: unknown fault {name!r}; expected one of "
                              f"{', '.join(FAULTS)} (optionally =MAGNITUDE)")
-        defaults = {"attention_scale": 1.25, "rope_theta": 0.01, "rmsnorm_offset": 0.1, "overflow": 1}
         try:
-            magnitude = float(value) if value else defaults[name]
+            magnitude = float(value) if value else DEFAULT_MAGNITUDES[name]
         except ValueError:
             raise ValueError(f"--npuprec-fault {text}: magnitude {value!r} is not a number") from None
         return cls(name, magnitude)

@@ -140,29 +140,35 @@ def _rmsnorm_offset(model: Any, offset: float) -> str:
     """
     import torch
 
-    changed = 0
+    norms = _rms_norms(model, "rmsnorm_offset")
     with torch.no_grad():
-        for module in model.modules():
-            weight = getattr(module, "weight", None)
-            if type(module).__name__.endswith("RMSNorm") and isinstance(weight, torch.Tensor) and weight.dim() == 1:
-                weight.add_(offset)
-                changed += 1
-    if not changed:
-        raise RuntimeError("rmsnorm_offset fault: no RMSNorm layer with a weight found")
-    return f"RMSNorm weight {offset:+g} in {changed} layers"
+        for norm in norms:
+            norm.weight.add_(offset)
+    return f"RMSNorm weight {offset:+g} in {len(norms)} layers"
 
 
 def _overflow(model: Any, scale: float) -> str:
     """An overflowing kernel: the final norm's output blows up to Inf/NaN in a few channels."""
     import torch
 
-    norms = [m for m in model.modules() if type(m).__name__.endswith("RMSNorm") and hasattr(m, "weight")]
-    if not norms:
-        raise RuntimeError("overflow fault: no RMSNorm layer found")
+    channels = max(1, int(scale))
     with torch.no_grad():
-        norms[-1].weight[: max(1, int(scale))] = float("inf")
-    return f"final RMSNorm weight set to inf in {max(1, int(scale))} channels"
+        _rms_norms(model, "overflow")[-1].weight[:channels] = float("inf")
+    return f"final RMSNorm weight set to inf in {channels} channels"
+
+
+def _rms_norms(model: Any, fault: str) -> list[Any]:
+    """The model's RMSNorm layers that carry a weight vector, in module order."""
+    import torch
+
+    norms = [m for m in model.modules() if type(m).__name__.endswith("RMSNorm")
+             and isinstance(getattr(m, "weight", None), torch.Tensor) and m.weight.dim() == 1]
+    if not norms:
+        raise RuntimeError(f"{fault} fault: no RMSNorm layer with a weight found")
+    return norms
 
 
 FAULTS = {"attention_scale": _attention_scale, "rope_theta": _rope_theta, "rmsnorm_offset": _rmsnorm_offset,
           "overflow": _overflow}
+# magnitudes when --npuprec-fault gives none: each clearly outside BF16 noise on tiny-llama
+DEFAULT_MAGNITUDES = {"attention_scale": 1.25, "rope_theta": 0.01, "rmsnorm_offset": 0.1, "overflow": 1}
