@@ -49,18 +49,20 @@ def run_model(config: ModelConfig, options: RunOptions) -> ModelResult:
 
 def _user_errors() -> tuple[type[Exception], ...]:
     from .capture.prompts import PromptError
+    from .checkpoint import CheckpointError
     from .config.loader import ConfigError
+    from .runners.converter import ConversionError
     from .runners.device import DeviceRunError
     from .runners.environment import DeviceUnavailableError
     from .standins import UnknownStandinError
     from .weights import WeightsNotFoundError
 
-    return (ConfigError, DeviceRunError, DeviceUnavailableError, PromptError, UnknownStandinError,
-            WeightsNotFoundError)
+    return (CheckpointError, ConfigError, ConversionError, DeviceRunError, DeviceUnavailableError, PromptError,
+            UnknownStandinError, WeightsNotFoundError)
 
 
 def _run(config: ModelConfig, options: RunOptions, result: ModelResult) -> None:
-    from .capture.prompts import decode_token, load_tokenizer, render_prompts
+    from .capture.prompts import decode_token, load_tokenizer, perplexity_input, render_prompts
     from .capture.session import capture_model
     from .compare import measure
     from .report.document import build_report
@@ -71,25 +73,93 @@ def _run(config: ModelConfig, options: RunOptions, result: ModelResult) -> None:
     from .verdicts import judge_all
     from .weights import locate_weights
 
-    assert config.precision is not None
+    precision, checks, serve = config.precision, config.checks, config.serve
+    assert precision is not None
     device = resolve_device(options.device)
     fault = Fault.parse(options.fault) if options.fault else None
     started = time.perf_counter()
     model_path = locate_weights(config, options.model_roots)
-    tokenizer = load_tokenizer(model_path, config.serve.trust_remote_code)
+    tokenizer = load_tokenizer(model_path, serve.trust_remote_code)
     prompts = render_prompts(config, tokenizer)
     meta = {"model_path": str(model_path), "versions": package_versions(), "host": host_description(),
             "requested_device": options.device}
+    verdicts = {}
+    if checks.qat_equivalence:  # the device runs the converted checkpoint, once it matches the QAT one
+        qat_verdicts, model_path = _qat_equivalence(config, options, model_path, prompts)
+        verdicts.update(qat_verdicts)
+        meta["converted_path"] = str(model_path)
+    if checks.ternary_weights:
+        from .compare_checks import measure_ternary
+        from .verdicts.kinds import judge_ternary
+
+        verdicts["ternary_weights"] = judge_ternary(config.name, checks.ternary_weights,
+                                                    measure_ternary(model_path, checks.ternary_weights))
+    extra = [perplexity_input(config, tokenizer, len(prompts))] if checks.perplexity else []
     capture = capture_model(
-        config.name, prompts, config.precision.max_tokens, config.precision.positions,
-        reference=lambda: TransformersRunner(model_path, config.serve.trust_remote_code),
-        device=lambda: VllmRunner(model_path, config.serve, device, fault),
+        config.name, prompts + extra, precision.max_tokens, precision.positions,
+        reference=lambda: TransformersRunner(model_path, serve.trust_remote_code),
+        device=lambda: VllmRunner(model_path, serve, device, fault),
         folder=options.report_dir / "captures" / config.name,
         meta=meta,
+        device_runs=checks.determinism.runs if checks.determinism else 1,
     )
-    measurements = measure(capture, config.precision.tie_margin)
-    result.verdicts = judge_all(measurements, config.precision.thresholds)
+    measurements = measure(capture, precision.tie_margin)
+    result.verdicts = {**judge_all(measurements, precision.thresholds), **verdicts,
+                       **_capture_checks(config, capture, tokenizer)}
     capture.meta["timings"]["total_s"] = round(time.perf_counter() - started, 2)
     result.report = build_report(config, measurements, result.verdicts, capture.meta,
                                  lambda t: decode_token(tokenizer, t))
     result.report_paths = write_report(result.report, options.report_dir)
+
+
+def _qat_equivalence(config: ModelConfig, options: RunOptions, qat_path: Path, prompts: list) -> tuple[dict, Path]:
+    """Fake-quant forward of the QAT checkpoint vs its converted form, both transformers FP32 on the CPU."""
+    import dataclasses
+
+    from .capture.session import capture_model
+    from .compare import measure
+    from .runners.converter import convert_checkpoint
+    from .runners.reference import TransformersRunner
+    from .verdicts import judge
+
+    check = config.checks.qat_equivalence
+    assert check is not None and config.precision is not None
+    converted = convert_checkpoint(check, qat_path, options.report_dir / "converted" / config.name)
+    trust = config.serve.trust_remote_code
+    capture = capture_model(
+        f"{config.name} (QAT)", prompts, config.precision.max_tokens, config.precision.positions,
+        reference=lambda: TransformersRunner(qat_path, trust),
+        device=lambda: TransformersRunner(converted, trust),
+        folder=options.report_dir / "captures" / f"{config.name}-qat",
+    )
+    label = f"{config.name} QAT fake-quant vs converted (FP32)"
+    measured = dataclasses.replace(measure(capture, config.precision.tie_margin), model=label)
+    verdicts = {}
+    for threshold in check.thresholds:
+        check_id = f"qat_equivalence-{threshold.id}"
+        verdicts[check_id] = dataclasses.replace(judge(measured, threshold), check_id=check_id, model=config.name)
+    return verdicts, converted
+
+
+def _capture_checks(config: ModelConfig, capture, tokenizer) -> dict:
+    """Verdicts of the check kinds read from the main capture."""
+    from .capture.prompts import decode_texts
+    from .compare_checks import measure_determinism, measure_labels, measure_perplexity, measure_thinking
+    from .verdicts import kinds
+
+    checks = config.checks
+    verdicts = {}
+    if checks.determinism:
+        verdicts["determinism"] = kinds.judge_determinism(config.name, checks.determinism,
+                                                          measure_determinism(capture))
+    if checks.perplexity:
+        verdicts["perplexity"] = kinds.judge_perplexity(config.name, checks.perplexity, measure_perplexity(capture))
+    if checks.labels or checks.thinking:
+        texts = decode_texts(config, capture, tokenizer)
+        if checks.labels:
+            verdicts["labels"] = kinds.judge_labels(
+                config.name, checks.labels.pattern, measure_labels(texts, checks.labels.pattern, checks.labels.prompts))
+        if checks.thinking:
+            verdicts["thinking"] = kinds.judge_thinking(config.name, checks.thinking, config.serve.enable_thinking,
+                                                        measure_thinking(texts, checks.thinking))
+    return verdicts

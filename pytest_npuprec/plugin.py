@@ -45,7 +45,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--report-dir", default=None, metavar="DIR",
                     help="where JSON/Markdown reports and captures go (default: <rootdir>/reports/npuprec)")
     group.addoption("--npuprec-fault", default=None, metavar="NAME[=MAGNITUDE]",
-                    help="inject a device-side fault (attention_scale, rope_theta, rmsnorm_offset, overflow) to prove the "
+                    help="inject a device-side fault (attention_scale, rope_theta, rmsnorm_offset, overflow, "
+                         "nondeterminism) to prove the "
                          "checks can fail; for validating the suite itself")
     parser.addini("npuprec_config_dir", "default for --config-dir", default=DEFAULT_CONFIG_DIR)
 
@@ -115,7 +116,6 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "npuprec_check" not in metafunc.fixturenames:
         return
     from .config.loader import ConfigError, select_configs
-    from .verdicts import FINITE_CHECK
 
     try:
         configs = select_configs(_config_dir(metafunc.config), requested_models(metafunc.config))
@@ -123,7 +123,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         raise pytest.Collector.CollectError(f"pytest-npuprec: {exc}") from None
     params, ids = [], []
     for model in configs:
-        for check_id in (FINITE_CHECK, *(t.id for t in model.thresholds)):
+        for check_id in model.check_ids:
             params.append(pytest.param((model, check_id), marks=pytest.mark.npu))
             ids.append(f"{model.name}-{check_id}")
     metafunc.parametrize("npuprec_check", params, ids=ids)

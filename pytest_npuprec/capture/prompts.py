@@ -57,3 +57,34 @@ def decode_token(tokenizer: Any, token_id: int | None) -> str:
     if token_id is None:
         return ""
     return tokenizer.decode([token_id])
+
+
+def perplexity_input(config: ModelConfig, tokenizer: Any, index: int) -> PromptInput:
+    """The perplexity check's fixed text, tokenized like a plain-text prompt."""
+    assert config.precision is not None and config.precision.checks.perplexity is not None
+    text = config.precision.checks.perplexity.text
+    ids = list(tokenizer(text, add_special_tokens=True)["input_ids"])
+    if len(ids) < 2:
+        raise PromptError(f"{config.path}: precision.checks.perplexity.text: {len(ids)} token(s); expected at "
+                          "least 2 (perplexity is over the tokens after the first)")
+    if len(ids) > config.serve.max_model_len:
+        raise PromptError(f"{config.path}: precision.checks.perplexity.text: {len(ids)} tokens exceed "
+                          f"serve.max_model_len {config.serve.max_model_len}")
+    return PromptInput(index=index, id="perplexity", label=text, token_ids=tuple(ids), kind="perplexity")
+
+
+def decode_texts(config: ModelConfig, capture: Any, tokenizer: Any) -> list[Any]:
+    """Decoded prompt and greedy continuations of every compared prompt (special tokens kept: the
+    checks look for tags such as <think>)."""
+    from ..compare_checks import PromptText
+
+    assert config.precision is not None
+    by_id = {p.id: p for p in config.precision.prompts}
+    decode = lambda ids: tokenizer.decode(list(ids), skip_special_tokens=False)  # noqa: E731
+    return [
+        PromptText(index=r.prompt.index, id=r.prompt.id, label=r.prompt.label,
+                   is_chat=by_id[r.prompt.id].messages is not None or config.precision.chat_template,
+                   prompt=decode(r.prompt.token_ids),
+                   outputs={side: decode(tokens) for side, tokens in r.generated.items()})
+        for r in capture
+    ]

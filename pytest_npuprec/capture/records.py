@@ -11,12 +11,18 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Literal
 
 import numpy as np
 
 SIDES = ("reference", "device")
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+PromptKind = Literal["compare", "perplexity"]
+
+
+def repeat_side(run: int) -> str:
+    """The side name of the device's run number `run` (1-based; run 1 is plain "device")."""
+    return "device" if run == 1 else f"device-run{run}"
 
 
 @dataclass(frozen=True)
@@ -25,6 +31,8 @@ class PromptInput:
     id: str
     label: str  # short text for tables
     token_ids: tuple[int, ...]
+    # compare: generate, then score the continuation; perplexity: a fixed text scored at every position
+    kind: PromptKind = "compare"
 
 
 @dataclass
@@ -34,7 +42,7 @@ class PromptCapture:
     prompt: PromptInput
     scored: tuple[int, ...]  # the shared teacher-forced sequence: prompt + reference continuation
     positions: tuple[int, ...]
-    generated: dict[str, tuple[int, ...]]  # side -> greedy continuation token ids
+    generated: dict[str, tuple[int, ...]]  # side -> greedy continuation token ids (repeat runs too)
     logits_files: dict[str, Path]  # side -> .npy [len(positions) x vocab] float32
 
     def logits(self, side: str) -> np.ndarray:
@@ -54,7 +62,15 @@ class ModelCapture:
     folder: Path | None = None
 
     def __iter__(self) -> Iterator[PromptCapture]:
-        return iter(self.prompts)
+        """The prompts compared by the metric thresholds (not the perplexity text)."""
+        return (p for p in self.prompts if p.prompt.kind == "compare")
+
+    def of_kind(self, kind: PromptKind) -> list[PromptCapture]:
+        return [p for p in self.prompts if p.prompt.kind == kind]
+
+    @property
+    def device_runs(self) -> int:
+        return int(self.meta.get("device_runs", 1))
 
 
 class CaptureWriter:
@@ -79,6 +95,7 @@ class CaptureWriter:
                     "scored": list(p.scored),
                     "positions": list(p.positions),
                     "generated": {s: list(t) for s, t in p.generated.items()},
+                    "sides": self._sides(p.prompt.index),
                 }
                 for p in capture.prompts
             ],
@@ -88,6 +105,10 @@ class CaptureWriter:
             shutil.rmtree(self.folder)
         os.replace(self.tmp, self.folder)
         return load_capture(self.folder)
+
+    def _sides(self, index: int) -> list[str]:
+        suffix = f"-{index:03d}.npy"
+        return sorted(f.name[: -len(suffix)] for f in self.tmp.glob(f"*{suffix}"))
 
     def abandon(self) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)
@@ -101,12 +122,13 @@ def load_capture(folder: Path) -> ModelCapture:
     prompts = []
     for entry in doc["prompts"]:
         p = entry["prompt"]
-        prompt = PromptInput(index=p["index"], id=p["id"], label=p["label"], token_ids=tuple(p["token_ids"]))
+        prompt = PromptInput(index=p["index"], id=p["id"], label=p["label"], token_ids=tuple(p["token_ids"]),
+                             kind=p["kind"])
         prompts.append(PromptCapture(
             prompt=prompt,
             scored=tuple(entry["scored"]),
             positions=tuple(entry["positions"]),
             generated={s: tuple(t) for s, t in entry["generated"].items()},
-            logits_files={s: folder / f"{s}-{prompt.index:03d}.npy" for s in SIDES},
+            logits_files={s: folder / f"{s}-{prompt.index:03d}.npy" for s in entry["sides"]},
         ))
     return ModelCapture(model=doc["model"], prompts=prompts, meta=doc["meta"], folder=folder)

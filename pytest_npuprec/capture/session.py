@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, ContextManager, Protocol, Sequence
 
 from ..config.schema import PositionsMode
-from .records import CaptureWriter, ModelCapture, PromptCapture, PromptInput
+from .records import CaptureWriter, ModelCapture, PromptCapture, PromptInput, repeat_side
 
 
 class Runner(Protocol):
@@ -35,40 +35,51 @@ def scored_positions(prompt_len: int, scored_len: int, mode: PositionsMode) -> t
 
 def capture_model(model: str, prompts: list[PromptInput], max_tokens: int, positions_mode: PositionsMode,
                   reference: RunnerFactory, device: RunnerFactory, folder: Path,
-                  meta: dict[str, Any] | None = None) -> ModelCapture:
+                  meta: dict[str, Any] | None = None, device_runs: int = 1) -> ModelCapture:
+    """Capture both sides. Perplexity prompts are scored at every position and not generated from;
+    with device_runs > 1 the device generates and scores everything again (determinism check)."""
     writer = CaptureWriter(folder)
+    compare = [p for p in prompts if p.kind == "compare"]
     try:
         timings: dict[str, float] = {}
         started = time.perf_counter()
         with reference() as ref:
-            ref_generated = ref.generate([p.token_ids for p in prompts], max_tokens)
-            scored = [p.token_ids + g for p, g in zip(prompts, ref_generated)]
-            positions = [scored_positions(len(p.token_ids), len(s), positions_mode) for p, s in zip(prompts, scored)]
-            for p, s, pos in zip(prompts, scored, positions):
-                ref.score(s, pos, writer.logits_path("reference", p.index))
+            generated = {"reference": dict(zip((p.index for p in compare),
+                                               ref.generate([p.token_ids for p in compare], max_tokens)))}
+            scored, positions = {}, {}
+            for p in prompts:
+                continuation = generated["reference"].get(p.index, ())
+                scored[p.index] = p.token_ids + continuation
+                mode = positions_mode if p.kind == "compare" else "all"
+                positions[p.index] = scored_positions(len(p.token_ids), len(scored[p.index]), mode)
+                ref.score(scored[p.index], positions[p.index], writer.logits_path("reference", p.index))
             ref_info = ref.info
         timings["reference_s"] = round(time.perf_counter() - started, 2)
 
         started = time.perf_counter()
         with device() as dev:
-            gen_started = time.perf_counter()
-            dev_generated = dev.generate([p.token_ids for p in prompts], max_tokens)
-            timings["device_generate_s"] = round(time.perf_counter() - gen_started, 3)
-            score_started = time.perf_counter()
-            for p, s, pos in zip(prompts, scored, positions):
-                dev.score(s, pos, writer.logits_path("device", p.index))
-            timings["device_score_s"] = round(time.perf_counter() - score_started, 3)
+            for run in range(1, device_runs + 1):
+                side = repeat_side(run)
+                gen_started = time.perf_counter()
+                generated[side] = dict(zip((p.index for p in compare),
+                                           dev.generate([p.token_ids for p in compare], max_tokens)))
+                score_started = time.perf_counter()
+                for p in prompts:
+                    dev.score(scored[p.index], positions[p.index], writer.logits_path(side, p.index))
+                if run == 1:
+                    timings["device_generate_s"] = round(score_started - gen_started, 3)
+                    timings["device_score_s"] = round(time.perf_counter() - score_started, 3)
             dev_info = dev.info
         timings["device_s"] = round(time.perf_counter() - started, 2)
 
         records = [
-            PromptCapture(prompt=p, scored=s, positions=pos,
-                          generated={"reference": r, "device": d},
+            PromptCapture(prompt=p, scored=scored[p.index], positions=positions[p.index],
+                          generated={side: by_index.get(p.index, ()) for side, by_index in generated.items()},
                           logits_files={})
-            for p, s, pos, r, d in zip(prompts, scored, positions, ref_generated, dev_generated)
+            for p in prompts
         ]
         full_meta = dict(meta or {}, reference=ref_info, device=dev_info, timings=timings,
-                         positions_mode=positions_mode, max_tokens=max_tokens)
+                         positions_mode=positions_mode, max_tokens=max_tokens, device_runs=device_runs)
         return writer.finish(ModelCapture(model=model, prompts=records, meta=full_meta))
     except BaseException:
         writer.abandon()

@@ -1,21 +1,17 @@
 """YAML -> validated ModelConfig. Every error names the file, the key and what was expected."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, Callable
 
 import yaml
 
-from ..metrics.registry import METRICS
-from .schema import Message, ModelConfig, Prompt, PrecisionConfig, ServeConfig, Threshold
+from .checks import parse_checks
+from .reader import ConfigError, Reader
+from .schema import Message, ModelConfig, Prompt, PrecisionConfig, ServeConfig
+from .thresholds import parse_thresholds
 
-
-class ConfigError(Exception):
-    def __init__(self, path: Path | str, key: str, expected: str):
-        self.path, self.key, self.expected = Path(path), key, expected
-        where = f"{self.path}: {key}: " if key else f"{self.path}: "
-        super().__init__(where + expected)
+__all__ = ["ConfigError", "discover_configs", "load_config", "select_configs"]
 
 
 # vllm-ascend's lm_eval keys: accepted and kept, not used by the precision suite.
@@ -42,56 +38,11 @@ _SERVE_TYPES: dict[str, tuple[type, ...]] = {
 # Older vllm-ascend configs put some serve settings at the top level.
 _LEGACY_SERVE_KEYS = frozenset(_SERVE_TYPES) - {"engine_kwargs", "seed"}
 _TOP_KEYS = frozenset({"model_name", "hardware", "serve", "precision", "stand_in"})
-_PRECISION_KEYS = frozenset({"prompts", "max_tokens", "thresholds", "positions", "chat_template", "tie_margin"})
+_PRECISION_KEYS = frozenset({"prompts", "max_tokens", "thresholds", "positions", "chat_template", "tie_margin",
+                             "checks"})
 _POSITIONS = ("continuation", "all")
-_REDUCE = ("mean", "min", "max")
 _ROLES = ("system", "user", "assistant")
 _DTYPES = ("auto", "bfloat16", "float16", "float32", "half", "float", "bf16", "fp16")
-
-
-def _type_name(types: tuple[type, ...]) -> str:
-    names = {bool: "true/false", int: "an integer", float: "a number", str: "a string", dict: "a mapping",
-             list: "a list"}
-    if float in types:  # an int is a number too
-        types = tuple(t for t in types if t is not int)
-    return " or ".join(dict.fromkeys(names[t] for t in types))
-
-
-class _Reader:
-    """Type-checked access to one YAML file's nested mappings, naming the dotted key on error."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def fail(self, key: str, expected: str) -> ConfigError:
-        return ConfigError(self.path, key, expected)
-
-    def typed(self, value: Any, key: str, *types: type) -> Any:
-        # bool is an int subclass: a `true` where a number is expected is a mistake, not 1.
-        ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
-        if not ok:
-            raise self.fail(key, f"expected {_type_name(types)}, got {type(value).__name__} {value!r}")
-        return value
-
-    def mapping(self, value: Any, key: str, allowed: frozenset[str]) -> dict[str, Any]:
-        self.typed(value, key, dict)
-        unknown = sorted(str(k) for k in value if k not in allowed)
-        if unknown:
-            prefix = f"{key}." if key else ""
-            raise self.fail(prefix + unknown[0],
-                            f"unknown key; expected one of: {', '.join(sorted(allowed))}")
-        return value
-
-    def choice(self, value: Any, key: str, options: tuple[str, ...]) -> str:
-        if value not in options:
-            raise self.fail(key, f"expected one of {', '.join(options)}, got {value!r}")
-        return value
-
-    def positive_int(self, value: Any, key: str) -> int:
-        self.typed(value, key, int)
-        if value < 1:
-            raise self.fail(key, f"expected a positive integer, got {value}")
-        return value
 
 
 def load_config(path: Path | str) -> ModelConfig:
@@ -102,7 +53,7 @@ def load_config(path: Path | str) -> ModelConfig:
         raise ConfigError(path, "", f"cannot read the file ({exc.strerror})") from None
     except yaml.YAMLError as exc:
         raise ConfigError(path, "", f"not valid YAML: {exc}") from None
-    r = _Reader(path)
+    r = Reader(path)
     if raw is None:
         raise r.fail("", "the file is empty; expected a mapping with at least model_name")
     r.mapping(raw, "", _TOP_KEYS | LM_EVAL_KEYS | _LEGACY_SERVE_KEYS)
@@ -127,7 +78,7 @@ def load_config(path: Path | str) -> ModelConfig:
     )
 
 
-def _serve(r: _Reader, raw: dict[str, Any]) -> ServeConfig:
+def _serve(r: Reader, raw: dict[str, Any]) -> ServeConfig:
     serve = dict(r.mapping(raw.get("serve") or {}, "serve", frozenset(_SERVE_TYPES)))
     for key in _LEGACY_SERVE_KEYS & raw.keys():
         if key in serve and serve[key] != raw[key]:
@@ -149,7 +100,7 @@ def _serve(r: _Reader, raw: dict[str, Any]) -> ServeConfig:
     return ServeConfig(**{k: v for k, v in serve.items() if v is not None}, extra=extra)
 
 
-def _precision(r: _Reader, raw: Any) -> PrecisionConfig:
+def _precision(r: Reader, raw: Any) -> PrecisionConfig:
     r.mapping(raw, "precision", _PRECISION_KEYS)
     for key in ("prompts", "max_tokens", "thresholds"):
         if key not in raw:
@@ -159,17 +110,19 @@ def _precision(r: _Reader, raw: Any) -> PrecisionConfig:
         r.typed(tie_margin, "precision.tie_margin", float, int)
         if not tie_margin >= 0:
             raise r.fail("precision.tie_margin", f"expected a logit gap >= 0, got {tie_margin}")
+    prompts = _prompts(r, raw["prompts"])
     return PrecisionConfig(
-        prompts=_prompts(r, raw["prompts"]),
+        prompts=prompts,
         max_tokens=r.positive_int(raw["max_tokens"], "precision.max_tokens"),
-        thresholds=_thresholds(r, raw["thresholds"]),
+        thresholds=parse_thresholds(r, raw["thresholds"]),
         positions=r.choice(raw.get("positions", "continuation"), "precision.positions", _POSITIONS),
         chat_template=r.typed(raw.get("chat_template", False), "precision.chat_template", bool),
         tie_margin=tie_margin,
+        checks=parse_checks(r, raw.get("checks"), prompts),
     )
 
 
-def _prompts(r: _Reader, raw: Any) -> tuple[Prompt, ...]:
+def _prompts(r: Reader, raw: Any) -> tuple[Prompt, ...]:
     r.typed(raw, "precision.prompts", list)
     if not raw:
         raise r.fail("precision.prompts", "empty; expected at least one prompt")
@@ -207,51 +160,10 @@ def _prompts(r: _Reader, raw: Any) -> tuple[Prompt, ...]:
     return tuple(prompts)
 
 
-def _nonempty_text(r: _Reader, prompt: Prompt, key: str) -> Prompt:
+def _nonempty_text(r: Reader, prompt: Prompt, key: str) -> Prompt:
     if not (prompt.text or "").strip():
         raise r.fail(key, "empty prompt text; expected some text")
     return prompt
-
-
-def _thresholds(r: _Reader, raw: Any) -> tuple[Threshold, ...]:
-    r.typed(raw, "precision.thresholds", dict)
-    if not raw:
-        raise r.fail("precision.thresholds", "empty; expected at least one metric bound")
-    out: list[Threshold] = []
-    for metric, spec in raw.items():
-        key = f"precision.thresholds.{metric}"
-        if metric not in METRICS:
-            raise r.fail(key, f"unknown metric; expected one of: {', '.join(METRICS)}")
-        bounds = spec if isinstance(spec, list) else [spec]
-        if not bounds:
-            raise r.fail(key, "empty list; expected at least one bound such as {min: 0.99}")
-        parsed = [_threshold(r, metric, b, f"{key}[{i}]" if isinstance(spec, list) else key)
-                  for i, b in enumerate(bounds)]
-        reductions = [t.reduce for t in parsed]
-        if len(set(reductions)) != len(reductions):
-            raise r.fail(key, "two bounds with the same reduce; expected one bound per reduction")
-        for t in parsed:
-            check_id = metric if len(parsed) == 1 else f"{metric}-{t.reduce}"
-            out.append(Threshold(t.metric, t.bound, t.value, t.reduce, id=check_id))
-    return tuple(out)
-
-
-def _threshold(r: _Reader, metric: str, raw: Any, key: str) -> Threshold:
-    spec = METRICS[metric]
-    r.mapping(raw, key, frozenset({"min", "max", "reduce"}))
-    bounds = [b for b in ("min", "max") if b in raw]
-    if len(bounds) != 1:
-        raise r.fail(key, "expected exactly one of `min` or `max`")
-    bound = bounds[0]
-    value = float(r.typed(raw[bound], f"{key}.{bound}", float, int))
-    wanted = "min" if spec.better == "higher" else "max"
-    if bound != wanted:
-        raise r.fail(f"{key}.{bound}", f"{metric} is {spec.better}-is-better; expected a `{wanted}` bound")
-    if math.isnan(value) or not spec.bound_is_possible(bound, value):
-        raise r.fail(f"{key}.{bound}", f"impossible bound {value:g}: {metric} lies in "
-                                       f"[{spec.lowest:g}, {spec.highest:g}]")
-    reduce = r.choice(raw.get("reduce", "mean"), f"{key}.reduce", _REDUCE)
-    return Threshold(metric, bound, value, reduce, id=metric)
 
 
 def discover_configs(config_dir: Path) -> dict[str, Path]:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+FINITE_CHECK = "finite_logits"  # every logit on both sides is finite; always checked
 Bound = Literal["min", "max"]
 Reduce = Literal["mean", "min", "max"]
 PositionsMode = Literal["continuation", "all"]  # "all" adds every prompt position
@@ -92,6 +93,79 @@ class Threshold:
 
 
 @dataclass(frozen=True)
+class DeterminismCheck:
+    """`runs` device runs at temperature 0: identical greedy tokens, logits within `max_abs_diff`."""
+
+    runs: int = 2
+    max_abs_diff: float = 0.0  # 0 = bitwise identical
+
+
+@dataclass(frozen=True)
+class PerplexityCheck:
+    """Perplexity of a fixed text on both sides; the device/reference ratio must lie in [1/r, r]."""
+
+    text: str
+    max_ratio: float
+
+
+@dataclass(frozen=True)
+class LabelCheck:
+    """A regex pulls a label out of each greedy output; the device label must equal the reference's."""
+
+    pattern: str  # its groups joined by "/" (or the whole match, without groups) are the label
+    prompts: tuple[str, ...] | None = None  # prompt ids; None = every prompt
+
+
+@dataclass(frozen=True)
+class ThinkingCheck:
+    """Thinking sections in greedy chat outputs: as serve.enable_thinking asks, the same on both sides."""
+
+    open: str = "<think>"
+    close: str = "</think>"
+    prompts: tuple[str, ...] | None = None  # prompt ids; None = every prompt given as messages
+    compare_answer: bool = True  # the text after the thinking section must agree too
+
+
+@dataclass(frozen=True)
+class TernaryWeightsCheck:
+    """Every matching weight of the checkpoint on disk is scale x {-1, 0, 1} per group."""
+
+    group_size: int = -1  # input elements per group; -1 = the whole tensor
+    include: str = r"(q|k|v|o|gate|up|down)_proj\.weight$"  # regex over tensor names
+    exclude: str | None = None
+
+
+@dataclass(frozen=True)
+class QatEquivalenceCheck:
+    """QAT checkpoint (fake quantizer in forward) vs its converted form, both FP32 on the CPU.
+
+    The converted checkpoint is then what the device comparison runs."""
+
+    converter: str | tuple[str, ...]  # "module:function" or a command with {input} {output} {group_size}
+    thresholds: tuple[Threshold, ...]
+    group_size: int = -1
+
+
+@dataclass(frozen=True)
+class ChecksConfig:
+    """Check kinds beyond metric thresholds; each one set is one more check of the model."""
+
+    determinism: DeterminismCheck | None = None
+    perplexity: PerplexityCheck | None = None
+    labels: LabelCheck | None = None
+    thinking: ThinkingCheck | None = None
+    ternary_weights: TernaryWeightsCheck | None = None
+    qat_equivalence: QatEquivalenceCheck | None = None
+
+    def enabled(self) -> tuple[str, ...]:
+        """The check ids, in a fixed order."""
+        return tuple(name for name in CHECK_KINDS if getattr(self, name) is not None)
+
+
+CHECK_KINDS = ("qat_equivalence", "ternary_weights", "determinism", "perplexity", "labels", "thinking")
+
+
+@dataclass(frozen=True)
 class PrecisionConfig:
     prompts: tuple[Prompt, ...]
     max_tokens: int
@@ -99,6 +173,7 @@ class PrecisionConfig:
     positions: PositionsMode = "continuation"
     chat_template: bool = False  # render plain-text prompts as a single user message too
     tie_margin: float | None = None  # logit gap that counts as a BF16 tie; None = one BF16 ulp
+    checks: ChecksConfig = field(default_factory=ChecksConfig)
 
 
 @dataclass(frozen=True)
@@ -115,3 +190,19 @@ class ModelConfig:
     @property
     def thresholds(self) -> tuple[Threshold, ...]:
         return self.precision.thresholds if self.precision else ()
+
+    @property
+    def checks(self) -> ChecksConfig:
+        return self.precision.checks if self.precision else ChecksConfig()
+
+    @property
+    def check_ids(self) -> tuple[str, ...]:
+        """Every check of this model, in report order: one test each."""
+        ids = [FINITE_CHECK, *(t.id for t in self.thresholds)]
+        for kind in self.checks.enabled():
+            if kind == "qat_equivalence":
+                assert self.checks.qat_equivalence is not None
+                ids.extend(f"{kind}-{t.id}" for t in self.checks.qat_equivalence.thresholds)
+            else:
+                ids.append(kind)
+        return tuple(ids)

@@ -37,7 +37,7 @@ def check_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     rows = []
     for c in report["checks"]:
         if c["threshold"] is None:
-            threshold = "all finite"
+            threshold = c.get("bound_text") or "all finite"
         else:
             threshold = f"{c['reduce']} {'>=' if c['bound'] == 'min' else '<='} {c['threshold']:g}"
         rows.append([c["check"], _num(c["value"], ".6g"), threshold, "PASS" if c["passed"] else "FAIL"])

@@ -157,6 +157,25 @@ def _overflow(model: Any, scale: float) -> str:
     return f"final RMSNorm weight set to inf in {channels} channels"
 
 
+def _nondeterminism(model: Any, relative: float) -> str:
+    """A kernel whose result depends on timing (e.g. unordered atomic adds): every forward pass adds
+    fresh, unseeded noise to the final hidden states, so two identical requests differ."""
+    import torch
+
+    generator = torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little") >> 1)
+
+    def hook(module: Any, args: tuple, output: Any) -> Any:
+        hidden = output[0] if isinstance(output, tuple) else output
+        if not isinstance(hidden, torch.Tensor) or not hidden.is_floating_point():
+            return None
+        noise = torch.randn(hidden.shape, generator=generator).to(hidden.dtype).to(hidden.device)
+        noisy = hidden + noise * (relative * hidden.float().abs().mean()).to(hidden.dtype)
+        return (noisy, *output[1:]) if isinstance(output, tuple) else noisy
+
+    model.register_forward_hook(hook, prepend=True)  # before the capture hook reads the hidden states
+    return f"unseeded noise x{relative:g} (relative) on the final hidden states of every forward pass"
+
+
 def _rms_norms(model: Any, fault: str) -> list[Any]:
     """The model's RMSNorm layers that carry a weight vector, in module order."""
     import torch
@@ -169,6 +188,7 @@ def _rms_norms(model: Any, fault: str) -> list[Any]:
 
 
 FAULTS = {"attention_scale": _attention_scale, "rope_theta": _rope_theta, "rmsnorm_offset": _rmsnorm_offset,
-          "overflow": _overflow}
+          "overflow": _overflow, "nondeterminism": _nondeterminism}
 # magnitudes when --npuprec-fault gives none: each clearly outside BF16 noise on tiny-llama
-DEFAULT_MAGNITUDES = {"attention_scale": 1.25, "rope_theta": 0.01, "rmsnorm_offset": 0.1, "overflow": 1}
+DEFAULT_MAGNITUDES = {"attention_scale": 1.25, "rope_theta": 0.01, "rmsnorm_offset": 0.1, "overflow": 1,
+                      "nondeterminism": 0.01}

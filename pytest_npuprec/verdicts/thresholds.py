@@ -1,49 +1,19 @@
-"""Threshold vs measured value: the one place that decides pass/fail and writes the message.
+"""Metric threshold vs measured value (and the all-finite check).
 
 Messages follow torch.testing's style: what was compared, how many values miss the bound,
 the worst value and where it is (prompt and position).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from .compare import Cells, Measurements
-from .config.schema import Threshold
-from .metrics.registry import METRICS
+from ..compare import Cells, Measurements
+from ..config.schema import FINITE_CHECK, Threshold
+from ..metrics.registry import METRICS
+from .verdict import Verdict
 
-FINITE_CHECK = "finite_logits"
-
-
-@dataclass(frozen=True)
-class Verdict:
-    model: str
-    check_id: str
-    passed: bool
-    value: float | None
-    threshold: Threshold | None
-    message: str
-    worst: dict[str, Any] | None = None
-    n_values: int = 0
-    n_failing: int = 0
-
-    def as_dict(self) -> dict[str, Any]:
-        t = self.threshold
-        return {
-            "check": self.check_id,
-            "metric": t.metric if t else self.check_id,
-            "reduce": t.reduce if t else None,
-            "bound": t.bound if t else None,
-            "threshold": t.value if t else None,
-            "value": self.value,
-            "passed": self.passed,
-            "n_values": self.n_values,
-            "n_failing": self.n_failing,
-            "worst": self.worst,
-            "message": self.message,
-        }
 
 
 def _where(m: Measurements, prompt: int, position: int) -> dict[str, Any]:
@@ -101,9 +71,3 @@ def judge_finite(m: Measurements) -> Verdict:
                    f"{m.model}: {total} non-finite logits (NaN/Inf) in {len(m.nonfinite)} rows of the "
                    f"{' and '.join(sides)} side; first: {first.side} {_where_text(where)} has "
                    f"{first.count} of {first.vocab} values non-finite", where, len(m.nonfinite), len(m.nonfinite))
-
-
-def judge_all(m: Measurements, thresholds: tuple[Threshold, ...]) -> dict[str, Verdict]:
-    verdicts = {FINITE_CHECK: judge_finite(m)}
-    verdicts.update({t.id: judge(m, t) for t in thresholds})
-    return verdicts

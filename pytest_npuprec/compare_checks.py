@@ -1,0 +1,139 @@
+"""Measurements for the check kinds beyond metric thresholds: capture records (and the checkpoint
+on disk) in, plain values out. Pass/fail and messages are the verdicts' job."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .capture.records import ModelCapture, repeat_side
+from .config.schema import TernaryWeightsCheck, ThinkingCheck
+from .metrics.perplexity import perplexity, token_nll
+from .metrics.ternary import TernaryResult, check_ternary
+from .metrics.text import ThinkingSplit, extract_label, prompt_opens_thinking, split_thinking
+
+
+@dataclass(frozen=True)
+class PromptText:
+    """Decoded text of one prompt and of each side's greedy continuation."""
+
+    index: int
+    id: str
+    label: str
+    is_chat: bool
+    prompt: str
+    outputs: dict[str, str]  # side -> decoded greedy continuation
+
+
+@dataclass(frozen=True)
+class RunDifference:
+    """Device run `run` against run 1."""
+
+    run: int
+    token_mismatches: list[tuple[str, int, int | None, int | None]]  # prompt id, step, run-1 token, this run's
+    max_abs_diff: float  # over every scored logit; NaN if any logit is not finite
+    worst_prompt: str | None
+    worst_position: int | None
+
+
+def measure_determinism(capture: ModelCapture) -> list[RunDifference]:
+    out = []
+    for run in range(2, capture.device_runs + 1):
+        side = repeat_side(run)
+        mismatches = []
+        worst, where, nonfinite = 0.0, (None, None), None
+        for record in capture.prompts:
+            first, again = record.generated["device"], record.generated[side]
+            step = next((i for i, (a, b) in enumerate(zip(first, again)) if a != b),
+                        None if len(first) == len(again) else min(len(first), len(again)))
+            if step is not None:
+                mismatches.append((record.prompt.id, step, _at(first, step), _at(again, step)))
+            a, b = np.asarray(record.logits("device")), np.asarray(record.logits(side))
+            if not (np.isfinite(a).all() and np.isfinite(b).all()):
+                nonfinite = nonfinite or (record.prompt.id, None)
+                continue
+            if a.size:
+                diff = np.abs(a.astype(np.float64) - b)
+                if diff.max() > worst or where[0] is None:
+                    row = int(np.unravel_index(np.argmax(diff), diff.shape)[0])
+                    worst, where = float(diff.max()), (record.prompt.id, record.positions[row])
+        if nonfinite:  # NaN never compares as identical
+            worst, where = float("nan"), nonfinite
+        out.append(RunDifference(run, mismatches, worst, *where))
+    return out
+
+
+def _at(tokens: tuple[int, ...], i: int) -> int | None:
+    return tokens[i] if i < len(tokens) else None
+
+
+@dataclass(frozen=True)
+class PerplexityMeasurement:
+    tokens: int  # predicted tokens (text length - 1)
+    reference: float
+    device: float
+
+    @property
+    def ratio(self) -> float:
+        return self.device / self.reference
+
+
+def measure_perplexity(capture: ModelCapture) -> PerplexityMeasurement:
+    (record,) = capture.of_kind("perplexity")
+    targets = np.asarray(record.scored)[np.asarray(record.positions) + 1]
+    ppl = {side: perplexity(token_nll(record.logits(side), targets)) for side in ("reference", "device")}
+    return PerplexityMeasurement(len(targets), ppl["reference"], ppl["device"])
+
+
+@dataclass(frozen=True)
+class LabelPair:
+    prompt_id: str
+    reference: str | None
+    device: str | None
+    reference_text: str
+    device_text: str
+
+
+def measure_labels(texts: list[PromptText], pattern: str, prompt_ids: tuple[str, ...] | None) -> list[LabelPair]:
+    chosen = [t for t in texts if prompt_ids is None or t.id in prompt_ids]
+    return [LabelPair(t.id, extract_label(pattern, t.outputs["reference"]), extract_label(pattern, t.outputs["device"]),
+                      t.outputs["reference"], t.outputs["device"]) for t in chosen]
+
+
+@dataclass(frozen=True)
+class ThinkingPair:
+    prompt_id: str
+    opened_by_prompt: bool
+    reference: ThinkingSplit
+    device: ThinkingSplit
+
+
+def measure_thinking(texts: list[PromptText], check: ThinkingCheck) -> list[ThinkingPair]:
+    chosen = [t for t in texts if (t.id in check.prompts if check.prompts is not None else t.is_chat)]
+    pairs = []
+    for t in chosen:
+        opened = prompt_opens_thinking(t.prompt, check.open, check.close)
+        pairs.append(ThinkingPair(t.id, opened, *(split_thinking(t.outputs[side], check.open, check.close, opened)
+                                                  for side in ("reference", "device"))))
+    return pairs
+
+
+@dataclass(frozen=True)
+class TensorTernary:
+    name: str
+    shape: tuple[int, ...]
+    result: TernaryResult | None
+    error: str | None = None  # e.g. the input dimension does not split into groups
+
+
+def measure_ternary(folder: Path, check: TernaryWeightsCheck) -> list[TensorTernary]:
+    from .checkpoint import iter_tensors
+
+    out = []
+    for name, weight in iter_tensors(folder, check.include, check.exclude):
+        try:
+            out.append(TensorTernary(name, tuple(weight.shape), check_ternary(weight, check.group_size)))
+        except ValueError as exc:
+            out.append(TensorTernary(name, tuple(weight.shape), None, str(exc)))
+    return out
