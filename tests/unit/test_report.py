@@ -86,38 +86,65 @@ def test_capture_folder_is_complete_or_absent(tmp_path, confident_logits):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_reference_is_released_before_the_device_engine_starts(tmp_path):
-    """One engine at a time: the FP32 reference and the device are never resident together."""
+class FakeRunner:
+    def __init__(self, side, events):
+        self.side, self.info, self.events, self.calls = side, {}, events, 0
+
+    def generate(self, prompts, max_tokens):
+        self.events.append(f"{self.side} generate {len(prompts)}")
+        return [(5, 6, 7)[:max_tokens] for _ in prompts]
+
+    def score(self, tokens, positions, out):
+        self.events.append(f"{self.side} score")
+        self.calls += 1
+        np.save(out, np.full((len(positions), 11), self.calls, dtype=np.float32))
+
+
+def fake_factory(side, events):
     import contextlib
 
+    @contextlib.contextmanager
+    def run():
+        events.append(f"{side} start")
+        yield FakeRunner(side, events)
+        events.append(f"{side} stop")
+    return run
+
+
+def test_reference_is_released_before_the_device_engine_starts(tmp_path):
+    """One engine at a time: the FP32 reference and the device are never resident together."""
     from pytest_npuprec.capture.records import PromptInput
     from pytest_npuprec.capture.session import capture_model
 
     events = []
-
-    class Fake:
-        def __init__(self, side):
-            self.side, self.info = side, {}
-
-        def generate(self, prompts, max_tokens):
-            return [(5, 6, 7)[:max_tokens] for _ in prompts]
-
-        def score(self, tokens, positions, out):
-            events.append(f"{self.side} score")
-            np.save(out, np.zeros((len(positions), 11), dtype=np.float32))
-
-    def factory(side):
-        @contextlib.contextmanager
-        def run():
-            events.append(f"{side} start")
-            yield Fake(side)
-            events.append(f"{side} stop")
-        return run
-
     prompts = [PromptInput(0, "p1", "a", (1, 2)), PromptInput(1, "p2", "b", (3,))]
-    capture = capture_model("toy", prompts, 3, "continuation", factory("reference"), factory("device"),
-                            tmp_path / "cap")
-    assert events == ["reference start", "reference score", "reference score", "reference stop",
-                      "device start", "device score", "device score", "device stop"]
+    capture = capture_model("toy", prompts, 3, "continuation", fake_factory("reference", events),
+                            fake_factory("device", events), tmp_path / "cap")
+    assert events == ["reference start", "reference generate 2", "reference score", "reference score",
+                      "reference stop", "device start", "device generate 2", "device score", "device score",
+                      "device stop"]
     assert capture.prompts[0].scored == (1, 2, 5, 6, 7) and capture.prompts[0].positions == (1, 2, 3)
     assert capture.prompts[1].positions == (0, 1, 2)
+
+
+def test_repeat_runs_and_perplexity_text_are_captured(tmp_path):
+    """Determinism: the device generates and scores again per run; the perplexity text is scored at
+    every position, never generated from, and stays out of the compared prompts."""
+    from pytest_npuprec.capture.records import PromptInput, load_capture
+    from pytest_npuprec.capture.session import capture_model
+
+    events = []
+    prompts = [PromptInput(0, "p1", "a", (1, 2)), PromptInput(1, "perplexity", "text", (3, 4, 5, 6), "perplexity")]
+    capture = capture_model("toy", prompts, 3, "continuation", fake_factory("reference", events),
+                            fake_factory("device", events), tmp_path / "cap", device_runs=3)
+    assert events.count("device generate 1") == 3 and events.count("reference generate 1") == 1
+    assert events.count("device score") == 6
+    [text] = capture.of_kind("perplexity")
+    assert text.scored == (3, 4, 5, 6) and text.positions == (0, 1, 2) and text.generated["device"] == ()
+    assert [p.prompt.id for p in capture] == ["p1"]
+    again = load_capture(capture.folder)
+    assert again.device_runs == 3
+    first = again.prompts[0]
+    assert sorted(first.logits_files) == ["device", "device-run2", "device-run3", "reference"]
+    assert first.generated["device-run3"] == (5, 6, 7)
+    assert first.logits("device-run3")[0, 0] != first.logits("device")[0, 0]  # each run wrote its own file
