@@ -1,7 +1,8 @@
 """Run a checkpoint converter (the role of a model's qat-convert.py) into a folder, atomically.
 
 The converter is either an importable function `package.module:function(src, out, group_size)` or
-a command whose arguments may hold {input}, {output} and {group_size}. It writes into a fresh
+a command whose arguments may hold {input}, {output} and {group_size}, run from inside the QAT
+checkpoint's folder (where a model's own qat-convert.py ships). It writes into a fresh
 temporary sibling folder; only a converter that succeeds and leaves a config.json gets published.
 """
 from __future__ import annotations
@@ -53,7 +54,7 @@ def _run(check: QatEquivalenceCheck, source: Path, out: Path) -> None:
         return
     fill = {"input": str(source), "output": str(out), "group_size": str(check.group_size)}
     argv = [sys.executable if a == "python" else a.format(**fill) for a in check.converter]
-    done = subprocess.run(argv, capture_output=True, text=True)
+    done = subprocess.run(argv, capture_output=True, text=True, cwd=source)
     if done.returncode != 0:
         raise ConversionError(f"converter command failed (exit {done.returncode}): {' '.join(argv)}\n"
                               f"{(done.stderr or done.stdout)[-2000:]}")

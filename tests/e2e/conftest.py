@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -16,3 +17,23 @@ def tiny_llama():
 @pytest.fixture(scope="session")
 def repo_config_dir():
     return CONFIG_DIR
+
+
+@pytest.fixture
+def run_suite(pytester, tmp_path, repo_config_dir):
+    """Run the precision suite in a subprocess: run_suite(model, *pytest_args) -> (result, report dir)."""
+
+    def run(model, *args, config_dir=repo_config_dir):
+        pytester.makepyfile(test_suite="from pytest_npuprec.suite import test_precision  # noqa: F401\n")
+        report_dir = tmp_path / "reports"
+        result = pytester.runpytest_subprocess("-m", "npu", "--model", model, "--config-dir", str(config_dir),
+                                               "--report-dir", str(report_dir), "-p", "no:cacheprovider", *args)
+        return result, report_dir
+
+    return run
+
+
+@pytest.fixture
+def failed_checks():
+    """The check ids of `model` that failed in a run_suite result."""
+    return lambda result, model: set(re.findall(rf"FAILED .*test_precision\[{re.escape(model)}-([\w-]+)\]", result.stdout.str()))

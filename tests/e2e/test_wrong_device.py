@@ -21,29 +21,12 @@ FAULTS = {
 }
 
 
-@pytest.fixture
-def run_suite(pytester, tmp_path, repo_config_dir):
-    return lambda *args: _run_suite(pytester, tmp_path, repo_config_dir, *args)
-
-
-def _run_suite(pytester, tmp_path, config_dir, *args):
-    pytester.makepyfile(test_suite="from pytest_npuprec.suite import test_precision  # noqa: F401\n")
-    report_dir = tmp_path / "reports"
-    result = pytester.runpytest_subprocess("-m", "npu", "--model", "tiny-llama", "--config-dir", str(config_dir),
-                                           "--report-dir", str(report_dir), "-p", "no:cacheprovider", *args)
-    return result, report_dir
-
-
-def failed_checks(result):
-    return set(re.findall(r"FAILED .*test_precision\[tiny-llama-([\w-]+)\]", result.stdout.str()))
-
-
 @pytest.mark.parametrize("fault", list(FAULTS))
-def test_fault_fails_the_right_checks(run_suite, fault):
-    result, report_dir = run_suite("--npuprec-fault", fault)
+def test_fault_fails_the_right_checks(run_suite, failed_checks, fault):
+    result, report_dir = run_suite("tiny-llama", "--npuprec-fault", fault)
     assert result.ret == pytest.ExitCode.TESTS_FAILED, result.stdout.str()[-3000:]
     expected = FAULTS[fault]
-    failed = failed_checks(result)
+    failed = failed_checks(result, "tiny-llama")
     assert expected <= failed, f"{fault}: expected {sorted(expected)} to fail, failed: {sorted(failed)}"
     if "finite_logits" not in expected:
         assert "finite_logits" not in failed
@@ -63,7 +46,7 @@ def test_fault_fails_the_right_checks(run_suite, fault):
 
 
 def test_clean_device_passes_and_writes_the_report(run_suite):
-    result, report_dir = run_suite()
+    result, report_dir = run_suite("tiny-llama")
     assert result.ret == pytest.ExitCode.OK, result.stdout.str()[-3000:]
     result.stdout.fnmatch_lines(["*npuprec precision*", "*device 1st*reference 1st*match*cosine*rel L2*",
                                  "*overall: PASS*"])
