@@ -29,7 +29,8 @@ def main() -> int:
     parser.add_argument("--no-vllm", action="store_true", help="only the transformers BF16 vs FP32 floor")
     args = parser.parse_args()
 
-    from pytest_npuprec.capture.prompts import load_tokenizer, render_prompts
+    from pytest_npuprec.capture.prompts import load_tokenizer, perplexity_input, render_prompts
+    from pytest_npuprec.compare_checks import measure_perplexity
     from pytest_npuprec.capture.session import capture_model
     from pytest_npuprec.compare import measure
     from pytest_npuprec.config.loader import select_configs
@@ -41,7 +42,11 @@ def main() -> int:
     config = select_configs(args.config_dir, [args.model])[0]
     precision = config.precision
     path = locate_weights(config, [p.resolve() for p in args.model_root])
-    prompts = render_prompts(config, load_tokenizer(path, config.serve.trust_remote_code))
+    tokenizer = load_tokenizer(path, config.serve.trust_remote_code)
+    prompts = render_prompts(config, tokenizer)
+    n_compared = len(prompts)
+    if config.checks.perplexity:  # its text is scored too: the ratio's floor calibrates max_ratio
+        prompts.append(perplexity_input(config, tokenizer, len(prompts)))
     trust = config.serve.trust_remote_code
     sides = {"floor (transformers bf16)": lambda: TransformersRunner(path, trust, dtype="bfloat16")}
     if not args.no_vllm:
@@ -56,9 +61,12 @@ def main() -> int:
                                     folder=Path(tmp) / f"side{i}")
             measured = measure(capture, precision.tie_margin)
             results[label] = {name: cells.summary() for name, cells in measured.cells.items()}
+            if config.checks.perplexity:
+                ppl = measure_perplexity(capture)
+                results[label]["perplexity_ratio"] = {"mean": ppl.ratio, "min": ppl.ratio, "max": ppl.ratio}
 
     labels = list(results)
-    print(f"{config.name}: {len(prompts)} prompts, {precision.max_tokens} tokens, positions {precision.positions}")
+    print(f"{config.name}: {n_compared} prompts, {precision.max_tokens} tokens, positions {precision.positions}")
     header = f"{'metric':<22}" + "".join(f"{label + ' mean':>30}{'worst':>14}" for label in labels)
     print(header)
     from pytest_npuprec.metrics.registry import METRICS
@@ -70,6 +78,9 @@ def main() -> int:
             worst = s["min"] if spec.better == "higher" else s["max"]
             row += f"{s['mean']:>30.6g}{worst:>14.6g}"
         print(row)
+    if config.checks.perplexity:
+        print(f"{'perplexity_ratio':<22}" + "".join(f"{results[label]['perplexity_ratio']['mean']:>30.6g}{'':>14}"
+                                                  for label in labels))
     print(json.dumps({"model": config.name, "results": results}))
     return 0
 

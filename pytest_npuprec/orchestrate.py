@@ -85,7 +85,7 @@ def _run(config: ModelConfig, options: RunOptions, result: ModelResult) -> None:
             "requested_device": options.device}
     verdicts = {}
     if checks.qat_equivalence:  # the device runs the converted checkpoint, once it matches the QAT one
-        qat_verdicts, model_path = _qat_equivalence(config, options, model_path, prompts)
+        qat_verdicts, model_path = qat_equivalence(config, options, model_path, prompts)
         verdicts.update(qat_verdicts)
         meta["converted_path"] = str(model_path)
     if checks.ternary_weights:
@@ -112,7 +112,7 @@ def _run(config: ModelConfig, options: RunOptions, result: ModelResult) -> None:
     result.report_paths = write_report(result.report, options.report_dir)
 
 
-def _qat_equivalence(config: ModelConfig, options: RunOptions, qat_path: Path, prompts: list) -> tuple[dict, Path]:
+def qat_equivalence(config: ModelConfig, options: RunOptions, qat_path: Path, prompts: list) -> tuple[dict, Path]:
     """Fake-quant forward of the QAT checkpoint vs its converted form, both transformers FP32 on the CPU."""
     import dataclasses
 

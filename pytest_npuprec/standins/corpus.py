@@ -10,6 +10,9 @@ device faults).
 
 Documents are the blank-line separated paragraphs of ``*.txt``; chat
 pairs live in ``chat.jsonl`` as ``{"user": ..., "assistant": ...}``.
+Other ``*.jsonl`` files hold conversations for stand-ins with their own
+chat format (guard verdicts, thinking sections), one per line, either in
+that pair form or as ``{"messages": [{"role": ..., "content": ...}, ...]}``.
 """
 
 from __future__ import annotations
@@ -32,9 +35,15 @@ def data_files() -> dict[str, bytes]:
 
 
 def corpus_digest() -> str:
-    """sha256 over the names and bytes of all data files (part of the cache key)."""
+    """sha256 over the names and bytes of the default data files (part of the cache key)."""
+    return files_digest((*TEXT_FILES, CHAT_FILE))
+
+
+def files_digest(names) -> str:
+    """sha256 over the names and bytes of the named data files."""
     h = hashlib.sha256()
-    for name, blob in sorted(data_files().items()):
+    for name in sorted(set(names)):
+        blob = _read(name)
         h.update(name.encode() + b"\0" + str(len(blob)).encode() + b"\0" + blob)
     return h.hexdigest()
 
@@ -56,3 +65,20 @@ def chat_pairs() -> list[tuple[str, str]]:
             row = json.loads(line)
             pairs.append((row["user"], row["assistant"]))
     return pairs
+
+
+def conversations(name: str = CHAT_FILE) -> list[list[dict[str, str]]]:
+    """The conversations of a ``*.jsonl`` data file, in file order, as message lists."""
+    out = []
+    for number, line in enumerate(_read(name).decode("utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        if "messages" in row:
+            messages = [{"role": m["role"], "content": m["content"]} for m in row["messages"]]
+        elif "user" in row and "assistant" in row:
+            messages = [{"role": "user", "content": row["user"]}, {"role": "assistant", "content": row["assistant"]}]
+        else:
+            raise ValueError(f"{name}:{number}: expected 'messages' or 'user' and 'assistant'")
+        out.append(messages)
+    return out

@@ -11,6 +11,12 @@ FP32 reference upcasts them exactly.  Training windows start at document
 starts (75%) and at re-tokenized later sentences (25%), so both paragraph-
 opening and mid-paragraph prompts get confident, position-dependent
 predictions (see TrainSettings.doc_start_frac).
+
+The same builder makes the other stand-ins: the architecture object
+decides config.json and the model class (``LlamaArch.hf_config`` /
+``build_model``; see qwen3.Qwen3Arch), the chat format decides the
+template and how conversations are rendered for training, and
+``conversation_files`` names the data files of conversations to learn.
 """
 
 from __future__ import annotations
@@ -21,9 +27,12 @@ import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from . import corpus
-from .tokenizer import CHAT_TEMPLATE, EOS_TOKEN, IM_END, IM_START, render_chat, train_tokenizer, write_tokenizer_files
+from .chat_formats import CHATML, ChatFormat
+from .tokenizer import CHAT_TEMPLATE, render_chat  # noqa: F401 (still importable from here)
+from .tokenizer import EOS_TOKEN, IM_END, IM_START, train_tokenizer, write_tokenizer_files
 from .training import TrainSettings, build_stream, deterministic_torch, loss_summary, train
 
 
@@ -41,6 +50,16 @@ class LlamaArch:
     max_position_embeddings: int = 32768  # room for long-context checks; rope is computed, not learned
     initializer_range: float = 0.02
     tie_word_embeddings: bool = False
+
+    architecture: ClassVar[str] = "LlamaForCausalLM"
+
+    def hf_config(self, eos_id: int) -> dict:
+        """config.json contents."""
+        return hf_config(self, eos_id)
+
+    def build_model(self, eos_id: int):
+        """A freshly initialised FP32 transformers model of this shape (under the caller's seed)."""
+        return _build_model(self, eos_id)
 
 
 def hf_config(arch: LlamaArch, eos_id: int) -> dict:
@@ -65,7 +84,14 @@ def hf_config(arch: LlamaArch, eos_id: int) -> dict:
         "attention_dropout": 0.0,
         "mlp_bias": False,
         "pretraining_tp": 1,
-        "tie_word_embeddings": arch.tie_word_embeddings,
+        **config_tail(arch.tie_word_embeddings, eos_id),
+    }
+
+
+def config_tail(tie_word_embeddings: bool, eos_id: int) -> dict:
+    """The config.json keys every stand-in ends with: tying, cache, special ids, shipped dtype."""
+    return {
+        "tie_word_embeddings": tie_word_embeddings,
         "use_cache": True,
         "bos_token_id": None,
         "eos_token_id": eos_id,
@@ -92,34 +118,50 @@ class LlamaStandin:
     description: str
     arch: LlamaArch = field(default_factory=LlamaArch)
     train: TrainSettings = field(default_factory=TrainSettings)
+    chat: ChatFormat = CHATML
+    # data files (corpus.conversations) whose conversations are learned, rendered with ``chat``
+    conversation_files: tuple[str, ...] = (corpus.CHAT_FILE,)
 
     def key_material(self) -> dict:
         """Everything besides the builder version that determines the checkpoint."""
-        return {
+        material = {
             "kind": "llama",
             "arch": asdict(self.arch),
-            "hf_config": hf_config(self.arch, eos_id=0),
+            "hf_config": self.arch.hf_config(eos_id=0),
             "train": asdict(self.train),
-            "chat_template": CHAT_TEMPLATE,
+            "chat_template": self.chat.template,
             "corpus_sha256": corpus.corpus_digest(),
         }
+        # only what differs from tiny-llama's build, so its key stays as it was
+        if self.chat.added_tokens:
+            material["added_tokens"] = list(self.chat.added_tokens)
+        if self.conversation_files != (corpus.CHAT_FILE,):
+            material["conversations"] = list(self.conversation_files)
+            material["conversations_sha256"] = corpus.files_digest(self.conversation_files)
+        return material
 
-    def training_texts(self) -> list[str]:
-        """Training documents in a fixed order: the prose documents, with each chat
-        example (rendered with the chat template) ``chat_repeats`` times spread evenly between them."""
-        docs = corpus.documents()
-        chats = [
-            render_chat([{"role": "user", "content": u}, {"role": "assistant", "content": a}])
-            for u, a in corpus.chat_pairs()
-        ]
+    def training_pieces(self) -> list[tuple[str, ...]]:
+        """Training documents in a fixed order, each as the pieces it is tokenized in.
+
+        A prose document is one piece; a conversation is (prompt, answer),
+        split where the generation prompt ends (ChatFormat.split_example).
+        The prose documents come in file order with every conversation
+        ``chat_repeats`` times spread evenly between them.
+        """
+        docs = [(d,) for d in corpus.documents()]
+        chats = [self.chat.split_example(c) for f in self.conversation_files for c in corpus.conversations(f)]
         reps = [c for _ in range(self.train.chat_repeats) for c in chats]
         # spread the chat examples evenly through the stream so windows mix both kinds
         slot = {j: j * len(docs) // max(1, len(reps)) for j in range(len(reps))}
-        texts = []
+        pieces = []
         for i, doc in enumerate(docs):
-            texts.append(doc)
-            texts.extend(reps[j] for j in range(len(reps)) if slot[j] == i)
-        return texts
+            pieces.append(doc)
+            pieces.extend(reps[j] for j in range(len(reps)) if slot[j] == i)
+        return pieces
+
+    def training_texts(self) -> list[str]:
+        """The training documents as text (prose, and conversations rendered with the chat template)."""
+        return ["".join(p) for p in self.training_pieces()]
 
     def build(self, out_dir: Path) -> dict:
         """Write the full checkpoint (minus the manifest) into ``out_dir``; return manifest facts."""
@@ -128,11 +170,13 @@ class LlamaStandin:
 
         out_dir = Path(out_dir)
         t0 = time.perf_counter()
-        texts = self.training_texts()
-        tok = train_tokenizer(sorted(set(texts)), self.arch.vocab_size)
-        ids = write_tokenizer_files(tok, out_dir, self.arch.max_position_embeddings)
+        pieces = self.training_pieces()
+        texts = ["".join(p) for p in pieces]
+        added = self.chat.added_tokens
+        tok = train_tokenizer(sorted(set(texts)), self.arch.vocab_size, added)
+        ids = write_tokenizer_files(tok, out_dir, self.arch.max_position_embeddings, self.chat.template, added)
         eos_id, im_end_id = ids[EOS_TOKEN], ids[IM_END]
-        doc_ids = [tok.encode(t).ids + [eos_id] for t in texts]
+        doc_ids = [[i for piece in p for i in tok.encode(piece).ids] + [eos_id] for p in pieces]
         # every later sentence of a prose document, tokenized as a prompt would be
         offsets = [0, *itertools.accumulate(len(d) for d in doc_ids)]
         sentence_entries = [
@@ -143,7 +187,7 @@ class LlamaStandin:
         ]
 
         with deterministic_torch(self.train.threads, self.train.seed):
-            model = _build_model(self.arch, eos_id)
+            model = self.arch.build_model(eos_id)
             stream, starts = build_stream(doc_ids)
             t_train = time.perf_counter()
             losses = train(model, stream, starts, self.train, sentence_entries)
@@ -151,11 +195,13 @@ class LlamaStandin:
             state = {k: v.detach().to(torch.bfloat16).contiguous() for k, v in model.state_dict().items()}
             # the checkpoint as shipped (BF16 upcast to FP32): how well does it know the corpus?
             model.load_state_dict({k: v.float() for k, v in state.items()})
+            if self.arch.tie_word_embeddings:
+                del state["lm_head.weight"]  # tied checkpoints ship only the embedding
             fit = corpus_fit(model, doc_ids)
             fit_sentences = corpus_fit(model, [ids for ids, _ in sentence_entries])
 
         save_file(state, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
-        _write_json(out_dir / "config.json", hf_config(self.arch, eos_id))
+        _write_json(out_dir / "config.json", self.arch.hf_config(eos_id))
         _write_json(
             out_dir / "generation_config.json",
             {"eos_token_id": [eos_id, im_end_id], "pad_token_id": eos_id, "do_sample": False},

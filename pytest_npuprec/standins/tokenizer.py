@@ -34,12 +34,17 @@ def render_chat(messages: list[dict[str, str]], add_generation_prompt: bool = Fa
     return out + (f"{IM_START}assistant\n" if add_generation_prompt else "")
 
 
-def train_tokenizer(texts: list[str], vocab_size: int):
+def train_tokenizer(texts: list[str], vocab_size: int, added_tokens: tuple[str, ...] = ()):
     """Train a byte-level BPE ``tokenizers.Tokenizer`` on ``texts``.
 
     The trainer is deterministic for a given input (ties between equally
     frequent pairs are broken by the pair itself), which the build relies
     on for a reproducible checkpoint hash.
+
+    ``added_tokens`` (e.g. ``<think>``) get the ids right after
+    SPECIAL_TOKENS and always encode to a single id, but are not special:
+    decoding keeps them (``skip_special_tokens`` does not drop them), as
+    Qwen3 does for its thinking tags.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -49,24 +54,43 @@ def train_tokenizer(texts: list[str], vocab_size: int):
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         min_frequency=2,
-        special_tokens=list(SPECIAL_TOKENS),
+        special_tokens=[*SPECIAL_TOKENS, *added_tokens],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tok.train_from_iterator(texts, trainer=trainer)
-    for i, t in enumerate(SPECIAL_TOKENS):
+    if added_tokens:
+        tok = _unmark_special(tok, added_tokens)
+    for i, t in enumerate((*SPECIAL_TOKENS, *added_tokens)):
         assert tok.token_to_id(t) == i, (t, tok.token_to_id(t))
     return tok
 
 
-def write_tokenizer_files(tok, out_dir: Path, model_max_length: int) -> dict[str, int]:
+def _unmark_special(tok, contents: tuple[str, ...]):
+    """The trainer registers every reserved token as special; clear that flag for ``contents``."""
+    from tokenizers import Tokenizer
+
+    data = json.loads(tok.to_str())
+    for entry in data["added_tokens"]:
+        if entry["content"] in contents:
+            entry["special"] = False
+    return Tokenizer.from_str(json.dumps(data))
+
+
+def write_tokenizer_files(
+    tok,
+    out_dir: Path,
+    model_max_length: int,
+    chat_template: str = CHAT_TEMPLATE,
+    added_tokens: tuple[str, ...] = (),
+) -> dict[str, int]:
     """Write tokenizer.json, tokenizer_config.json and special_tokens_map.json.
 
-    Returns the special token ids by name.
+    Returns the ids of the special and added tokens by name.
     """
     out_dir = Path(out_dir)
     tok.save(str(out_dir / "tokenizer.json"))
-    ids = {t: tok.token_to_id(t) for t in SPECIAL_TOKENS}
+    ids = {t: tok.token_to_id(t) for t in (*SPECIAL_TOKENS, *added_tokens)}
     added = {
         str(ids[t]): {
             "content": t,
@@ -74,9 +98,9 @@ def write_tokenizer_files(tok, out_dir: Path, model_max_length: int) -> dict[str
             "normalized": False,
             "rstrip": False,
             "single_word": False,
-            "special": True,
+            "special": t in SPECIAL_TOKENS,
         }
-        for t in SPECIAL_TOKENS
+        for t in ids
     }
     config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
@@ -90,7 +114,7 @@ def write_tokenizer_files(tok, out_dir: Path, model_max_length: int) -> dict[str
         "add_eos_token": False,
         "clean_up_tokenization_spaces": False,
         "model_max_length": model_max_length,
-        "chat_template": CHAT_TEMPLATE,
+        "chat_template": chat_template,
     }
     special_map = {
         "additional_special_tokens": [IM_START, IM_END],

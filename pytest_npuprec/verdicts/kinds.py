@@ -58,8 +58,6 @@ def judge_labels(model: str, pattern: str, pairs: list[LabelPair]) -> Verdict:
     agree = len(pairs) - len(unlabeled) - len(differ)
     bound_text = "every prompt: device label = reference label"
     problems = []
-    if not pairs:
-        problems.append("no prompt selected")
     if unlabeled:
         p = unlabeled[0]
         problems.append(f"{len(unlabeled)} reference output(s) have no label matching {pattern!r} (the pattern or "
@@ -68,11 +66,19 @@ def judge_labels(model: str, pattern: str, pairs: list[LabelPair]) -> Verdict:
         p = differ[0]
         problems.append(f"{len(differ)} device label(s) differ, first prompt {p.prompt_id}: device "
                         f"{p.device!r} vs reference {p.reference!r} (device output {_clip(p.device_text)})")
+    return _per_prompt_verdict(model, "labels", f"labels ({pattern!r}) agree", len(pairs), len(pairs) - agree,
+                               problems, bound_text)
+
+
+def _per_prompt_verdict(model: str, check_id: str, what: str, n: int, n_bad: int, problems: list[str],
+                        bound_text: str) -> Verdict:
+    """A check that must hold on every selected prompt: passed only without problems (and prompts)."""
+    if not n:
+        problems = ["no prompt selected", *problems]
     passed = not problems
-    message = (f"{model}: labels ({pattern!r}) agree on {agree}/{len(pairs)} prompts: "
-               + ("passed" if passed else "FAILED: " + "; ".join(problems)))
-    return Verdict(model, "labels", passed, agree / len(pairs) if pairs else float("nan"), None, message,
-                   n_values=len(pairs), n_failing=len(pairs) - agree, bound_text=bound_text)
+    message = f"{model}: {what} on {n - n_bad}/{n} prompts: " + ("passed" if passed else "FAILED: " + "; ".join(problems))
+    return Verdict(model, check_id, passed, (n - n_bad) / n if n else float("nan"), None, message,
+                   n_values=n, n_failing=n_bad, bound_text=bound_text)
 
 
 def judge_thinking(model: str, check: ThinkingCheck, enable_thinking: bool | None,
@@ -85,8 +91,6 @@ def judge_thinking(model: str, check: ThinkingCheck, enable_thinking: bool | Non
     answer_differs = [p for p in pairs if check.compare_answer and p not in bad_reference and p not in bad_device
                       and not _same_answer(p.device.answer, p.reference.answer)]
     problems = []
-    if not pairs:
-        problems.append("no prompt selected")
     if bad_reference:
         p = bad_reference[0]
         problems.append(f"{len(bad_reference)} reference output(s) do not show {want} (first: prompt "
@@ -101,11 +105,8 @@ def judge_thinking(model: str, check: ThinkingCheck, enable_thinking: bool | Non
         problems.append(f"{len(answer_differs)} answer(s) after the thinking section differ, first prompt "
                         f"{p.prompt_id}: device {_clip(p.device.answer)} vs reference {_clip(p.reference.answer)}")
     n_bad = len(bad_reference) + len(bad_device) + len(answer_differs)
-    passed = not problems
-    message = (f"{model}: thinking ({want}) agrees on {len(pairs) - n_bad}/{len(pairs)} prompts: "
-               + ("passed" if passed else "FAILED: " + "; ".join(problems)))
-    return Verdict(model, "thinking", passed, (len(pairs) - n_bad) / len(pairs) if pairs else float("nan"), None,
-                   message, n_values=len(pairs), n_failing=n_bad, bound_text=f"every prompt: {want}")
+    return _per_prompt_verdict(model, "thinking", f"thinking ({want}) agrees", len(pairs), n_bad, problems,
+                               f"every prompt: {want}")
 
 
 def _same_answer(device: str, reference: str) -> bool:

@@ -41,3 +41,39 @@ def confident_logits():
         logits[np.arange(4), rng.integers(0, 50, 4)] += 12
         out.append(logits)
     return out
+
+
+@pytest.fixture(scope="session")
+def build_standin(tmp_path_factory):
+    """build_standin(name) -> checkpoint folder, built once per session in an isolated cache
+    (never the user's), so the build itself is what the tests see."""
+    root = tmp_path_factory.mktemp("npuprec-cache")
+
+    def build(name: str):
+        for module in ("torch", "transformers", "tokenizers"):
+            pytest.importorskip(module)
+        from pytest_npuprec.standins import ensure_standin
+
+        return ensure_standin(name, root)
+
+    build.root = root
+    return build
+
+
+@pytest.fixture(scope="session")
+def load_hf():
+    """load_hf(folder, trust_remote_code=False, dtype=float32) -> (tokenizer, eval model), offline."""
+
+    def load(folder, trust_remote_code: bool = False, dtype=None):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("HF_HUB_OFFLINE", "1")
+            mp.setenv("TRANSFORMERS_OFFLINE", "1")
+            tok = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype or torch.float32,
+                                                         trust_remote_code=trust_remote_code).eval()
+        return tok, model
+
+    return load
