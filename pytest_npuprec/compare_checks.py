@@ -55,9 +55,9 @@ def measure_determinism(capture: ModelCapture) -> list[RunDifference]:
                 continue
             if a.size:
                 diff = np.abs(a.astype(np.float64) - b)
-                if diff.max() > worst or where[0] is None:
-                    row = int(np.unravel_index(np.argmax(diff), diff.shape)[0])
-                    worst, where = float(diff.max()), (record.prompt.id, record.positions[row])
+                row, column = np.unravel_index(np.argmax(diff), diff.shape)
+                if diff[row, column] > worst or where[0] is None:
+                    worst, where = float(diff[row, column]), (record.prompt.id, record.positions[int(row)])
         if nonfinite:  # NaN never compares as identical
             worst, where = float("nan"), nonfinite
         out.append(RunDifference(run, mismatches, worst, *where))

@@ -104,8 +104,9 @@ def _run(config: ModelConfig, options: RunOptions, result: ModelResult) -> None:
         device_runs=checks.determinism.runs if checks.determinism else 1,
     )
     measurements = measure(capture, precision.tie_margin)
-    result.verdicts = {**judge_all(measurements, precision.thresholds), **verdicts,
-                       **_capture_checks(config, capture, tokenizer)}
+    verdicts.update(judge_all(measurements, precision.thresholds))
+    verdicts.update(_capture_checks(config, capture, tokenizer))
+    result.verdicts = {check_id: verdicts[check_id] for check_id in config.check_ids}  # in test order
     capture.meta["timings"]["total_s"] = round(time.perf_counter() - started, 2)
     result.report = build_report(config, measurements, result.verdicts, capture.meta,
                                  lambda t: decode_token(tokenizer, t))

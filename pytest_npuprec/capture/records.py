@@ -15,7 +15,6 @@ from typing import Any, Iterator, Literal
 
 import numpy as np
 
-SIDES = ("reference", "device")
 FORMAT_VERSION = 2
 PromptKind = Literal["compare", "perplexity"]
 

@@ -124,13 +124,12 @@ def _qat(r: Reader, raw: Any, key: str, prompts: tuple[Prompt, ...]) -> QatEquiv
                                          "with {input} and {output}")
     converter = raw["converter"]
     if isinstance(converter, list):
-        argv = tuple(r.typed(a, f"{key}.converter[{i}]", str, int) for i, a in enumerate(converter))
-        argv = tuple(str(a) for a in argv)
+        argv = tuple(str(r.typed(a, f"{key}.converter[{i}]", str, int)) for i, a in enumerate(converter))
         if not argv or not any("{input}" in a for a in argv) or not any("{output}" in a for a in argv):
             raise r.fail(f"{key}.converter", "a command must contain {input} and {output} placeholders")
         converter = argv
     else:
-        r.typed(converter, f"{key}.converter", str, list)
+        r.typed(converter, f"{key}.converter", str)
         if not re.fullmatch(r"[\w.]+:\w+", converter):
             raise r.fail(f"{key}.converter", f"expected 'package.module:function', got {converter!r}")
     if "thresholds" not in raw:

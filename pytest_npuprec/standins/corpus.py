@@ -57,16 +57,6 @@ def documents() -> list[str]:
     return docs
 
 
-def chat_pairs() -> list[tuple[str, str]]:
-    """The chat (user, assistant) pairs, in file order."""
-    pairs = []
-    for line in _read(CHAT_FILE).decode("utf-8").splitlines():
-        if line.strip():
-            row = json.loads(line)
-            pairs.append((row["user"], row["assistant"]))
-    return pairs
-
-
 def conversations(name: str = CHAT_FILE) -> list[list[dict[str, str]]]:
     """The conversations of a ``*.jsonl`` data file, in file order, as message lists."""
     out = []

@@ -159,10 +159,6 @@ class LlamaStandin:
             pieces.extend(reps[j] for j in range(len(reps)) if slot[j] == i)
         return pieces
 
-    def training_texts(self) -> list[str]:
-        """The training documents as text (prose, and conversations rendered with the chat template)."""
-        return ["".join(p) for p in self.training_pieces()]
-
     def build(self, out_dir: Path) -> dict:
         """Write the full checkpoint (minus the manifest) into ``out_dir``; return manifest facts."""
         import torch

@@ -125,7 +125,7 @@ def test_corpus_is_bundled_and_holds_the_default_prompts():
     assert 15_000 <= size <= 60_000
     for prefix in ("The capital of France is", "Water boils at", "The quick brown fox", "Once upon a time"):
         assert any(d.startswith(prefix) for d in docs), prefix
-    pairs = corpus.chat_pairs()
+    pairs = [(c[0]["content"], c[1]["content"]) for c in corpus.conversations()]
     assert 6 <= len(pairs) <= 10
     assert ("What is the capital of France?", "The capital of France is Paris.") in pairs
 
