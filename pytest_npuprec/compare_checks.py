@@ -7,23 +7,12 @@ from pathlib import Path
 
 import numpy as np
 
+from .capture.prompts import PromptText
 from .capture.records import ModelCapture, repeat_side
 from .config.schema import TernaryWeightsCheck, ThinkingCheck
 from .metrics.perplexity import perplexity, token_nll
 from .metrics.ternary import TernaryResult, check_ternary
 from .metrics.text import ThinkingSplit, extract_label, prompt_opens_thinking, split_thinking
-
-
-@dataclass(frozen=True)
-class PromptText:
-    """Decoded text of one prompt and of each side's greedy continuation."""
-
-    index: int
-    id: str
-    label: str
-    is_chat: bool
-    prompt: str
-    outputs: dict[str, str]  # side -> decoded greedy continuation
 
 
 @dataclass(frozen=True)

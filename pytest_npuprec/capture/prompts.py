@@ -1,11 +1,12 @@
 """Config prompts -> token ids, once, in the main process: both runners get the same ids."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..config.schema import ModelConfig, Prompt
-from .records import PromptInput
+from .records import ModelCapture, PromptInput
 
 
 class PromptError(ValueError):
@@ -73,11 +74,21 @@ def perplexity_input(config: ModelConfig, tokenizer: Any, index: int) -> PromptI
     return PromptInput(index=index, id="perplexity", label=text, token_ids=tuple(ids), kind="perplexity")
 
 
-def decode_texts(config: ModelConfig, capture: Any, tokenizer: Any) -> list[Any]:
+@dataclass(frozen=True)
+class PromptText:
+    """Decoded text of one prompt and of each side's greedy continuation."""
+
+    index: int
+    id: str
+    label: str
+    is_chat: bool
+    prompt: str
+    outputs: dict[str, str]  # side -> decoded greedy continuation
+
+
+def decode_texts(config: ModelConfig, capture: ModelCapture, tokenizer: Any) -> list[PromptText]:
     """Decoded prompt and greedy continuations of every compared prompt (special tokens kept: the
     checks look for tags such as <think>)."""
-    from ..compare_checks import PromptText
-
     assert config.precision is not None
     by_id = {p.id: p for p in config.precision.prompts}
     decode = lambda ids: tokenizer.decode(list(ids), skip_special_tokens=False)  # noqa: E731

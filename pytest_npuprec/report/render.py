@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..verdicts.verdict import clip
+
 _MARK = {"match": "yes", "tie": "tie", "mismatch": "NO", "nonfinite": "NaN"}
 
 
@@ -11,8 +13,7 @@ def _num(value: float | None, fmt: str) -> str:
 
 
 def _clip(text: str, width: int) -> str:
-    text = text.replace("\n", "\\n")
-    return text if len(text) <= width else text[: width - 3] + "..."
+    return clip(text.replace("\n", "\\n"), width)  # one table row per prompt
 
 
 def prompt_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:

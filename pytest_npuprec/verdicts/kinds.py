@@ -6,12 +6,11 @@ import math
 
 from ..compare_checks import LabelPair, PerplexityMeasurement, RunDifference, TensorTernary, ThinkingPair
 from ..config.schema import DeterminismCheck, PerplexityCheck, TernaryWeightsCheck, ThinkingCheck
-from .verdict import Verdict
+from .verdict import Verdict, clip
 
 
 def _clip(text: str, width: int = 60) -> str:
-    text = text.replace("\n", "\\n")
-    return repr(text if len(text) <= width else text[: width - 3] + "...")
+    return repr(clip(text, width))  # repr shows newlines and special tokens as they are
 
 
 def judge_determinism(model: str, check: DeterminismCheck, runs: list[RunDifference]) -> Verdict:

@@ -12,7 +12,7 @@ import numpy as np
 from ..compare import Cells, Measurements
 from ..config.schema import FINITE_CHECK, Threshold
 from ..metrics.registry import METRICS
-from .verdict import Verdict
+from .verdict import Verdict, clip
 
 
 
@@ -22,8 +22,7 @@ def _where(m: Measurements, prompt: int, position: int) -> dict[str, Any]:
 
 
 def _where_text(w: dict[str, Any]) -> str:
-    label = w["prompt"] if len(w["prompt"]) <= 60 else w["prompt"][:57] + "..."
-    return f"prompt {w['prompt_id']} ({label!r}) position {w['position']}"
+    return f"prompt {w['prompt_id']} ({clip(w['prompt'])!r}) position {w['position']}"
 
 
 def judge(m: Measurements, threshold: Threshold) -> Verdict:

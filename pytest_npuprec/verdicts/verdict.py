@@ -7,6 +7,11 @@ from typing import Any
 from ..config.schema import Threshold
 
 
+def clip(text: str, width: int = 60) -> str:
+    """`text`, cut to `width` characters with "..." when longer: for messages and table cells."""
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
 @dataclass(frozen=True)
 class Verdict:
     model: str
