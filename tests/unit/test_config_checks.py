@@ -103,3 +103,31 @@ def test_thinking_without_chat_prompts_is_an_error(tmp_path):
 """, "") + "  checks: {thinking: {}}\n", encoding="utf-8")
     with pytest.raises(ConfigError, match=r"precision.checks.thinking.prompts: no prompt is given as messages"):
         load_config(path)
+
+
+class _WordTokenizer:
+    """One id per word: enough to tokenize a perplexity text without a model."""
+
+    def __call__(self, text, add_special_tokens=True):
+        return {"input_ids": list(range(len(text.split())))}
+
+
+@pytest.mark.parametrize("text, max_model_len, expected", [
+    ("one", 64, r"precision.checks.perplexity.text: 1 token\(s\); expected at least 2"),
+    ("a b c d e f", 4, r"precision.checks.perplexity.text: 6 tokens exceed serve.max_model_len 4"),
+])
+def test_perplexity_text_that_cannot_be_scored_is_named(tmp_path, text, max_model_len, expected):
+    from pytest_npuprec.capture.prompts import PromptError, perplexity_input
+
+    path = tmp_path / "M.yaml"
+    path.write_text(BASE.replace('model_name: "org/M"', f'model_name: "org/M"\nserve: {{max_model_len: {max_model_len}}}')
+                    + f"  checks: {{perplexity: {{text: '{text}', max_ratio: 1.01}}}}\n", encoding="utf-8")
+    with pytest.raises(PromptError, match=rf"M.yaml: {expected}"):
+        perplexity_input(load_config(path), _WordTokenizer(), 2)
+
+
+def test_perplexity_text_is_scored_at_every_position(tmp_path):
+    from pytest_npuprec.capture.prompts import perplexity_input
+
+    prompt = perplexity_input(load(tmp_path, ALL_KINDS), _WordTokenizer(), 2)
+    assert (prompt.kind, prompt.id, prompt.index, prompt.token_ids) == ("perplexity", "perplexity", 2, (0, 1, 2))
