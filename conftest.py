@@ -1,3 +1,33 @@
 # Project-level pytest setup. The npuprec plugin itself is loaded through its pytest11 entry
 # point (pip install -e .); pytester drives the suite in subprocesses for the e2e self-tests.
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import PurePosixPath
+
 pytest_plugins = ["pytester"]
+
+_seconds: dict[str, float] = defaultdict(float)
+_tests: dict[str, set[str]] = defaultdict(set)
+
+
+def _group(nodeid: str) -> str:
+    """tests/unit as one group; each end-to-end module (they start engines) on its own."""
+    path = PurePosixPath(nodeid.split("::", 1)[0])
+    return "tests/unit" if path.parts[:2] == ("tests", "unit") else str(path)
+
+
+def pytest_runtest_logreport(report) -> None:
+    group = _group(report.nodeid)
+    _seconds[group] += report.duration  # setup + call + teardown, so module fixtures count where they run
+    _tests[group].add(report.nodeid)
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Where CI time goes, so a change that slows a group shows in its own run."""
+    if not _seconds:
+        return
+    terminalreporter.section("time per test group")
+    for group, seconds in sorted(_seconds.items(), key=lambda kv: -kv[1]):
+        terminalreporter.write_line(f"{seconds / 60:6.1f} min  {len(_tests[group]):4d} tests  {group}")
+    terminalreporter.write_line(f"{sum(_seconds.values()) / 60:6.1f} min  in all")
