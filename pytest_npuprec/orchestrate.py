@@ -20,6 +20,7 @@ class RunOptions:
     model_roots: list[Path]
     report_dir: Path
     fault: str | None = None
+    timeout_s: float | None = None  # bound on each engine phase (--npuprec-timeout, else precision.timeout_s)
 
 
 @dataclass

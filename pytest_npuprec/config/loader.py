@@ -20,6 +20,8 @@ LM_EVAL_KEYS = frozenset({
     "apply_chat_template", "fewshot_as_multiturn", "language", "normalizer",
 })
 
+# serve keys with a known type; any other serve key is an engine argument passed through as it is
+# (checked against the installed vLLM's EngineArgs when the model runs, see engine_args.py).
 _SERVE_TYPES: dict[str, tuple[type, ...]] = {
     "dtype": (str,),
     "max_model_len": (int,),
@@ -34,18 +36,26 @@ _SERVE_TYPES: dict[str, tuple[type, ...]] = {
     "enable_expert_parallel": (bool,),
     "seed": (int,),
     "engine_kwargs": (dict,),
+    "block_size": (int,),
+    "additional_config": (dict,),
 }
+_SERVE_FIELDS = frozenset(_SERVE_TYPES) - {"engine_kwargs", "block_size", "additional_config"}
+_POSITIVE_SERVE_INTS = ("max_model_len", "tensor_parallel_size", "max_num_batched_tokens", "max_num_seqs",
+                        "block_size")
 # Older vllm-ascend configs put some serve settings at the top level.
-_LEGACY_SERVE_KEYS = frozenset(_SERVE_TYPES) - {"engine_kwargs", "seed"}
-_TOP_KEYS = frozenset({"model_name", "hardware", "serve", "precision", "stand_in"})
+_LEGACY_SERVE_KEYS = frozenset(_SERVE_FIELDS) - {"seed"}
+_TOP_KEYS = frozenset({"model_name", "hardware", "serve", "precision", "stand_in", "envs", "system_prompt", "gate"})
+KNOWN_TOP_KEYS = _TOP_KEYS | LM_EVAL_KEYS | _LEGACY_SERVE_KEYS
 _PRECISION_KEYS = frozenset({"prompts", "max_tokens", "thresholds", "positions", "chat_template", "tie_margin",
-                             "checks"})
+                             "checks", "timeout_s"})
 _POSITIONS = ("continuation", "all")
 _ROLES = ("system", "user", "assistant")
 _DTYPES = ("auto", "bfloat16", "float16", "float32", "half", "float", "bf16", "fp16")
 
 
 def load_config(path: Path | str) -> ModelConfig:
+    """Validate one YAML. Top-level keys the suite does not know are kept in `ModelConfig.unknown`
+    (vllm-ascend's schema grows); `precision:`, `gate:` and the typed serve keys are strict."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -56,48 +66,84 @@ def load_config(path: Path | str) -> ModelConfig:
     r = Reader(path)
     if raw is None:
         raise r.fail("", "the file is empty; expected a mapping with at least model_name")
-    r.mapping(raw, "", _TOP_KEYS | LM_EVAL_KEYS | _LEGACY_SERVE_KEYS)
+    r.typed(raw, "", dict)
     if "model_name" not in raw:
         raise r.fail("model_name", "missing; expected the model's published name, e.g. Qwen/Qwen3-8B")
     model_name = r.typed(raw["model_name"], "model_name", str)
-    stand_in = raw.get("stand_in")
-    if stand_in is not None:
-        r.typed(stand_in, "stand_in", str)
-    hardware = raw.get("hardware")
-    if hardware is not None:
-        r.typed(hardware, "hardware", str)
+    optional = {key: r.typed(raw[key], key, str) for key in ("stand_in", "hardware", "system_prompt")
+                if raw.get(key) is not None}
     return ModelConfig(
         name=path.stem,
         path=path,
         model_name=model_name,
         serve=_serve(r, raw),
         precision=_precision(r, raw["precision"]) if "precision" in raw else None,
-        stand_in=stand_in,
-        hardware=hardware,
         lm_eval={k: v for k, v in raw.items() if k in LM_EVAL_KEYS},
+        gate_paths=_gate(r, raw.get("gate")),
+        unknown={str(k): v for k, v in raw.items() if k not in KNOWN_TOP_KEYS},
+        **optional,
     )
 
 
 def _serve(r: Reader, raw: dict[str, Any]) -> ServeConfig:
-    serve = dict(r.mapping(raw.get("serve") or {}, "serve", frozenset(_SERVE_TYPES)))
+    serve = dict(r.typed(raw.get("serve") or {}, "serve", dict))
     for key in _LEGACY_SERVE_KEYS & raw.keys():
         if key in serve and serve[key] != raw[key]:
             raise r.fail(key, f"set both at the top level ({raw[key]!r}) and under serve ({serve[key]!r}); "
                               "expected it in one place")
         serve.setdefault(key, raw[key])
     for key, value in serve.items():
-        if value is not None:
+        r.typed(key, "serve", str)
+        if value is not None and key in _SERVE_TYPES:
             r.typed(value, f"serve.{key}", *_SERVE_TYPES[key])
     if "dtype" in serve:
         r.choice(serve["dtype"], "serve.dtype", _DTYPES)
-    for key in ("max_model_len", "tensor_parallel_size", "max_num_batched_tokens", "max_num_seqs"):
+    for key in _POSITIVE_SERVE_INTS:
         if serve.get(key) is not None:
             r.positive_int(serve[key], f"serve.{key}")
     gmu = serve.get("gpu_memory_utilization")
     if gmu is not None and not 0 < gmu <= 1:
         raise r.fail("serve.gpu_memory_utilization", f"expected a fraction in (0, 1], got {gmu}")
-    extra = serve.pop("engine_kwargs", None) or {}
-    return ServeConfig(**{k: v for k, v in serve.items() if v is not None}, extra=extra)
+    fields = {k: v for k, v in serve.items() if k in _SERVE_FIELDS and v is not None}
+    passthrough = {k: v for k, v in serve.items() if k not in _SERVE_FIELDS and k != "engine_kwargs"}
+    sources = {k: f"serve.{k}" for k in (*fields, *passthrough)}
+    engine_kwargs = serve.get("engine_kwargs") or {}
+    for key in engine_kwargs:
+        if key in passthrough or key in fields:
+            raise r.fail(f"serve.engine_kwargs.{key}", f"also set as serve.{key}; expected it in one place")
+        sources[key] = f"serve.engine_kwargs.{key}"
+    return ServeConfig(**fields, extra={**passthrough, **engine_kwargs}, env=_envs(r, raw.get("envs")),
+                       sources=sources)
+
+
+def _envs(r: Reader, raw: Any) -> dict[str, str]:
+    """envs: {NAME: value}: set in the device engine's environment. Values are strings (numbers are taken
+    as written); a bare true/false is refused, since an environment variable has no boolean."""
+    if raw is None:
+        return {}
+    r.typed(raw, "envs", dict)
+    env = {}
+    for name, value in raw.items():
+        if not isinstance(name, str) or not name or "=" in name:
+            raise r.fail("envs", f"{name!r} is not an environment variable name")
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise r.fail(f"envs.{name}", f"expected a string (quote it, e.g. \"{str(value).lower()}\"), "
+                                         f"got {type(value).__name__} {value!r}")
+        env[name] = str(value)
+    return env
+
+
+def _gate(r: Reader, raw: Any) -> tuple[str, ...]:
+    """gate: {paths: [glob, ...]}: a change to a matching path selects this model under --npuprec-changed-files."""
+    if raw is None:
+        return ()
+    r.mapping(raw, "gate", frozenset({"paths"}))
+    paths = r.typed(raw.get("paths", []), "gate.paths", list)
+    for i, glob in enumerate(paths):
+        r.typed(glob, f"gate.paths[{i}]", str)
+        if not glob.strip():
+            raise r.fail(f"gate.paths[{i}]", "empty; expected a glob like vllm_ascend/models/qwen3*.py")
+    return tuple(p.strip() for p in paths)
 
 
 def _precision(r: Reader, raw: Any) -> PrecisionConfig:
@@ -119,7 +165,17 @@ def _precision(r: Reader, raw: Any) -> PrecisionConfig:
         chat_template=r.typed(raw.get("chat_template", False), "precision.chat_template", bool),
         tie_margin=tie_margin,
         checks=parse_checks(r, raw.get("checks"), prompts),
+        timeout_s=_timeout(r, raw.get("timeout_s")),
     )
+
+
+def _timeout(r: Reader, raw: Any) -> float | None:
+    if raw is None:
+        return None
+    value = r.typed(raw, "precision.timeout_s", float, int)
+    if not 0 < value < float("inf"):
+        raise r.fail("precision.timeout_s", f"expected a positive number of seconds, got {raw!r}")
+    return float(value)
 
 
 def _prompts(r: Reader, raw: Any) -> tuple[Prompt, ...]:

@@ -1,7 +1,8 @@
 """Validated model configs: what one YAML under tests/e2e/models/configs/ holds, as objects.
 
-The YAML is a superset of vllm-ascend's lm_eval configs; only the `precision:` section and the
-serve settings are used here, the lm_eval keys are accepted and kept as they are.
+The YAML is a superset of vllm-ascend's lm_eval configs; only the `precision:` section, the
+serve settings, `envs:` and `gate:` are used here; the lm_eval keys (and any top-level key this
+suite does not know) are accepted and kept as they are.
 """
 from __future__ import annotations
 
@@ -31,7 +32,12 @@ class ServeConfig:
     max_num_seqs: int | None = None
     enable_expert_parallel: bool | None = None
     seed: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)  # serve.engine_kwargs, passed through
+    # Any other serve key (block_size, additional_config, ...) and serve.engine_kwargs: passed to the
+    # engine as they are; checked against the installed vLLM's EngineArgs when the model runs.
+    extra: dict[str, Any] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)  # the config's top-level `envs:`, for the device engine only
+    # engine keyword -> the YAML key it came from (serve.block_size, serve.engine_kwargs.x), for errors
+    sources: dict[str, str] = field(default_factory=dict, compare=False)
 
     def engine_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
@@ -174,6 +180,7 @@ class PrecisionConfig:
     chat_template: bool = False  # render plain-text prompts as a single user message too
     tie_margin: float | None = None  # logit gap that counts as a BF16 tie; None = one BF16 ulp
     checks: ChecksConfig = field(default_factory=ChecksConfig)
+    timeout_s: float | None = None  # bound on each engine phase; --npuprec-timeout overrides it
 
 
 @dataclass(frozen=True)
@@ -186,6 +193,14 @@ class ModelConfig:
     stand_in: str | None = None  # name of a built-in tiny checkpoint instead of real weights
     hardware: str | None = None
     lm_eval: dict[str, Any] = field(default_factory=dict)  # vllm-ascend's keys, untouched
+    system_prompt: str | None = None  # vllm-ascend's reward-model key; kept, not used by the comparison
+    gate_paths: tuple[str, ...] = ()  # gate.paths: globs of source paths whose change selects this model
+    unknown: dict[str, Any] = field(default_factory=dict)  # top-level keys this suite does not know, kept
+
+    @property
+    def envs(self) -> dict[str, str]:
+        """The config's `envs:`, applied to the device engine's environment."""
+        return self.serve.env
 
     @property
     def thresholds(self) -> tuple[Threshold, ...]:

@@ -83,8 +83,8 @@ class VllmRunner:
         return kwargs
 
     def __enter__(self) -> "VllmRunner":
-        env: dict[str, str] = {}
-        if self.device == "cpu" and "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
+        env: dict[str, str] = dict(self.serve.env)  # the config's envs: this engine's environment only
+        if self.device == "cpu" and "VLLM_CPU_KVCACHE_SPACE" not in {**os.environ, **env}:
             env["VLLM_CPU_KVCACHE_SPACE"] = str(cpu_kv_cache_gib(self.model_path, self.serve.max_model_len))
         started = time.perf_counter()
         with temporary_env(env):

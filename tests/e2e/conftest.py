@@ -1,4 +1,5 @@
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -24,10 +25,15 @@ def run_suite(pytester, tmp_path, repo_config_dir):
     """Run the precision suite in a subprocess: run_suite(model, *pytest_args) -> (result, report dir)."""
 
     def run(model, *args, config_dir=repo_config_dir):
-        pytester.makepyfile(test_suite="from pytest_npuprec.suite import test_precision  # noqa: F401\n")
+        # a repository holding nothing but the configs: the plugin collects the YAML itself
+        configs = pytester.path / "configs"
+        configs.mkdir(exist_ok=True)
+        for path in Path(config_dir).glob("*.yaml"):
+            shutil.copy(path, configs / path.name)
         report_dir = tmp_path / "reports"
-        result = pytester.runpytest_subprocess("-m", "npu", "--model", model, "--config-dir", str(config_dir),
-                                               "--report-dir", str(report_dir), "-p", "no:cacheprovider", *args)
+        result = pytester.runpytest_subprocess("-m", "npu", "--model", model, "--npuprec-config-dir", "configs",
+                                               "--npuprec-report-dir", str(report_dir), "-p", "no:cacheprovider",
+                                               *args)
         return result, report_dir
 
     return run

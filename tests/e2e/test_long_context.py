@@ -9,7 +9,7 @@ LONG_TOKENS = 12_000
 
 
 @pytest.fixture
-def long_config_dir(tmp_path, tiny_llama):
+def long_config_dir(pytester, tiny_llama):
     from transformers import AutoTokenizer
 
     from pytest_npuprec.standins import corpus
@@ -32,17 +32,16 @@ def long_config_dir(tmp_path, tiny_llama):
                            "kl_divergence": {"max": 0.01}},
         },
     }
-    folder = tmp_path / "configs"
+    folder = pytester.path / "configs"  # collected by the plugin: nothing else is needed
     folder.mkdir()
     (folder / "tiny-llama-32k.yaml").write_text(yaml.safe_dump(config))
     return folder
 
 
 def test_long_prompt_in_a_32k_context(pytester, tmp_path, long_config_dir):
-    pytester.makepyfile(test_suite="from pytest_npuprec.suite import test_precision  # noqa: F401\n")
     report_dir = tmp_path / "reports"
     result = pytester.runpytest_subprocess("-m", "npu", "--model", "tiny-llama-32k", "--config-dir",
-                                           str(long_config_dir), "--report-dir", str(report_dir),
+                                           str(long_config_dir), "--npuprec-report-dir", str(report_dir),
                                            "-p", "no:cacheprovider")
     assert result.ret == pytest.ExitCode.OK, result.stdout.str()[-3000:]
     report = json.loads((report_dir / "tiny-llama-32k.json").read_text())

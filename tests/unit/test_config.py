@@ -78,7 +78,6 @@ def test_valid_config_loads(tmp_path):
     ("trust_remote_code: true", "trust_remote_code: yes please", "serve.trust_remote_code", "true/false"),
     ("dtype: bfloat16", "dtype: int4", "serve.dtype", "expected one of"),
     ("role: system", "role: robot", "precision.prompts[1].messages[0].role", "expected one of system"),
-    ("hardware:", "hardwear:", "hardwear", "unknown key"),
     ("token_agreement: {min: 0.99}", "token_agreement: {min: true}", "precision.thresholds.token_agreement.min",
      "expected a number, got bool"),
 ])

@@ -1,0 +1,160 @@
+"""A config is enough: pytest collects each selected <model>.yaml of the config folder itself.
+
+One item per (model, check), named `test_precision[<model>-<check>]` (CI history keys on these ids),
+each marked `npu`. A config that does not validate is one red item, `test_precision[<model>-config]`,
+and the other models still collect and run. Nothing heavy is imported here.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from . import options
+from .selection import CONFIG_SUFFIXES, Selection, SelectionError, gate, read_changed_files, resolve, scan
+
+ITEM = "test_precision"
+_selection_key = pytest.StashKey[Selection]()
+_unknown_keys_key = pytest.StashKey[dict]()  # config path -> top-level keys the suite does not know
+
+
+def selection(config: pytest.Config) -> Selection:
+    """The session's selection, computed once (it may read the changed files from stdin)."""
+    found = config.stash.get(_selection_key, None)
+    if found is not None:
+        return found
+    config_dir = options.config_dir(config)
+    requested, explicit = options.requested_models(config)
+    changed_source = config.getoption("npuprec_changed_files")
+    if changed_source is not None and not explicit:
+        requested = ["all"]  # a PR gate looks at every model, unless told which
+    entries = scan(config_dir)
+    names = resolve(entries, requested, config_dir, explicit or changed_source is not None)
+    sel = Selection(config_dir, names, explicit or changed_source is not None)
+    if changed_source is not None:
+        sel.changed = read_changed_files(changed_source)
+        bases = list(dict.fromkeys([config.invocation_params.dir, config.rootpath]))
+        sel.names, sel.gated_out = gate(entries, names, sel.changed, bases)
+    config.stash[_selection_key] = sel
+    return sel
+
+
+def prepare(config: pytest.Config) -> None:
+    """Resolve the selection before collection when the user asked for models: a wrong name is a usage error."""
+    if options.requested_models(config)[1] or config.getoption("npuprec_changed_files") is not None:
+        try:
+            selection(config)
+        except SelectionError as exc:
+            raise pytest.UsageError(f"pytest-npuprec: {exc}") from None
+
+
+def collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
+    if file_path.suffix not in CONFIG_SUFFIXES:
+        return None
+    try:
+        sel = selection(parent.config)
+    except SelectionError:  # only for a default request, which never raises; kept for safety
+        return None
+    if file_path.parent.resolve() != sel.config_dir:
+        return None
+    sel.visited = True
+    given = not sel.explicit and parent.session.isinitpath(file_path)  # `pytest configs/X.yaml` runs X
+    if file_path.stem in sel.names or given:
+        return ConfigFile.from_parent(parent, path=file_path)
+    return None
+
+
+class ConfigFile(pytest.File):
+    """One model config: its checks, or one red item when it does not validate."""
+
+    def collect(self) -> Iterator[pytest.Item]:
+        from .config.loader import ConfigError, load_config
+
+        try:
+            model = load_config(self.path)
+            if model.precision is None:
+                raise ConfigError(self.path, "precision", "this config has no precision section; expected prompts, "
+                                                          "max_tokens and thresholds under precision:")
+        except ConfigError as exc:
+            yield InvalidConfigItem.from_parent(self, name=f"{ITEM}[{self.path.stem}-config]", error=exc)
+            return
+        if model.unknown:
+            self.config.stash.setdefault(_unknown_keys_key, {})[str(self.path)] = sorted(model.unknown)
+        for check_id in model.check_ids:
+            yield PrecisionItem.from_parent(self, name=f"{ITEM}[{model.name}-{check_id}]", model=model,
+                                            check_id=check_id)
+
+
+class _NpuItem(pytest.Item):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.add_marker(pytest.mark.npu)
+
+    def reportinfo(self) -> tuple[Path, int | None, str]:
+        return self.path, None, self.name
+
+
+class PrecisionItem(_NpuItem):
+    """One check of one model: device (vLLM) vs FP32 CPU reference, judged against the model's YAML."""
+
+    def __init__(self, *, model: Any, check_id: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.model, self.check_id = model, check_id
+
+    def runtest(self) -> None:
+        from .results import record_verdict, runs
+
+        result = runs(self.config).get(self.model)
+        self.user_properties.extend([("model", self.model.name), ("check", self.check_id)])
+        if result.error is not None:
+            pytest.fail(f"{self.model.name}: could not run: {result.describe_error()}", pytrace=False)
+        verdict = result.verdicts[self.check_id]
+        record_verdict(self.user_properties, verdict)
+        if not verdict.passed:
+            pytest.fail(verdict.message, pytrace=False)
+
+
+class InvalidConfigItem(_NpuItem):
+    """A config that does not validate: red, with the file, the key and what was expected."""
+
+    def __init__(self, *, error: Exception, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.error = error
+
+    def runtest(self) -> None:
+        self.user_properties.extend([("model", self.path.stem), ("check", "config")])
+        pytest.fail(f"pytest-npuprec: invalid config: {self.error}", pytrace=False)
+
+
+def summary_lines(config: pytest.Config) -> list[str]:
+    """Notes for the terminal summary: unknown keys, short forms held by others, the PR gate's outcome."""
+    lines = []
+    for path, keys in config.stash.get(_unknown_keys_key, {}).items():
+        lines.append(f"warning: {path}: top-level key(s) this suite does not know, kept and ignored: "
+                     f"{', '.join(keys)}")
+    sel = config.stash.get(_selection_key, None)
+    if sel is None:
+        return lines
+    taken = options.short_forms_taken(config)
+    for option, owner in taken:
+        lines.append(f"note: {option} belongs to {owner}; pytest-npuprec reads only --npuprec-{option[2:]}")
+    if sel.changed is not None:
+        if sel.names:
+            lines.append(f"PR gate: {len(sel.changed)} changed path(s) select {', '.join(sel.names)}"
+                         + (f"; not affected: {', '.join(sel.gated_out)}" if sel.gated_out else ""))
+        else:
+            lines.append(f"PR gate: no model is affected by the {len(sel.changed)} changed path(s) "
+                         f"({len(sel.gated_out)} model config(s) looked at); nothing to run")
+    elif sel.explicit and sel.names and not sel.visited:
+        lines.append(f"note: --model {', '.join(sel.names)} was asked for, but pytest did not walk {sel.config_dir}; "
+                     "run from the folder holding it, or pass that folder (or the YAML) as an argument")
+    return lines
+
+
+def nothing_affected(config: pytest.Config) -> bool:
+    sel = config.stash.get(_selection_key, None)
+    return sel is not None and sel.changed is not None and not sel.names
+
+
+__all__ = ["collect_file", "prepare", "selection", "summary_lines", "nothing_affected", "read_changed_files"]

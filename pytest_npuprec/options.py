@@ -1,0 +1,203 @@
+"""The plugin's command-line options: canonical `--npuprec-*` names, short forms where nobody else holds them.
+
+An installed pytest plugin is loaded in every pytest run of the environment, so it must never take an
+option name a project's conftest registers itself (vllm-ascend's tests/e2e/models/conftest.py owns
+`--report-dir`, its robot conftest `--model`). Every option therefore has a canonical `--npuprec-*` name,
+registered with the plugin. Short forms are registered later, after the initial conftests (those of the
+rootdir and of the paths on the command line) have registered theirs, and only for names still free.
+A conftest in a subfolder is imported only during collection, after our short forms, and a clash
+there is a crash (argparse's "conflicting option string"); so before registering a short form the
+conftest.py files under the paths to be collected are read, and a name one of them registers
+(`addoption("--model", ...)`) is left to it. `--report-dir` never gets a short form: vllm-ascend's
+tests/e2e/models/conftest.py owns it.
+
+Values are validated when parsed (an `argparse.ArgumentTypeError` is a usage error), so a bad
+`--npuprec-fault` or `--npuprec-timeout` stops the run at once instead of failing every check.
+This module imports nothing heavy.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+DEFAULT_MODEL = "tiny-llama"
+DEFAULT_CONFIG_DIR = "tests/e2e/models/configs"
+DEVICES = ("auto", "npu", "cuda", "cpu")
+# Short forms registered when free; --report-dir is left out on purpose (see the module docstring).
+SHORT_FORMS = ("model", "device", "config-dir", "model-root")
+NEVER_SHORT = {"report-dir": "vllm-ascend's tests/e2e/models/conftest.py registers --report-dir"}
+SHORT_FORMS_INI = "npuprec_short_options"
+_short_taken = pytest.StashKey[list]()  # short forms someone else held when ours were due
+
+
+def _fault(text: str) -> str:
+    from .runners.device import Fault  # light: device.py imports vLLM only when an engine starts
+
+    try:
+        Fault.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _timeout(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
+
+
+def _changed_files(text: str) -> str:
+    if text != "-" and not Path(text).expanduser().is_file():
+        raise argparse.ArgumentTypeError(f"{text}: no such file; expected a file listing changed paths, one a "
+                                         "line, or - to read them from stdin")
+    return text
+
+
+# name (without --npuprec-) -> argparse attributes, shared by the canonical and the short form
+OPTIONS: dict[str, dict[str, Any]] = {
+    "model": dict(action="append", default=None, metavar="NAME", dest="npuprec_model",
+                  help=f"model config(s) to run: config file stem, model_name or its last part; repeatable and "
+                       f"comma-separated; 'all' = every config with a precision section (default: {DEFAULT_MODEL})"),
+    "config-dir": dict(default=None, metavar="DIR", dest="npuprec_config_dir",
+                       help=f"folder of <model>.yaml configs (default: ini npuprec_config_dir, "
+                            f"<rootdir>/{DEFAULT_CONFIG_DIR})"),
+    "model-root": dict(action="append", default=None, metavar="DIR", dest="npuprec_model_root",
+                       help="folder holding real checkpoints, laid out like a ModelScope or Hugging Face cache; "
+                            "repeatable (default: $NPUPREC_MODEL_ROOT, ':'-separated)"),
+    "device": dict(default=None, choices=DEVICES, dest="npuprec_device",
+                   help="device for the engine under test; 'npu' fails the run when torch_npu/vllm-ascend are "
+                        "missing, it never falls back (default: auto)"),
+    "report-dir": dict(default=None, metavar="DIR", dest="npuprec_report_dir",
+                       help="where JSON/Markdown reports and captures go (default: <rootdir>/reports/npuprec)"),
+    "fault": dict(default=None, metavar="NAME[=MAGNITUDE]", type=_fault, dest="npuprec_fault",
+                  help="inject a device-side fault (attention_scale, rope_theta, rmsnorm_offset, overflow, "
+                       "nondeterminism) to prove the checks can fail; for validating the suite itself"),
+    "timeout": dict(default=None, metavar="SECONDS", type=_timeout, dest="npuprec_timeout",
+                    help="bound on each engine phase (start, generate, score), in seconds; overrides "
+                         "precision.timeout_s"),
+    "changed-files": dict(default=None, metavar="FILE", type=_changed_files, dest="npuprec_changed_files",
+                          help="keep only the models a change touches: FILE lists changed paths one a line ('-' = "
+                               "stdin, e.g. from `git diff --name-only`); a changed config selects its model, and "
+                               "so does a path matching its gate.paths. Nothing affected: exit 0"),
+}
+
+
+def add_options(parser: pytest.Parser) -> None:
+    group = parser.getgroup("npuprec", "NPU precision suite (pytest-npuprec)")
+    for name, attrs in OPTIONS.items():
+        short = f" Also --{name} unless another plugin or conftest holds it." if name in SHORT_FORMS else ""
+        group.addoption(f"--npuprec-{name}", **dict(attrs, help=attrs["help"] + short))
+    parser.addini("npuprec_config_dir", "default for --npuprec-config-dir", default=DEFAULT_CONFIG_DIR)
+    parser.addini(SHORT_FORMS_INI, "short option forms to register when free (default: "
+                                   f"{' '.join(SHORT_FORMS)}); empty = canonical --npuprec-* names only",
+                  type="args", default=list(SHORT_FORMS))
+
+
+_PRUNE = frozenset({"__pycache__", "node_modules", "site-packages", "venv", "build", "dist"})
+
+
+def _later_conftests(config: pytest.Config) -> list[Path]:
+    """conftest.py files below the paths pytest is about to collect (loaded only during collection)."""
+    # Early, the value of a short option no one registered yet (`--model foo`) is taken for a path: keep
+    # only the arguments that exist.
+    args = [a.split("::")[0] for a in (config.known_args_namespace.file_or_dir or [])]
+    args = [a for a in args if (config.invocation_params.dir / a).exists()]
+    if not args:
+        args = config.getini("testpaths") or ["."]
+    found = []
+    for arg in args:
+        top = config.invocation_params.dir / arg
+        if not top.is_dir():
+            continue
+        for folder, dirs, files in os.walk(top):
+            dirs[:] = [d for d in dirs if not d.startswith(".") and d not in _PRUNE and not d.endswith(".egg-info")]
+            if "conftest.py" in files and Path(folder) != top:
+                found.append(Path(folder) / "conftest.py")
+    return found
+
+
+def _registered_by(conftests: list[Path], name: str) -> Path | None:
+    pattern = re.compile(r"""addoption\(\s*(?:["'][^"']*["']\s*,\s*)*["']--%s["']""" % re.escape(name))
+    for path in conftests:
+        try:
+            if pattern.search(path.read_text(encoding="utf-8", errors="replace")):
+                return path
+        except OSError:
+            continue
+    return None
+
+
+def add_short_forms(config: pytest.Config, parser: pytest.Parser) -> None:
+    """Register the short forms that are still free; called once the initial conftests are loaded."""
+    wanted = config.getini(SHORT_FORMS_INI)
+    unknown = [w for w in wanted if w not in SHORT_FORMS]
+    if unknown:
+        why = "; ".join(f"--{w}: {NEVER_SHORT[w]}" for w in unknown if w in NEVER_SHORT)
+        raise pytest.UsageError(f"ini {SHORT_FORMS_INI}: {', '.join(unknown)}: expected some of "
+                                f"{', '.join(SHORT_FORMS)}" + (f" ({why})" if why else ""))
+    taken: list[tuple[str, str]] = []  # (option, who holds it)
+    group = parser.getgroup("npuprec")
+    later = _later_conftests(config) if wanted else []
+    for name in SHORT_FORMS:
+        if name not in wanted:
+            continue
+        owner = _registered_by(later, name)
+        if owner is not None:
+            taken.append((f"--{name}", str(owner)))
+            continue
+        attrs = dict(OPTIONS[name], help=f"same as --npuprec-{name}")
+        attrs.pop("default")  # the canonical option set it; argparse keeps the first default of a dest
+        try:
+            group.addoption(f"--{name}", **attrs)
+        except (ValueError, argparse.ArgumentError):  # pytest < 9 raises ValueError, 9 argparse's error
+            taken.append((f"--{name}", "another plugin or conftest"))
+    config.stash[_short_taken] = taken
+
+
+def short_forms_taken(config: pytest.Config) -> list[tuple[str, str]]:
+    """(short form, who holds it) for each short form left to someone else."""
+    return config.stash.get(_short_taken, [])
+
+
+def cli_path(config: pytest.Config, value: str) -> Path:
+    """A path given on the command line is relative to where pytest was started."""
+    return (config.invocation_params.dir / Path(value).expanduser()).resolve()
+
+
+def requested_models(config: pytest.Config) -> tuple[list[str], bool]:
+    """(model names, whether the user named them): --npuprec-model/--model, else the default."""
+    names = [n.strip() for v in config.getoption("npuprec_model") or [] for n in v.split(",") if n.strip()]
+    return (names, True) if names else ([DEFAULT_MODEL], False)
+
+
+def config_dir(config: pytest.Config) -> Path:
+    value = config.getoption("npuprec_config_dir")
+    if value:
+        return cli_path(config, value)
+    return (config.rootpath / config.getini("npuprec_config_dir")).resolve()
+
+
+def report_dir(config: pytest.Config) -> Path:
+    value = config.getoption("npuprec_report_dir")
+    return cli_path(config, value) if value else config.rootpath / "reports" / "npuprec"
+
+
+def model_roots(config: pytest.Config) -> list[Path]:
+    from .weights import MODEL_ROOT_ENV
+
+    values = config.getoption("npuprec_model_root") or [p for p in os.environ.get(MODEL_ROOT_ENV, "").split(":") if p]
+    return [cli_path(config, v) for v in values]
+
+
+def device(config: pytest.Config) -> str:
+    return config.getoption("npuprec_device") or "auto"
