@@ -16,7 +16,14 @@ from .selection import CONFIG_SUFFIXES, Selection, SelectionError, gate, read_ch
 
 ITEM = "test_precision"
 _selection_key = pytest.StashKey[Selection]()
-_unknown_keys_key = pytest.StashKey[dict]()  # config path -> top-level keys the suite does not know
+_unknown_keys_key = pytest.StashKey[dict]()
+_stdin_key = pytest.StashKey[list]()  # the changed paths read from stdin  # config path -> top-level keys the suite does not know
+
+
+def read_stdin_early(config: pytest.Config) -> None:
+    """`--npuprec-changed-files -`: read stdin before pytest's capture replaces it."""
+    if getattr(config.known_args_namespace, "npuprec_changed_files", None) == "-":
+        config.stash[_stdin_key] = read_changed_files("-")
 
 
 def selection(config: pytest.Config) -> Selection:
@@ -33,7 +40,8 @@ def selection(config: pytest.Config) -> Selection:
     names = resolve(entries, requested, config_dir, explicit or changed_source is not None)
     sel = Selection(config_dir, names, explicit or changed_source is not None)
     if changed_source is not None:
-        sel.changed = read_changed_files(changed_source)
+        sel.changed = (config.stash[_stdin_key] if changed_source == "-" and _stdin_key in config.stash
+                       else read_changed_files(changed_source))
         bases = list(dict.fromkeys([config.invocation_params.dir, config.rootpath]))
         sel.names, sel.gated_out = gate(entries, names, sel.changed, bases)
     config.stash[_selection_key] = sel

@@ -25,8 +25,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     options.add_options(parser)
 
 
-@pytest.hookimpl(wrapper=True)
+@pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Parser, args: list[str]) -> Any:
+    # `--npuprec-changed-files -` reads stdin now, before pytest's output capture takes it away.
+    collect.read_stdin_early(early_config)
     # Short forms (--model, --device, ...) only after the root conftests and those of the command-line
     # paths had their say, and only where nobody holds them (vllm-ascend's conftests define --model and
     # --report-dir themselves; claiming one first would crash them).
