@@ -37,7 +37,7 @@ def selection(config: pytest.Config) -> Selection:
     if changed_source is not None and not explicit:
         requested = ["all"]  # a PR gate looks at every model, unless told which
     entries = scan(config_dir)
-    names = resolve(entries, requested, config_dir, explicit or changed_source is not None)
+    names = resolve(entries, requested, config_dir, explicit, require_configs=explicit or changed_source is not None)
     sel = Selection(config_dir, names, explicit or changed_source is not None)
     if changed_source is not None:
         sel.changed = (config.stash[_stdin_key] if changed_source == "-" and _stdin_key in config.stash

@@ -69,10 +69,12 @@ def scan(config_dir: Path) -> dict[str, Entry]:
     return entries
 
 
-def resolve(entries: dict[str, Entry], requested: list[str], config_dir: Path, explicit: bool) -> list[str]:
+def resolve(entries: dict[str, Entry], requested: list[str], config_dir: Path, explicit: bool,
+            require_configs: bool | None = None) -> list[str]:
     """--model values -> config stems. A name is a stem, a model_name or its last part; `all` is every
-    precision config. An unknown name is an error when the user gave it, nothing when it is the default."""
-    if explicit and not entries:
+    precision config. An unknown name is an error when the user gave it, nothing when it is the default.
+    `require_configs` (default: `explicit`): an empty or missing config folder is an error."""
+    if (explicit if require_configs is None else require_configs) and not entries:
         raise SelectionError(f"{config_dir}: no <model>.yaml configs there (the config folder: "
                              "--npuprec-config-dir or ini npuprec_config_dir)")
     selected: list[str] = []
@@ -84,6 +86,9 @@ def resolve(entries: dict[str, Entry], requested: list[str], config_dir: Path, e
         else:
             found = [e.name for e in entries.values()
                      if e.model_name and name in (e.model_name, e.model_name.rsplit("/", 1)[-1])][:1]
+        if not found and explicit and name == "all":
+            raise SelectionError(f"--model all: none of the {len(entries)} configs in {config_dir} has a precision "
+                                 "section; expected prompts, max_tokens and thresholds under precision:")
         if not found and explicit:
             raise SelectionError(f"--model {name}: no config in {config_dir} with that file name or model_name; "
                                  f"known: {', '.join(entries) or '(none)'}")

@@ -221,3 +221,21 @@ def test_selection_functions(tmp_path):
     listing = tmp_path / "changed.txt"
     listing.write_text("# comment\n\n  x/y.py  \n")
     assert read_changed_files(str(listing)) == ["x/y.py"]
+
+
+def test_configs_without_precision_sections(pytester):
+    """Their configs before anyone adds a precision section: the PR gate has nothing to run (exit 0);
+    an explicit --model all says why nothing can run."""
+    configs = pytester.mkdir("configs")
+    (configs / "lm-eval-only.yaml").write_text("model_name: org/x\ntasks: []\n")
+    (pytester.path / "changed.txt").write_text("configs/lm-eval-only.yaml\n")
+    gate = pytester.runpytest("-m", "npu", "--npuprec-config-dir", "configs", "--npuprec-changed-files", "changed.txt")
+    assert gate.ret == pytest.ExitCode.OK
+    gate.stdout.fnmatch_lines(["PR gate: no model is affected*nothing to run"])
+    every = pytester.runpytest("--npuprec-config-dir", "configs", "--model", "all")
+    assert every.ret == pytest.ExitCode.USAGE_ERROR
+    every.stderr.fnmatch_lines(["*--model all: none of the 1 configs in *configs has a precision section*"])
+    unknown = pytester.runpytest("--npuprec-config-dir", "configs", "--model", "Qwen3-8B")
+    assert unknown.ret == pytest.ExitCode.USAGE_ERROR
+    unknown.stderr.fnmatch_lines(["*--model Qwen3-8B: no config in *configs with that file name or model_name; "
+                                  "known: lm-eval-only*"])
