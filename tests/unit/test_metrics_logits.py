@@ -10,6 +10,9 @@ import pytest
 import scipy.spatial.distance
 import scipy.special
 import scipy.stats
+
+# property tests need the test extra (pip install -e .[test]); a plain install skips this module
+pytest.importorskip("hypothesis")
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp

@@ -5,6 +5,9 @@ import math
 
 import numpy as np
 import pytest
+
+# property tests need the test extra (pip install -e .[test]); a plain install skips this module
+pytest.importorskip("hypothesis")
 from hypothesis import given
 from hypothesis import strategies as st
 

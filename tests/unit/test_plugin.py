@@ -1,8 +1,10 @@
 """The plugin as a user meets it: options, collection, errors. No engine runs here."""
+import os
 import re
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -141,3 +143,47 @@ def test_seed_model_configs_collect(project):
         result.stdout.fnmatch_lines([f"configs/{name}.yaml::test_precision?{name}-finite_logits?",
                                      f"configs/{name}.yaml::test_precision?{name}-token_agreement?"])
     assert result.ret == pytest.ExitCode.OK
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def without_hypothesis(tmp_path):
+    """An environment where `import hypothesis` fails, as after a plain `pip install -e .` (no test extra)."""
+    blocker = tmp_path / "blocker" / "hypothesis"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'hypothesis'\", name='hypothesis')\n")
+    env = dict(os.environ, PYTHONPATH=str(blocker.parent))
+    probe = subprocess.run([sys.executable, "-c", "import hypothesis"], env=env, capture_output=True, text=True)
+    assert probe.returncode != 0 and "No module named 'hypothesis'" in probe.stderr
+    # its pytest plugin would not be installed either
+    return lambda *args: subprocess.run([sys.executable, "-m", "pytest", "-p", "no:hypothesispytest",
+                                         "-p", "no:cacheprovider", *args], cwd=REPO, env=env,
+                                        capture_output=True, text=True, timeout=600)
+
+
+def _tiny_llama_ids() -> list[str]:
+    from pytest_npuprec.config.loader import load_config
+
+    config = load_config(REPO / "tests" / "e2e" / "models" / "configs" / "tiny-llama.yaml")
+    return [f"tests/e2e/models/configs/tiny-llama.yaml::test_precision[tiny-llama-{c}]" for c in config.check_ids]
+
+
+def test_headline_command_collects_from_the_project_root_without_test_extras(without_hypothesis):
+    run = without_hypothesis("--collect-only", "-q", "-m", "npu", "--model", "tiny-llama")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    assert [line for line in run.stdout.splitlines() if "::" in line] == _tiny_llama_ids()
+    # the project's own tests are not even imported by `-m npu` (nothing deselected, no module skipped)
+    assert "deselected" not in run.stdout and "skipped" not in run.stdout, run.stdout[-2000:]
+
+
+def test_project_test_run_collects_the_default_model_once_and_skips_property_tests_cleanly(without_hypothesis):
+    # what `./dev.sh test` collects (every test under tests/), here without hypothesis
+    run = without_hypothesis("--collect-only", "-q", "-rs")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    precision = [line for line in run.stdout.splitlines() if "::test_precision[" in line]
+    assert precision == _tiny_llama_ids()  # once each, and no other model's checks
+    assert "tests/unit/test_metrics_tokens.py::" not in run.stdout
+    assert re.search(r"SKIPPED \[1\] tests/unit/test_metrics_logits.py:\d+: could not import 'hypothesis'", run.stdout)
+    assert re.search(r"SKIPPED \[1\] tests/unit/test_metrics_tokens.py:\d+: could not import 'hypothesis'", run.stdout)
