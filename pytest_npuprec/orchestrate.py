@@ -20,7 +20,9 @@ class RunOptions:
     model_roots: list[Path]
     report_dir: Path
     fault: str | None = None
-    timeout_s: float | None = None  # bound on each engine phase (--npuprec-timeout, else precision.timeout_s)
+    # seconds each engine phase may take (start; each generate and score call): --npuprec-timeout, else
+    # precision.timeout_s; None = runners.watchdog.DEFAULT_TIMEOUTS_S (start 1800 s, a call 900 s)
+    timeout_s: float | None = None
 
 
 @dataclass
@@ -78,6 +80,8 @@ def _run(config: ModelConfig, options: RunOptions, result: ModelResult) -> None:
     assert precision is not None
     device = resolve_device(options.device)
     fault = Fault.parse(options.fault) if options.fault else None
+    if fault is not None and not fault.applies_to(config.name):
+        fault = None
     started = time.perf_counter()
     model_path = locate_weights(config, options.model_roots)
     tokenizer = load_tokenizer(model_path, serve.trust_remote_code)
@@ -99,7 +103,7 @@ def _run(config: ModelConfig, options: RunOptions, result: ModelResult) -> None:
     capture = capture_model(
         config.name, prompts + extra, precision.max_tokens, precision.positions,
         reference=lambda: TransformersRunner(model_path, serve.trust_remote_code),
-        device=lambda: VllmRunner(model_path, serve, device, fault),
+        device=lambda: VllmRunner(model_path, serve, device, fault, model=config.name, timeout_s=options.timeout_s),
         folder=options.report_dir / "captures" / config.name,
         meta=meta,
         device_runs=checks.determinism.runs if checks.determinism else 1,

@@ -1,10 +1,18 @@
-"""The device under test: vLLM's `LLM` engine (vllm-ascend on an NPU box, picked up by vLLM's platform plugin)."""
+"""The device under test: vLLM's `LLM` engine (vllm-ascend on an NPU box, picked up by vLLM's platform plugin).
+
+Each engine phase (start, generate, score) runs under the watchdog (watchdog.py): bounded in time,
+the engine's processes watched. An engine that dies or stops answering is killed with its whole
+process tree and the model fails with EngineFailure, naming model, phase and cause; the next
+model's engine starts clean.
+"""
 from __future__ import annotations
 
 import gc
 import json
 import math
+import multiprocessing
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +20,7 @@ from typing import Any, Sequence
 
 from ..config.schema import ServeConfig
 from ..env_vars import temporary_env
+from .watchdog import PhaseError, ProcessTree, phase_timeouts, run_bounded
 
 WORKER_EXTENSION = "pytest_npuprec.runners.vllm_worker.CaptureWorkerExtension"
 _GIB = 1 << 30
@@ -21,26 +30,44 @@ class DeviceRunError(RuntimeError):
     pass
 
 
+class EngineFailure(DeviceRunError):
+    """The engine died (a process killed, an engine error) or did not answer within the phase's bound."""
+
+    def __init__(self, model: str, phase: str, cause: str):
+        super().__init__(f"the device engine of {model} failed during {phase}: {cause}")
+        self.model, self.phase, self.cause = model, phase, cause
+
+
 @dataclass(frozen=True)
 class Fault:
-    """A deliberate device-side error, injected to prove that the checks can fail."""
+    """A deliberate device-side error, injected to prove that the checks can fail.
+
+    `NAME[=MAGNITUDE][@MODEL]`: with `@MODEL` only that model's engine gets it (the other models of the
+    session run clean), e.g. `engine_kill@tiny-llama`."""
 
     name: str
     magnitude: float
+    model: str | None = None
 
     @classmethod
     def parse(cls, text: str) -> "Fault":
         from .vllm_worker import DEFAULT_MAGNITUDES, FAULTS
 
-        name, _, value = text.partition("=")
+        spec, at, model = text.partition("@")
+        if at and not model.strip():
+            raise ValueError(f"--npuprec-fault {text}: expected a model name after '@'")
+        name, _, value = spec.partition("=")
         if name not in FAULTS:
             raise ValueError(f"--npuprec-fault {text}: unknown fault {name!r}; expected one of "
-                             f"{', '.join(FAULTS)} (optionally =MAGNITUDE)")
+                             f"{', '.join(FAULTS)} (optionally =MAGNITUDE, @MODEL)")
         try:
             magnitude = float(value) if value else DEFAULT_MAGNITUDES[name]
         except ValueError:
             raise ValueError(f"--npuprec-fault {text}: magnitude {value!r} is not a number") from None
-        return cls(name, magnitude)
+        return cls(name, magnitude, model.strip() or None)
+
+    def applies_to(self, model: str) -> bool:
+        return self.model is None or self.model == model
 
 
 def cpu_kv_cache_gib(model_path: Path, max_model_len: int, sequences: int = 4) -> int:
@@ -63,13 +90,17 @@ class VllmRunner:
 
     side = "device"
 
-    def __init__(self, model_path: Path, serve: ServeConfig, device: str, fault: Fault | None = None):
+    def __init__(self, model_path: Path, serve: ServeConfig, device: str, fault: Fault | None = None, *,
+                 model: str | None = None, timeout_s: float | None = None):
         self.model_path = Path(model_path)
         self.serve = serve
         self.device = device
         self.fault = fault
+        self.model = model or self.model_path.name  # names the model in failure messages
+        self.timeouts = phase_timeouts(timeout_s)  # seconds per phase; watchdog.DEFAULT_TIMEOUTS_S for None
         self.llm: Any = None
         self.info: dict[str, Any] = {}
+        self._tree: ProcessTree | None = None
 
     def engine_kwargs(self) -> dict[str, Any]:
         kwargs = self.serve.engine_kwargs()
@@ -86,39 +117,105 @@ class VllmRunner:
         env: dict[str, str] = dict(self.serve.env)  # the config's envs: this engine's environment only
         if self.device == "cpu" and "VLLM_CPU_KVCACHE_SPACE" not in {**os.environ, **env}:
             env["VLLM_CPU_KVCACHE_SPACE"] = str(cpu_kv_cache_gib(self.model_path, self.serve.max_model_len))
+        ready_s = self.timeouts["start"]
+        if math.isfinite(ready_s) and "VLLM_ENGINE_READY_TIMEOUT_S" not in {**os.environ, **env}:
+            # vLLM's own wait for the engine to come up (600 s) must not cut short the start bound
+            env["VLLM_ENGINE_READY_TIMEOUT_S"] = str(math.ceil(ready_s))
         started = time.perf_counter()
-        with temporary_env(env):
-            from vllm import LLM
-            from vllm.platforms import current_platform
+        try:
+            with temporary_env(env):
+                from vllm import LLM
+                from vllm.platforms import current_platform
 
-            self.llm = LLM(**self.engine_kwargs())
-        platform = str(getattr(current_platform, "device_type", "") or getattr(current_platform, "device_name", ""))
-        if platform != self.device:
-            self.close()
-            raise DeviceRunError(f"vLLM ran on platform {platform!r}, but --device asked for {self.device!r}")
-        model_class = self.llm.collective_rpc("npuprec_install_capture")[0]
-        self.info = {
-            "platform": platform,
-            "model_class": model_class,
-            "engine_kwargs": {k: v for k, v in self.engine_kwargs().items() if k not in ("model", "tokenizer")},
-            "env": env,
-            "start_s": round(time.perf_counter() - started, 2),
-        }
-        if self.fault:
-            self.info["fault"] = self.llm.collective_rpc(
-                "npuprec_inject_fault", args=(self.fault.name, self.fault.magnitude))[0]
+                _set_engine_ready_timeout(os.environ.get("VLLM_ENGINE_READY_TIMEOUT_S"))
+                self._tree = ProcessTree()
+                self._bounded("start", lambda: self._start(LLM))
+            platform = str(getattr(current_platform, "device_type", "")
+                           or getattr(current_platform, "device_name", ""))
+            if platform != self.device:
+                raise DeviceRunError(f"vLLM ran on platform {platform!r}, but --device asked for {self.device!r}")
+            model_class = self._bounded("start", lambda: self.llm.collective_rpc("npuprec_install_capture")[0])
+            self.info = {
+                "platform": platform,
+                "model_class": model_class,
+                "engine_kwargs": {k: v for k, v in self.engine_kwargs().items() if k not in ("model", "tokenizer")},
+                "env": env,
+                "start_s": round(time.perf_counter() - started, 2),
+                "timeouts_s": self.timeouts,
+            }
+            if self.fault:
+                self.info["fault"] = self._bounded("start", lambda: self.llm.collective_rpc(
+                    "npuprec_inject_fault", args=(self.fault.name, self.fault.magnitude))[0])
+        except BaseException:
+            self.close()  # __exit__ does not run when __enter__ raises
+            raise
+        self._tree.watch()  # from here on, the death of an engine process is the engine's death
         return self
+
+    def _start(self, llm_class: Any) -> None:
+        self.llm = llm_class(**self.engine_kwargs())
+
+    def _bounded(self, phase: str, fn: Any) -> Any:
+        """fn() under the watchdog; an engine that dies or hangs is killed and becomes an EngineFailure."""
+        try:
+            return run_bounded(fn, self.timeouts[phase], self._tree, phase)
+        except PhaseError as exc:
+            cause, error, thread = exc.cause, exc, exc.thread
+        except Exception as exc:
+            dead = self._tree.engine_dead() if self._tree is not None else []
+            if not (_is_engine_dead_error(exc) or dead):
+                raise  # an error of the request or the caller; the engine still serves
+            said = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+            cause, error, thread = "; ".join([f"the engine died ({said})", *dead]), exc, None
+        raise EngineFailure(self.model, phase, cause + self._abort(thread)) from error
+
+    def _abort(self, thread: Any) -> str:
+        """Kill the engine's process tree, wake the abandoned call, drop the engine; say what was done."""
+        killed, left = self._tree.kill() if self._tree is not None else ([], [])
+        self._wake_waiters()
+        if thread is not None:
+            thread.join(timeout=10)
+        self.close(graceful=False)
+        text = f"; killed the engine's processes: {', '.join(killed)}" if killed else ""
+        if left:
+            text += f"; STILL ALIVE after SIGKILL: {', '.join(left)}"
+        return text
+
+    def _wake_waiters(self) -> None:
+        """A call waiting on an engine that was killed under it (vLLM's SyncMPClient) waits forever:
+        hand it EngineDeadError so the helper thread ends and lets go of the engine."""
+        core = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
+        if core is None:
+            return
+        try:
+            from vllm.v1.engine.exceptions import EngineDeadError
+        except ImportError:
+            return
+        queue = getattr(core, "outputs_queue", None)
+        if queue is not None:
+            queue.put_nowait(EngineDeadError())
+        for future in list(getattr(core, "utility_results", {}).values()):
+            if hasattr(future, "done") and not future.done():
+                future.set_exception(EngineDeadError())
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def close(self) -> None:
-        if self.llm is None:
-            return
-        engine_core = getattr(self.llm.llm_engine, "engine_core", None)
+    def close(self, graceful: bool = True) -> None:
+        """Shut the engine down (bounded); then no process it started may be left: the rest are killed."""
+        llm, self.llm = self.llm, None
+        engine_core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
         if engine_core is not None:
-            engine_core.shutdown()
-        self.llm = None
+            try:
+                run_bounded(engine_core.shutdown, 60.0 if graceful else 15.0, phase="shutdown")
+            except PhaseError:
+                pass  # whatever is left is killed below
+        del llm, engine_core
+        if self._tree is not None:
+            self._tree.kill()
+            if not self._tree.alive():
+                self._tree = None
+        multiprocessing.active_children()  # reaps the engine's exited children (never the watchdog's job)
         gc.collect()
 
     def _run(self, prompts: Sequence[Sequence[int]], max_tokens: int) -> list[tuple[int, ...]]:
@@ -132,14 +229,33 @@ class VllmRunner:
 
     def generate(self, prompts: Sequence[Sequence[int]], max_tokens: int) -> list[tuple[int, ...]]:
         """Greedy continuations, all prompts in one batch as a server would run them."""
-        return self._run(prompts, max_tokens)
+        return self._bounded("generate", lambda: self._run(prompts, max_tokens))
 
     def score(self, tokens: Sequence[int], positions: Sequence[int], out: Path) -> None:
         """Write the logits at `positions` of `tokens` (teacher forcing) to `out` as float32 [P x vocab]."""
-        self.llm.collective_rpc("npuprec_arm", args=(list(positions),))
-        self._run([tokens[: max(positions) + 1]], max_tokens=1)
-        result = self.llm.collective_rpc("npuprec_collect", args=(str(out),))[0]
+        def call() -> dict[str, Any]:
+            self.llm.collective_rpc("npuprec_arm", args=(list(positions),))
+            self._run([tokens[: max(positions) + 1]], max_tokens=1)
+            return self.llm.collective_rpc("npuprec_collect", args=(str(out),))[0]
+
+        result = self._bounded("score", call)
         if "missing" in result:
             raise DeviceRunError(
                 f"the device forward pass never computed {result['n_missing']} requested positions "
                 f"(first: {result['missing'][:5]}); is prefix caching forced on by the platform?")
+
+
+def _is_engine_dead_error(exc: BaseException) -> bool:
+    dead = getattr(sys.modules.get("vllm.v1.engine.exceptions"), "EngineDeadError", None)
+    return dead is not None and isinstance(exc, dead)
+
+
+def _set_engine_ready_timeout(value: str | None) -> None:
+    """vLLM reads VLLM_ENGINE_READY_TIMEOUT_S once, when core_client is imported: a later engine of the
+    session must see the value of its own environment too."""
+    module = sys.modules.get("vllm.v1.engine.core_client")
+    if value and module is not None and hasattr(module, "VLLM_ENGINE_READY_TIMEOUT_S"):
+        try:
+            module.VLLM_ENGINE_READY_TIMEOUT_S = int(value)
+        except ValueError:
+            pass

@@ -176,6 +176,44 @@ def _nondeterminism(model: Any, relative: float) -> str:
     return f"unseeded noise x{relative:g} (relative) on the final hidden states of every forward pass"
 
 
+def _engine_kill(model: Any, after: float) -> str:
+    """The device dies mid-run (a driver fault, the OOM killer): the process running the forward pass
+    SIGKILLs itself at the start of forward pass number `after` + 1 from now (by default the first,
+    which is in generate)."""
+    import signal
+
+    def die() -> None:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    return _on_forward(model, int(after), die, "SIGKILLs the worker process")
+
+
+def _engine_hang(model: Any, after: float) -> str:
+    """The device stops answering (a deadlocked collective, a stuck kernel): forward pass number
+    `after` + 1 from now (by default the first, in generate) never returns."""
+    import time
+
+    def hang() -> None:
+        while True:
+            time.sleep(3600)
+
+    return _on_forward(model, int(after), hang, "never returns")
+
+
+def _on_forward(model: Any, after: int, action: Any, what: str) -> str:
+    if after < 0:
+        raise ValueError(f"a forward-pass count must be >= 0, got {after}")
+    passes = [0]
+
+    def pre_hook(module: Any, args: tuple) -> None:
+        passes[0] += 1
+        if passes[0] > after:
+            action()
+
+    model.register_forward_pre_hook(pre_hook)
+    return f"forward pass {after + 1} from now {what} (pid {os.getpid()})"
+
+
 def _rms_norms(model: Any, fault: str) -> list[Any]:
     """The model's RMSNorm layers that carry a weight vector, in module order."""
     import torch
@@ -188,7 +226,9 @@ def _rms_norms(model: Any, fault: str) -> list[Any]:
 
 
 FAULTS = {"attention_scale": _attention_scale, "rope_theta": _rope_theta, "rmsnorm_offset": _rmsnorm_offset,
-          "overflow": _overflow, "nondeterminism": _nondeterminism}
-# magnitudes when --npuprec-fault gives none: each clearly outside BF16 noise on tiny-llama
+          "overflow": _overflow, "nondeterminism": _nondeterminism, "engine_kill": _engine_kill,
+          "engine_hang": _engine_hang}
+# magnitudes when --npuprec-fault gives none: each clearly outside BF16 noise on tiny-llama; for
+# engine_kill / engine_hang the forward passes let through first (0: the first one, in generate)
 DEFAULT_MAGNITUDES = {"attention_scale": 1.25, "rope_theta": 0.01, "rmsnorm_offset": 0.1, "overflow": 1,
-                      "nondeterminism": 0.01}
+                      "nondeterminism": 0.01, "engine_kill": 0, "engine_hang": 0}

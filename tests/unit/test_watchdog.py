@@ -1,0 +1,235 @@
+"""The engine watchdog without an engine: stand-in processes that hang, die or leave orphans behind."""
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+
+psutil = pytest.importorskip("psutil")
+
+from pytest_npuprec.config.schema import ServeConfig  # noqa: E402
+from pytest_npuprec.runners.device import EngineFailure, Fault, VllmRunner  # noqa: E402
+from pytest_npuprec.runners.watchdog import (DEFAULT_TIMEOUTS_S, PhaseTimeout, ProcessDied,  # noqa: E402
+                                             ProcessTree, phase_timeouts, run_bounded)
+
+SLEEPER = "import time; time.sleep(120)"
+
+
+def titled(title: str) -> str:
+    """A process that sets its title as vLLM does (VLLM::EngineCore) and sleeps."""
+    return f"import setproctitle, time; setproctitle.setproctitle({title!r}); time.sleep(120)"
+
+
+def spawn(code: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", code])
+
+
+def gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def wait_for(predicate, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def reap():
+    """Popen objects to kill and reap after the test, whatever it did to them."""
+    procs: list[subprocess.Popen] = []
+    yield procs
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
+
+
+def test_default_bounds_suit_a_healthy_npu_engine_and_one_number_bounds_every_phase():
+    assert phase_timeouts(None) == DEFAULT_TIMEOUTS_S
+    assert DEFAULT_TIMEOUTS_S["start"] >= 1800 and min(DEFAULT_TIMEOUTS_S.values()) >= 600
+    assert phase_timeouts(60) == {"start": 60.0, "generate": 60.0, "score": 60.0}
+    assert phase_timeouts(math.inf)["score"] == math.inf
+    for bad in (0, -5, math.nan, "60", True):
+        with pytest.raises(ValueError, match="positive number of seconds"):
+            phase_timeouts(bad)
+
+
+def test_run_bounded_returns_the_result_or_raises_the_calls_own_error():
+    assert run_bounded(lambda: 42, 5) == 42
+    with pytest.raises(KeyError, match="boom"):
+        run_bounded(lambda: {}["boom"], 5)
+
+
+def test_a_call_that_never_returns_times_out_at_its_bound():
+    never = threading.Event()
+    started = time.monotonic()
+    with pytest.raises(PhaseTimeout, match=r"no answer within 0.5 s") as info:
+        run_bounded(never.wait, 0.5, poll_s=0.1)
+    assert 0.5 <= time.monotonic() - started < 3
+    assert info.value.thread.is_alive()  # abandoned, still waiting: the caller must wake or kill it
+    never.set()
+    info.value.thread.join(5)
+
+
+def test_the_tree_holds_only_processes_started_after_it_and_kills_them(reap):
+    before = spawn(SLEEPER)
+    reap.append(before)
+    tree = ProcessTree()
+    after = spawn(SLEEPER)
+    reap.append(after)
+    wait_for(lambda: (tree.refresh(), after.pid in {k[0] for k in tree.procs})[1])
+    assert before.pid not in {k[0] for k in tree.procs}
+
+    killed, left = tree.kill()
+    assert [f"(pid {after.pid})" in k for k in killed] == [True] and left == []
+    assert after.wait(10) == -signal.SIGKILL
+    assert before.poll() is None  # not the engine's: untouched
+
+
+def test_a_grandchild_orphaned_by_its_parents_death_is_still_killed(reap):
+    # the EngineCore dies, its worker is re-parented away from us: it must not survive holding memory
+    parent = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import subprocess, sys, time
+        child = subprocess.Popen([sys.executable, "-c", {SLEEPER!r}])
+        print(child.pid, flush=True)
+        time.sleep(120)
+    """)], stdout=subprocess.PIPE, text=True)
+    reap.append(parent)
+    tree = ProcessTree()
+    grandchild = int(parent.stdout.readline())
+    wait_for(lambda: (tree.refresh(), grandchild in {k[0] for k in tree.procs})[1])
+    parent.kill()
+    parent.wait(10)
+    wait_for(lambda: psutil.Process(grandchild).ppid() != parent.pid if not gone(grandchild) else True)
+    assert not gone(grandchild)  # orphaned, alive, no longer below us
+
+    killed, left = tree.kill()
+    assert any(f"(pid {grandchild})" in k for k in killed) and left == []
+    assert gone(grandchild)
+
+
+def test_a_watched_process_that_dies_ends_the_phase_at_once_naming_it_and_its_signal(reap):
+    pytest.importorskip("setproctitle")
+    tree = ProcessTree()
+    engine = spawn(titled("VLLM::EngineCore"))
+    reap.append(engine)
+    helper = spawn("pass")  # a passing helper (lscpu and the like): its exit is not the engine's death
+    reap.append(helper)
+    wait_for(lambda: (tree.refresh(), any(n == "VLLM::EngineCore" for n in tree.names.values()))[1])
+    tree.watch()
+    helper.wait(10)
+
+    threading.Timer(1.0, engine.kill).start()
+    started = time.monotonic()
+    with pytest.raises(ProcessDied) as info:
+        run_bounded(threading.Event().wait, 60, tree, "generate", poll_s=0.1)
+    assert time.monotonic() - started < 10  # not the 60 s bound: death is seen as it happens
+    assert info.value.cause == (f"the engine died: VLLM::EngineCore (pid {engine.pid}) was killed by SIGKILL "
+                                "(what the OOM killer sends)")
+
+
+def runner_with_fake_engine(reap, timeout_s: float) -> tuple[VllmRunner, subprocess.Popen, subprocess.Popen]:
+    """A VllmRunner whose 'engine' is two stand-in processes (EngineCore and its worker), no vLLM."""
+    pytest.importorskip("setproctitle")
+    runner = VllmRunner("/nonexistent/tiny-llama", ServeConfig(), "cpu", model="tiny-llama", timeout_s=timeout_s)
+    runner._tree = ProcessTree()
+    core, worker = spawn(titled("VLLM::EngineCore")), spawn(titled("VLLM::Worker"))
+    reap.extend([core, worker])
+    wait_for(lambda: (runner._tree.refresh(),
+                      sorted(n for n in runner._tree.names.values() if n.startswith("VLLM::")))[1]
+             == ["VLLM::EngineCore", "VLLM::Worker"])
+    runner._tree.watch()
+    return runner, core, worker
+
+
+def test_a_hung_engine_is_killed_and_fails_naming_model_phase_and_cause(reap):
+    runner, core, worker = runner_with_fake_engine(reap, timeout_s=1)
+    with pytest.raises(EngineFailure) as info:
+        runner._bounded("score", threading.Event().wait)
+    failure = info.value
+    assert (failure.model, failure.phase) == ("tiny-llama", "score")
+    assert str(failure).startswith("the device engine of tiny-llama failed during score: no answer within 1 s; "
+                                   "killed the engine's processes: ")
+    assert f"VLLM::EngineCore (pid {core.pid})" in str(failure) and f"VLLM::Worker (pid {worker.pid})" in str(failure)
+    assert core.wait(10) == -signal.SIGKILL and worker.wait(10) == -signal.SIGKILL
+    assert runner._tree is None and runner.llm is None  # torn down: nothing left for the next model
+
+
+def test_a_dead_worker_fails_the_phase_and_the_rest_of_the_engine_is_killed(reap):
+    runner, core, worker = runner_with_fake_engine(reap, timeout_s=600)
+    threading.Timer(1.0, worker.kill).start()
+    started = time.monotonic()
+    with pytest.raises(EngineFailure) as info:
+        runner._bounded("generate", threading.Event().wait)
+    assert time.monotonic() - started < 15
+    assert str(info.value) == (
+        f"the device engine of tiny-llama failed during generate: the engine died: VLLM::Worker (pid {worker.pid}) "
+        f"was killed by SIGKILL (what the OOM killer sends); killed the engine's processes: "
+        f"VLLM::EngineCore (pid {core.pid})")
+    assert core.wait(10) == -signal.SIGKILL
+
+
+def test_an_error_of_the_call_with_the_engine_alive_is_not_an_engine_failure(reap):
+    runner, core, worker = runner_with_fake_engine(reap, timeout_s=600)
+    with pytest.raises(ValueError, match="prompt too long"):
+        runner._bounded("generate", lambda: (_ for _ in ()).throw(ValueError("prompt too long")))
+    assert core.poll() is None and worker.poll() is None  # still serving; __exit__ closes it as usual
+    runner.close()
+    assert core.wait(10) == -signal.SIGKILL and worker.wait(10) == -signal.SIGKILL
+
+
+def test_engine_faults_parse_with_a_forward_pass_count_and_an_optional_model():
+    assert Fault.parse("engine_kill") == Fault("engine_kill", 0)
+    assert Fault.parse("engine_hang=3") == Fault("engine_hang", 3.0)
+    scoped = Fault.parse("engine_kill@tiny-llama")
+    assert scoped.applies_to("tiny-llama") and not scoped.applies_to("tiny-llama-next")
+    assert Fault.parse("rope_theta").applies_to("any-model")
+    with pytest.raises(ValueError, match="expected a model name after '@'"):
+        Fault.parse("engine_kill@")
+    with pytest.raises(ValueError, match="engine_kill, engine_hang"):
+        Fault.parse("engine_explode")
+
+
+FORWARD_TWICE = """
+import torch
+from pytest_npuprec.runners.vllm_worker import FAULTS
+model = torch.nn.Linear(2, 2)
+print(FAULTS[{name!r}](model, {after}), flush=True)
+model(torch.zeros(1, 2)); print("pass 1 done", flush=True)
+model(torch.zeros(1, 2)); print("pass 2 done", flush=True)
+"""
+
+
+def test_engine_kill_sigkills_the_process_at_the_chosen_forward_pass():
+    pytest.importorskip("torch")
+    out = subprocess.run([sys.executable, "-c", FORWARD_TWICE.format(name="engine_kill", after=1)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == -signal.SIGKILL, out.stderr
+    assert out.stdout.splitlines()[1:] == ["pass 1 done"]
+    assert out.stdout.startswith("forward pass 2 from now SIGKILLs the worker process")
+
+
+def test_engine_hang_never_returns_from_the_chosen_forward_pass():
+    pytest.importorskip("torch")
+    proc = subprocess.Popen([sys.executable, "-c", FORWARD_TWICE.format(name="engine_hang", after=0)],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().startswith("forward pass 1 from now never returns")
+        with pytest.raises(subprocess.TimeoutExpired):
+            proc.wait(timeout=3)
+    finally:
+        proc.kill()
+        rest = proc.communicate(timeout=10)[0]
+    assert "pass 1 done" not in rest
