@@ -239,3 +239,19 @@ def test_configs_without_precision_sections(pytester):
     assert unknown.ret == pytest.ExitCode.USAGE_ERROR
     unknown.stderr.fnmatch_lines(["*--model Qwen3-8B: no config in *configs with that file name or model_name; "
                                   "known: lm-eval-only*"])
+
+
+def test_readme_fixture_example_runs(repo):
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Writing your own precision tests"):]
+    start = section.index("```python\n") + len("```python\n")
+    code = section[start:section.index("```\n", start)]
+    (repo.path / "configs" / "tiny-llama.yaml").write_text(CONFIG.format(name="tiny-llama", kl_max=1.0, extra="")
+                                                           .replace("kl_divergence: {max: 1.0}",
+                                                                    "kl_divergence: [{max: 1.0, reduce: mean}, "
+                                                                    "{max: 1.0, reduce: max}]"))
+    repo.makepyfile(test_readme=code)
+    result = repo.runpytest("test_readme.py", "--npuprec-report-dir", "reports")
+    result.assert_outcomes(passed=1)
