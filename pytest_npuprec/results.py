@@ -103,9 +103,11 @@ def execute(model: "ModelConfig", run_options: "RunOptions") -> "ModelResult":
     from . import orchestrate
     from .config import engine_args
     from .config.loader import ConfigError
+    from .env_vars import temporary_env
 
     try:
-        engine_args.check_engine_args(model)
+        with temporary_env(model.envs):  # vLLM may read its environment on first import, as the engine would
+            engine_args.check_engine_args(model)
     except ConfigError as exc:
         return orchestrate.ModelResult(model, error=exc)
     return orchestrate.run_model(model, run_options)

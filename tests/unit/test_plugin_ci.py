@@ -255,3 +255,14 @@ def test_readme_fixture_example_runs(repo):
     repo.makepyfile(test_readme=code)
     result = repo.runpytest("test_readme.py", "--npuprec-report-dir", "reports")
     result.assert_outcomes(passed=1)
+
+
+def test_a_config_folder_pytest_does_not_walk_is_named(repo):
+    repo.mkdir("elsewhere")
+    (repo.path / "elsewhere" / "test_other.py").write_text("def test_other():\n    pass\n")
+    result = repo.runpytest("elsewhere", "--model", "good")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["note: --model good was asked for, but pytest did not walk *configs; run from the "
+                                 "folder holding it, or pass that folder (or the YAML) as an argument"])
+    result = repo.runpytest("configs/good.yaml")  # a YAML given as an argument runs without --model
+    result.assert_outcomes(passed=3)
