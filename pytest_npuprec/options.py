@@ -137,6 +137,13 @@ def _registered_by(conftests: list[Path], name: str) -> Path | None:
     return None
 
 
+def _held(parser: pytest.Parser, option: str) -> bool:
+    """Is `option` registered already (by any plugin or conftest, in any group)?"""
+    groups = [*getattr(parser, "_groups", []), getattr(parser, "_anonymous", None)]
+    return any(option in opt.names() for group in groups if group is not None
+               for opt in getattr(group, "options", []))
+
+
 def add_short_forms(config: pytest.Config, parser: pytest.Parser) -> None:
     """Register the short forms that are still free; called once the initial conftests are loaded."""
     wanted = config.getini(SHORT_FORMS_INI)
@@ -154,6 +161,9 @@ def add_short_forms(config: pytest.Config, parser: pytest.Parser) -> None:
         owner = _registered_by(later, name)
         if owner is not None:
             taken.append((f"--{name}", str(owner)))
+            continue
+        if _held(parser, f"--{name}"):  # pytest < 9 would only fail later, when it builds its argparse parser
+            taken.append((f"--{name}", "another plugin or conftest"))
             continue
         attrs = dict(OPTIONS[name], help=f"same as --npuprec-{name}")
         attrs.pop("default")  # the canonical option set it; argparse keeps the first default of a dest
