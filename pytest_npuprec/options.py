@@ -79,9 +79,10 @@ OPTIONS: dict[str, dict[str, Any]] = {
                         "missing, it never falls back (default: auto)"),
     "report-dir": dict(default=None, metavar="DIR", dest="npuprec_report_dir",
                        help="where JSON/Markdown reports and captures go (default: <rootdir>/reports/npuprec)"),
-    "fault": dict(default=None, metavar="NAME[=MAGNITUDE]", type=_fault, dest="npuprec_fault",
+    "fault": dict(default=None, metavar="NAME[=MAGNITUDE][@MODEL]", type=_fault, dest="npuprec_fault",
                   help="inject a device-side fault (attention_scale, rope_theta, rmsnorm_offset, overflow, "
-                       "nondeterminism) to prove the checks can fail; for validating the suite itself"),
+                       "nondeterminism, engine_kill, engine_hang), into MODEL's engine only with @MODEL, to prove "
+                       "the checks can fail; for validating the suite itself"),
     "timeout": dict(default=None, metavar="SECONDS", type=_timeout, dest="npuprec_timeout",
                     help="bound on each engine phase (start, generate, score), in seconds; overrides "
                          "precision.timeout_s"),
