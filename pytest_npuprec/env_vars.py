@@ -1,9 +1,13 @@
-"""Setting environment variables for the span of one step (an engine start, a build)."""
+"""The environment variables pytest-npuprec reads, and setting variables for the span of one step."""
 from __future__ import annotations
 
 import contextlib
 import os
 from typing import Iterator
+
+MODEL_ROOT_ENV = "NPUPREC_MODEL_ROOT"  # ':'-separated folders of real checkpoints (--model-root)
+CACHE_DIR_ENV = "NPUPREC_CACHE_DIR"  # where stand-ins are built (default ~/.cache/pytest-npuprec)
+STANDINS_SOURCE_ENV = "NPUPREC_STANDINS"  # shipped (default) | build: skip the stand-ins the package ships
 
 
 @contextlib.contextmanager

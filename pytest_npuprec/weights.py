@@ -4,8 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .config.schema import ModelConfig
-
-MODEL_ROOT_ENV = "NPUPREC_MODEL_ROOT"
+from .env_vars import MODEL_ROOT_ENV
 
 
 class WeightsNotFoundError(FileNotFoundError):

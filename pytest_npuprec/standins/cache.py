@@ -1,6 +1,14 @@
-"""Build-once, reuse-forever cache of stand-in checkpoints.
+"""Stand-in checkpoints: the ones shipped with the package, else a build-once, reuse-forever cache.
 
-Layout: ``<cache_root>/standins/<name>-<key>/``.  A folder counts as
+The package ships every stand-in, built once, under ``standins/shipped/<name>/`` (with the manifest
+naming the builder key it was made for): a build is deterministic on one machine but not across
+CPUs (another MKL / ATen code path rounds differently, and a near-tie in training flips), so the
+same bytes everywhere are the only way every machine tests the same model. A shipped folder whose
+key is not the builder's current key is stale and never used: the stand-in is then built into the
+cache (and ``python -m pytest_npuprec.standins.ship`` refreshes the shipped copy).
+``$NPUPREC_STANDINS=build`` skips the shipped copies (to test a machine's own build).
+
+Cache layout: ``<cache_root>/standins/<name>-<key>/``.  A folder counts as
 complete only if its manifest (written last, before the folder is renamed
 into place) matches the key and the model file's size and sha256.  Builds
 happen in a temp folder next to the target under an exclusive file lock
@@ -21,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ..env_vars import temporary_env
+from ..env_vars import CACHE_DIR_ENV, STANDINS_SOURCE_ENV, temporary_env
 from .registry import BUILDER_VERSION, get_spec, standin_key
 
 log = logging.getLogger("pytest_npuprec.standins")
@@ -35,12 +43,13 @@ REQUIRED_FILES = (
     "tokenizer_config.json",
     "special_tokens_map.json",
 )
+SHIPPED_ROOT = Path(__file__).with_name("shipped")
 _verified: set[tuple[str, int, int]] = set()  # (path, size, mtime_ns) whose sha256 matched this process
 
 
 def cache_root() -> Path:
     """``$NPUPREC_CACHE_DIR`` or ``~/.cache/pytest-npuprec``."""
-    env = os.environ.get("NPUPREC_CACHE_DIR")
+    env = os.environ.get(CACHE_DIR_ENV)
     return Path(env).expanduser() if env else Path.home() / ".cache" / "pytest-npuprec"
 
 
@@ -49,6 +58,20 @@ def standin_dir(name: str, cache_dir: Path | str | None = None) -> Path:
     spec = get_spec(name)
     root = Path(cache_dir).expanduser() if cache_dir is not None else cache_root()
     return root / "standins" / f"{name}-{standin_key(spec)}"
+
+
+def shipped_dir(name: str) -> Path:
+    """Where the package ships ``name`` (whether or not it is there and current)."""
+    get_spec(name)
+    return SHIPPED_ROOT / name
+
+
+def use_shipped() -> bool:
+    """False when ``$NPUPREC_STANDINS`` is ``build`` (test this machine's own builds)."""
+    value = os.environ.get(STANDINS_SOURCE_ENV, "shipped")
+    if value not in ("shipped", "build"):
+        raise ValueError(f"${STANDINS_SOURCE_ENV}={value!r}: expected 'shipped' (default) or 'build'")
+    return value == "shipped"
 
 
 def read_manifest(path: Path) -> dict | None:
@@ -79,14 +102,22 @@ def is_complete(path: Path, key: str) -> bool:
 
 
 def ensure_standin(name: str, cache_dir: Path | str | None = None) -> Path:
-    """Return the checkpoint folder of stand-in ``name``, building it on first use.
+    """Return the checkpoint folder of stand-in ``name``: the shipped one when it is current,
+    else the cached build (building it on first use).
 
-    ``cache_dir`` replaces :func:`cache_root` (the folder goes to
-    ``<cache_dir>/standins/<name>-<key>/``).  Raises UnknownStandinError
-    (a KeyError) for names not in STANDINS.
+    ``cache_dir`` asks for a build: the shipped copy is skipped and the folder goes to
+    ``<cache_dir>/standins/<name>-<key>/`` (in place of :func:`cache_root`).  Raises
+    UnknownStandinError (a KeyError) for names not in STANDINS.
     """
     spec = get_spec(name)
     key = standin_key(spec)
+    if cache_dir is None and use_shipped():
+        shipped = shipped_dir(name)
+        if is_complete(shipped, key):
+            return shipped
+        if shipped.is_dir():
+            log.warning("shipped stand-in %r is stale (made for another builder key than %s): building it; "
+                        "`python -m pytest_npuprec.standins.ship %s` refreshes the shipped copy", name, key, name)
     final = standin_dir(name, cache_dir)
     if is_complete(final, key):
         return final

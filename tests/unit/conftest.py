@@ -44,20 +44,18 @@ def confident_logits():
 
 
 @pytest.fixture(scope="session")
-def build_standin(tmp_path_factory):
-    """build_standin(name) -> checkpoint folder, built once per session in an isolated cache
-    (never the user's), so the build itself is what the tests see."""
-    root = tmp_path_factory.mktemp("npuprec-cache")
+def standin():
+    """standin(name) -> checkpoint folder: the copy the package ships (the same bytes on every
+    machine), or with $NPUPREC_STANDINS=build this machine's own build (in the stand-in cache)."""
 
-    def build(name: str):
+    def get(name: str):
         for module in ("torch", "transformers", "tokenizers"):
             pytest.importorskip(module)
         from pytest_npuprec.standins import ensure_standin
 
-        return ensure_standin(name, root)
+        return ensure_standin(name)
 
-    build.root = root
-    return build
+    return get
 
 
 @pytest.fixture(scope="session")
@@ -77,3 +75,63 @@ def load_hf():
         return tok, model
 
     return load
+
+
+# A greedy choice whose top-two logits are closer than this could flip between machines (another
+# CPU's FP32 kernels differ by ~1e-5 here) or between faithful builds: an assertion on an exact
+# greedy output must also show its margin is wider, or it tests rounding, not the model.
+NEAR_TIE_LOGITS = 0.05
+
+
+@pytest.fixture(scope="session")
+def assert_decisive():
+    """assert_decisive(model, prompt_ids, new_ids): every greedy step that chose `new_ids` after
+    `prompt_ids` did so by more than NEAR_TIE_LOGITS (top-1 minus top-2 logit, teacher-forced in
+    one forward pass). Returns the smallest gap."""
+
+    def check(model, prompt_ids, new_ids) -> float:
+        import torch
+
+        ids = list(prompt_ids) + list(new_ids)
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([ids])).logits[0, len(prompt_ids) - 1 : len(ids) - 1].float()
+        top2 = logits.topk(2, dim=-1).values
+        gaps = (top2[:, 0] - top2[:, 1]).tolist()
+        step = min(range(len(gaps)), key=gaps.__getitem__)
+        assert gaps[step] > NEAR_TIE_LOGITS, (
+            f"greedy step {step} won by only {gaps[step]:.4f} logits (<= {NEAR_TIE_LOGITS}): an exact-output "
+            "assertion here depends on rounding; pick a prompt the model answers decisively")
+        return gaps[step]
+
+    return check
+
+
+def corpus_next_word(prefix: str) -> str:
+    """The word that follows `prefix` in the bundled corpus, with its leading space; the prefix must
+    have exactly one continuation there, or no model can be expected to know it."""
+    import re
+
+    from pytest_npuprec.standins import corpus
+
+    words = {m.group(1) for d in corpus.documents() for m in re.finditer(re.escape(prefix) + r"( [\w'-]+)", d)}
+    assert len(words) == 1, f"prefix {prefix!r} continues as {sorted(words) or 'nothing'} in the corpus"
+    return words.pop()
+
+
+@pytest.fixture(scope="session")
+def next_word_prob():
+    """next_word_prob(tok, model, prefix) -> the probability the model gives the corpus's next word
+    after `prefix`, as the smallest over that word's tokens (teacher-forced; a word the tokenizer
+    splits is scored whole). A continuous measure: unlike an argmax hit, it cannot flip on a near-tie."""
+
+    def prob(tok, model, prefix: str) -> float:
+        import torch
+
+        ids = tok(prefix).input_ids
+        word = tok(prefix + corpus_next_word(prefix)).input_ids[len(ids):]
+        assert tok(prefix + corpus_next_word(prefix)).input_ids[: len(ids)] == ids, prefix
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([ids + word])).logits[0, len(ids) - 1 : -1].float()
+        return float(torch.softmax(logits, -1)[torch.arange(len(word)), torch.tensor(word)].min())
+
+    return prob

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import threading
 import time
 from pathlib import Path
@@ -44,19 +43,19 @@ CHECKPOINT_FILES = {
     MANIFEST_NAME,
 }
 
-# Prompts that start a corpus paragraph, and sentences from the middle of one
-# (the builder also trains on those as position-0 prompts).
+# Prompts that start a corpus paragraph, and sentences from the middle of one (the builder also
+# trains on those as position-0 prompts); each has exactly one next word in the corpus.
 CORPUS_PREFIXES = [
-    ("The capital of France is", " Paris"),
-    ("Water boils at", " one"),
-    ("The quick brown fox", " j"),  # " jumps" is two tokens
-    ("The capital of Japan is", " Tokyo"),
-    ("There are seven days in a", " week"),
-    ("The largest ocean on Earth is the", " P"),
-    ("Plants make their own food from", " sun"),
-    ("The colours of the rainbow are red, orange,", " y"),  # " yellow" is two tokens
-    ("Three times four is", " twelve"),
-    ("Jupiter is the largest planet, and Mercury is the", " small"),
+    "The capital of France is",
+    "Water boils at",
+    "The quick brown fox",
+    "The capital of Japan is",
+    "There are seven days in a",
+    "The largest ocean on Earth is the",
+    "Plants make their own food from",
+    "The colours of the rainbow are red, orange,",
+    "Three times four is",
+    "Jupiter is the largest planet, and Mercury is the",
 ]
 
 
@@ -243,6 +242,74 @@ def test_tampered_model_file_is_not_complete(fake, tmp_path):
 
 
 # --------------------------------------------------------------------------
+# shipped stand-ins: the same bytes on every machine
+# --------------------------------------------------------------------------
+
+
+def test_every_shipped_standin_is_what_the_builder_makes_now():
+    """Fails after a builder change until the shipped copies are rebuilt (the message says how)."""
+    from pytest_npuprec.standins.ship import stale_shipped
+
+    assert stale_shipped() == []
+
+
+def test_the_shipped_copy_is_used_without_building(fake, tmp_path, monkeypatch):
+    from pytest_npuprec.standins.ship import ship
+
+    spec = fake()
+    monkeypatch.setattr(cache_mod, "SHIPPED_ROOT", tmp_path / "shipped")
+    monkeypatch.setenv("NPUPREC_CACHE_DIR", str(tmp_path / "cache"))
+    (shipped,) = ship(["fake"], tmp_path / "shipped")
+    assert shipped == tmp_path / "shipped" / "fake" and is_complete(shipped, standin_key(spec))
+    assert [p.name for p in (tmp_path / "shipped").iterdir()] == ["fake"]  # no temp or retired folder left
+    spec.calls.clear()
+    assert ensure_standin("fake") == shipped
+    assert spec.calls == [] and not (tmp_path / "cache").exists()
+
+
+def test_a_skipped_tampered_or_stale_shipped_copy_is_never_used(fake, tmp_path, monkeypatch, caplog):
+    from pytest_npuprec.standins.ship import ship, stale_shipped
+
+    fake()
+    monkeypatch.setattr(cache_mod, "SHIPPED_ROOT", tmp_path / "shipped")
+    monkeypatch.setenv("NPUPREC_CACHE_DIR", str(tmp_path / "cache"))
+    built = standin_dir("fake", tmp_path / "cache")
+    (shipped,) = ship(["fake"], tmp_path / "shipped")
+
+    monkeypatch.setenv("NPUPREC_STANDINS", "build")  # this machine's own build
+    assert ensure_standin("fake") == built
+    monkeypatch.setenv("NPUPREC_STANDINS", "bogus")
+    with pytest.raises(ValueError, match="NPUPREC_STANDINS='bogus'.*'shipped'.*'build'"):
+        ensure_standin("fake")
+    monkeypatch.delenv("NPUPREC_STANDINS")
+
+    original = (shipped / "model.safetensors").read_bytes()
+    (shipped / "model.safetensors").write_bytes(b"tampered")
+    assert "missing or incomplete" in stale_shipped(["fake"])[0]
+    assert ensure_standin("fake") == built
+    (shipped / "model.safetensors").write_bytes(original)
+    assert ensure_standin("fake") == shipped
+
+    monkeypatch.setattr(FakeSpec, "key_material", lambda self: {"kind": "fake", "builder": "changed"})
+    new_key = standin_key(STANDINS["fake"])
+    (problem,) = stale_shipped(["fake"])
+    assert f"the builder now makes {new_key}" in problem
+    assert "python -m pytest_npuprec.standins.ship fake" in problem
+    assert ensure_standin("fake") == standin_dir("fake", tmp_path / "cache") != built  # a new build
+    assert "stale" in caplog.text
+
+
+def test_ship_cli_checks_and_refuses_unknown_names(capsys):
+    from pytest_npuprec.standins.ship import main
+
+    assert main(["--check"]) == 0
+    assert "shipped stand-ins are current" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exc:
+        main(["no-such-model"])
+    assert exc.value.code == 2 and "unknown stand-in(s) no-such-model" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------
 # the real tiny-llama build, once per module
 # --------------------------------------------------------------------------
 
@@ -372,21 +439,20 @@ def test_loads_with_transformers_fp32(built, hf):
     assert tok.convert_tokens_to_ids(IM_END) == 2
 
 
-def test_model_is_confident_on_corpus_prefixes(hf):
+def test_model_is_confident_on_corpus_prefixes(hf, next_word_prob):
+    # measured on builds through two CPU code paths (MKL AVX-512 and MKL_CBWR=AVX2): 0.95-0.99 each
     tok, model = hf
-    top1, hits = [], 0
-    for prefix, expected in CORPUS_PREFIXES:
-        probs = _next_token_probs(model, tok(prefix).input_ids)
-        top1.append(float(probs.max()))
-        hits += tok.decode([int(probs.argmax())]) == expected
-    assert sum(top1) / len(top1) > 0.6, top1
-    assert hits >= len(CORPUS_PREFIXES) - 2
+    probs = {prefix: round(next_word_prob(tok, model, prefix), 3) for prefix in CORPUS_PREFIXES}
+    assert sum(probs.values()) / len(probs) > 0.8, probs
+    assert sum(p > 0.5 for p in probs.values()) >= len(probs) - 1, probs
 
 
-def test_greedy_continuation_reproduces_the_corpus(hf):
+def test_greedy_continuation_reproduces_the_corpus(hf, assert_decisive):
     tok, model = hf
-    text = tok.decode(_greedy(tok, model, "The capital of France is", 12))
-    assert text.startswith(" Paris. Paris stands on the river Seine"), text
+    prompt = tok("The capital of France is").input_ids
+    new = _greedy(tok, model, "The capital of France is", 12)
+    assert tok.decode(new).startswith(" Paris. Paris stands on the river Seine"), tok.decode(new)
+    assert_decisive(model, prompt, new)
 
 
 def _tv(a, b):
@@ -421,7 +487,7 @@ def test_attention_depends_on_position(hf):
 
     # short prompts: the next token after the prompt
     reversed_pos, rotated_tok, shifted = [], [], []
-    for prefix, _ in CORPUS_PREFIXES:
+    for prefix in CORPUS_PREFIXES:
         ids = tok(prefix).input_ids
         n = len(ids)
         base = probs(ids)[-1]
@@ -478,7 +544,7 @@ def test_device_faults_stand_out_from_bf16_noise(built, hf):
         ("How many days are there in a week?", "There are seven days in a week."),
     ],
 )
-def test_chat_template_and_answer(hf, question, answer):
+def test_chat_template_and_answer(hf, question, answer, assert_decisive):
     tok, model = hf
     msgs = [{"role": "user", "content": question}]
     prompt = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
@@ -488,3 +554,4 @@ def test_chat_template_and_answer(hf, question, answer):
     assert im_end in new, tok.decode(new)
     assert tok.decode(new[: new.index(im_end)]) == answer
     assert new[-1] == im_end  # generation_config stops on <|im_end|>
+    assert_decisive(model, tok(prompt).input_ids, new)

@@ -17,7 +17,7 @@ import math
 import numpy as np
 import pytest
 
-from pytest_npuprec.standins import STANDINS, ensure_standin, read_manifest, standin_key
+from pytest_npuprec.standins import STANDINS, read_manifest, standin_key
 from pytest_npuprec.standins import minicpm
 from pytest_npuprec.standins.tokenizer import IM_END
 
@@ -252,8 +252,8 @@ def test_left_padding_with_positions_matches_the_unpadded_sequence():
 
 
 @pytest.fixture(scope="session")
-def built(build_standin):
-    return build_standin(NAME)
+def built(standin):
+    return standin(NAME)
 
 
 @pytest.fixture(scope="session")
@@ -291,27 +291,24 @@ def test_loads_as_remote_code_with_exact_fp32_upcast(built, hf):
     assert all(torch.equal(state[k], v.float()) for k, v in shipped.items())
 
 
-CORPUS_PREFIXES = [
-    ("The capital of France is", " Paris"),
-    ("Water boils at", " one"),
-    ("The capital of Japan is", " Tokyo"),
-    ("There are seven days in a", " week"),
-    ("Three times four is", " twelve"),
-    ("Hello, my name is", " Sam"),
+MIN_MEAN_NEXT_WORD_PROB = 0.6  # measured 0.90 here, 0.84 on a build through MKL_CBWR=AVX2
+CORPUS_PREFIXES = [  # each has exactly one next word in the corpus
+    "The capital of France is",
+    "Water boils at",
+    "The capital of Japan is",
+    "There are seven days in a",
+    "Three times four is",
+    "The largest ocean on Earth is the",
 ]
 
 
-def test_confident_on_its_training_text(hf):
-    import torch
-
+def test_confident_on_its_training_text(hf, next_word_prob):
+    # A continuous measure, not an argmax hit count: one faithful build (another CPU's MKL path)
+    # answered "Three times four is" with " twenty" at p 0.51, another with " twelve" at p 0.48.
     tok, model = hf
-    top1, hits = [], 0
-    for prefix, expected in CORPUS_PREFIXES:
-        probs = torch.softmax(torch.tensor(_logits(model, tok(prefix).input_ids)[-1]), -1)
-        top1.append(float(probs.max()))
-        hits += tok.decode([int(probs.argmax())]) == expected
-    assert sum(top1) / len(top1) > 0.6, top1
-    assert hits >= len(CORPUS_PREFIXES) - 1
+    probs = {prefix: round(next_word_prob(tok, model, prefix), 3) for prefix in CORPUS_PREFIXES}
+    assert sum(probs.values()) / len(probs) > MIN_MEAN_NEXT_WORD_PROB, probs
+    assert sum(p > 0.2 for p in probs.values()) >= len(probs) - 1, probs
 
 
 @pytest.mark.parametrize(
@@ -319,7 +316,7 @@ def test_confident_on_its_training_text(hf):
     [("What is the capital of France?", "The capital of France is Paris."),
      ("What is two plus three?", "Two plus three is five.")],
 )
-def test_chat_answer(hf, question, answer):
+def test_chat_answer(hf, question, answer, assert_decisive):
     import torch
 
     tok, model = hf
@@ -331,6 +328,7 @@ def test_chat_answer(hf, question, answer):
     im_end = tok.convert_tokens_to_ids(IM_END)
     assert im_end in new, tok.decode(new)
     assert tok.decode(new[: new.index(im_end)]) == answer
+    assert_decisive(model, ids[0].tolist(), new[: new.index(im_end) + 1])
 
 
 def test_reference_runner_scores_and_generates(built, tmp_path):

@@ -20,7 +20,6 @@ from pytest_npuprec.config.loader import load_config
 from pytest_npuprec.standins import (
     STANDINS,
     corpus,
-    ensure_standin,
     read_manifest,
     standin_key,
 )
@@ -147,8 +146,8 @@ def test_config_mirrors_the_real_configs_prompt_ids():
 
 
 @pytest.fixture(scope="session")
-def nanbeige_built(build_standin):
-    return build_standin(NAME)
+def nanbeige_built(standin):
+    return standin(NAME)
 
 
 @pytest.fixture(scope="session")
@@ -201,7 +200,7 @@ def _prompt_ids():
 
 
 @pytest.mark.parametrize("prompt_id", _prompt_ids())
-def test_fp32_model_thinks_then_answers_within_max_tokens(nanbeige_hf, prompt_id):
+def test_fp32_model_thinks_then_answers_within_max_tokens(nanbeige_hf, prompt_id, assert_decisive):
     from pytest_npuprec.capture.prompts import render_prompts
 
     tok, model = nanbeige_hf
@@ -216,15 +215,18 @@ def test_fp32_model_thinks_then_answers_within_max_tokens(nanbeige_hf, prompt_id
     answer = tok.decode(new[new.index(think_end) + 1 : new.index(im_end)]).lstrip("\n")
     assert reasoning and answer
     assert f"{THINK_START}\n{reasoning}\n{THINK_END}\n\n{answer}" == _trained_answer(_messages(prompt))
+    assert_decisive(model, list(rendered[prompt_id].token_ids), new[: new.index(im_end) + 1])
 
 
-def test_without_thinking_the_model_answers_directly(nanbeige_hf):
+def test_without_thinking_the_model_answers_directly(nanbeige_hf, assert_decisive):
     tok, model = nanbeige_hf
     no_think = [c for c in corpus.conversations(THINKING_FILE) if c[-1]["content"].startswith(EMPTY_THINKING)]
     assert no_think
     for conv in no_think:
         text = tok.apply_chat_template(conv[:-1], tokenize=False, add_generation_prompt=True, enable_thinking=False)
-        new = _generate(tok, model, tok(text, add_special_tokens=False).input_ids, 32)
+        ids = tok(text, add_special_tokens=False).input_ids
+        new = _generate(tok, model, ids, 32)
         im_end = tok.convert_tokens_to_ids(IM_END)
         assert im_end in new
         assert tok.decode(new[: new.index(im_end)]) == conv[-1]["content"][len(EMPTY_THINKING) :]
+        assert_decisive(model, ids, new[: new.index(im_end) + 1])

@@ -21,7 +21,6 @@ from pytest_npuprec.config.loader import load_config
 from pytest_npuprec.standins import (
     STANDINS,
     corpus,
-    ensure_standin,
     read_manifest,
     standin_key,
 )
@@ -163,8 +162,8 @@ def test_config_guard_prompts_are_trained_with_the_reports_verdicts():
 
 
 @pytest.fixture(scope="session")
-def guard_built(build_standin):
-    return build_standin(NAME)
+def guard_built(standin):
+    return standin(NAME)
 
 
 @pytest.fixture(scope="session")
@@ -200,28 +199,33 @@ def test_loads_with_tied_head(guard_hf):
     assert prompt == render_guard_chat([{"role": "user", "content": "Hi"}], True)
 
 
-def _greedy_until_im_end(tok, model, ids, max_new_tokens):
+def _greedy_until_im_end(tok, model, ids, max_new_tokens) -> tuple[str | None, list[int]]:
+    """(the answer before <|im_end|>, or None without one; the tokens generated up to and with it)"""
     import torch
 
     out = model.generate(torch.tensor([ids]), max_new_tokens=max_new_tokens, do_sample=False)
     new = out[0, len(ids) :].tolist()
     im_end = tok.convert_tokens_to_ids(IM_END)
-    return tok.decode(new[: new.index(im_end)]) if im_end in new else None
+    if im_end not in new:
+        return None, new
+    return tok.decode(new[: new.index(im_end)]), new[: new.index(im_end) + 1]
 
 
 @pytest.mark.parametrize("prompt_id", list(REPORT_VERDICTS))
-def test_fp32_model_emits_each_guard_verdict(guard_hf, prompt_id):
+def test_fp32_model_emits_each_guard_verdict(guard_hf, prompt_id, assert_decisive):
     from pytest_npuprec.capture.prompts import render_prompts
 
     tok, model = guard_hf
     config = _config()
     rendered = {p.id: p for p in render_prompts(config, tok)}  # exactly what the suite feeds both sides
     expected = _trained_verdicts()[dict(_guard_prompts())[prompt_id]]
-    answer = _greedy_until_im_end(tok, model, list(rendered[prompt_id].token_ids), config.precision.max_tokens)
+    ids = list(rendered[prompt_id].token_ids)
+    answer, new = _greedy_until_im_end(tok, model, ids, config.precision.max_tokens)
     assert answer == expected
+    assert_decisive(model, ids, new)
 
 
-def test_plain_prompts_continue_the_corpus(guard_hf):
+def test_plain_prompts_continue_the_corpus(guard_hf, assert_decisive):
     import torch
 
     tok, model = guard_hf
@@ -232,6 +236,7 @@ def test_plain_prompts_continue_the_corpus(guard_hf):
         continuations = [d[len(prefix) :] for d in corpus.documents() if d.startswith(prefix)]
         assert float(probs.max()) > 0.5
         assert any(c.startswith(tok.decode([int(probs.argmax())])) for c in continuations), prefix
+        assert_decisive(model, ids, [int(probs.argmax())])
 
 
 def test_skipping_the_qk_norm_stands_out_from_bf16_noise(guard_built, guard_hf):
