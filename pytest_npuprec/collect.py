@@ -6,6 +6,7 @@ and the other models still collect and run. Nothing heavy is imported here.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -23,6 +24,9 @@ _stdin_key = pytest.StashKey[list]()  # the changed paths read from stdin  # con
 def read_stdin_early(config: pytest.Config) -> None:
     """`--npuprec-changed-files -`: read stdin before pytest's capture replaces it."""
     if getattr(config.known_args_namespace, "npuprec_changed_files", None) == "-":
+        if os.environ.get("PYTEST_XDIST_WORKER"):  # a worker's stdin is not the pipe the listing came through
+            raise pytest.UsageError("--npuprec-changed-files -: with pytest-xdist, write the changed paths to a "
+                                    "file and pass the file")
         config.stash[_stdin_key] = read_changed_files("-")
 
 
