@@ -419,6 +419,7 @@ def test_second_call_reuses_without_rebuilding(built, monkeypatch):
 
 def test_env_cache_dir_is_used(built, monkeypatch):
     monkeypatch.setenv("NPUPREC_CACHE_DIR", str(built["root"]))
+    monkeypatch.setenv("NPUPREC_STANDINS", "build")  # else the shipped copy answers
     monkeypatch.setattr(cache_mod, "_build_into", lambda *a, **k: pytest.fail("rebuilt"))
     assert ensure_standin("tiny-llama") == built["path"]
 
