@@ -33,9 +33,10 @@ class DeviceRunError(RuntimeError):
 class EngineFailure(DeviceRunError):
     """The engine died (a process killed, an engine error) or did not answer within the phase's bound."""
 
-    def __init__(self, model: str, phase: str, cause: str):
-        super().__init__(f"the device engine of {model} failed during {phase}: {cause}")
-        self.model, self.phase, self.cause = model, phase, cause
+    def __init__(self, model: str, phase: str, cause: str, elapsed_s: float | None = None):
+        after = f" after {elapsed_s:.1f} s" if elapsed_s is not None else ""
+        super().__init__(f"the device engine of {model} failed during {phase}{after}: {cause}")
+        self.model, self.phase, self.cause, self.elapsed_s = model, phase, cause, elapsed_s
 
 
 @dataclass(frozen=True)
@@ -157,6 +158,7 @@ class VllmRunner:
 
     def _bounded(self, phase: str, fn: Any) -> Any:
         """fn() under the watchdog; an engine that dies or hangs is killed and becomes an EngineFailure."""
+        started = time.monotonic()
         try:
             return run_bounded(fn, self.timeouts[phase], self._tree, phase)
         except PhaseError as exc:
@@ -167,7 +169,8 @@ class VllmRunner:
                 raise  # an error of the request or the caller; the engine still serves
             said = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
             cause, error, thread = "; ".join([f"the engine died ({said})", *dead]), exc, None
-        raise EngineFailure(self.model, phase, cause + self._abort(thread)) from error
+        elapsed = time.monotonic() - started
+        raise EngineFailure(self.model, phase, cause + self._abort(thread), elapsed) from error
 
     def _abort(self, thread: Any) -> str:
         """Kill the engine's process tree, wake the abandoned call, drop the engine; say what was done."""
