@@ -17,8 +17,8 @@ from .selection import CONFIG_SUFFIXES, Selection, SelectionError, gate, read_ch
 
 ITEM = "test_precision"
 _selection_key = pytest.StashKey[Selection]()
-_unknown_keys_key = pytest.StashKey[dict]()
-_stdin_key = pytest.StashKey[list]()  # the changed paths read from stdin  # config path -> top-level keys the suite does not know
+_unknown_keys_key = pytest.StashKey[dict]()  # config path -> top-level keys the suite does not know
+_stdin_key = pytest.StashKey[list]()  # the changed paths read from stdin
 
 
 def read_stdin_early(config: pytest.Config) -> None:
@@ -64,10 +64,7 @@ def prepare(config: pytest.Config) -> None:
 def collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
     if file_path.suffix not in CONFIG_SUFFIXES:
         return None
-    try:
-        sel = selection(parent.config)
-    except SelectionError:  # only for a default request, which never raises; kept for safety
-        return None
+    sel = selection(parent.config)  # an explicit request was resolved (or refused) before collection
     if file_path.parent.resolve() != sel.config_dir:
         return None
     sel.visited = True

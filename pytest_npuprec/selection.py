@@ -13,7 +13,7 @@ from __future__ import annotations
 import fnmatch
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -136,11 +136,3 @@ def gate(entries: dict[str, Entry], names: list[str], changed: list[str], bases:
     kept = [n for n in names if affected(entries[n], changed, bases)]
     return kept, [n for n in names if n not in kept]
 
-
-def relative_to_any(path: Path, bases: list[Path]) -> str:
-    for base in bases:
-        try:
-            return str(PurePosixPath(path.resolve().relative_to(base.resolve())))
-        except ValueError:
-            continue
-    return str(path)
