@@ -172,16 +172,28 @@ class VllmRunner:
         elapsed = time.monotonic() - started
         raise EngineFailure(self.model, phase, cause + self._abort(thread), elapsed) from error
 
-    def _abort(self, thread: Any) -> str:
-        """Kill the engine's process tree, wake the abandoned call, drop the engine; say what was done."""
-        killed, left = self._tree.kill() if self._tree is not None else ([], [])
+    def _abort(self, thread: Any, settle_s: float = 30.0) -> str:
+        """Kill the engine's process tree, wake the abandoned call, drop the engine; say what was done.
+
+        The abandoned call may go on starting processes (a start cut short spawns its EngineCore
+        later): until it ends, or for `settle_s`, whatever appears below us is killed too. That
+        happens here, before the next model's engine exists, so nothing of it can be hit."""
+        tree = self._tree
+        killed, left = tree.kill() if tree is not None else ([], [])
         self._wake_waiters()
-        if thread is not None:
-            thread.join(timeout=10)
+        deadline = time.monotonic() + settle_s
+        while thread is not None and thread.is_alive() and time.monotonic() < deadline:
+            thread.join(0.5)
+            if tree is not None:
+                more, left = tree.kill(wait_s=2.0)
+                killed += [k for k in more if k not in killed]
+            self._wake_waiters()  # the call may have set self.llm meanwhile
         self.close(graceful=False)
         text = f"; killed the engine's processes: {', '.join(killed)}" if killed else ""
         if left:
             text += f"; STILL ALIVE after SIGKILL: {', '.join(left)}"
+        if thread is not None and thread.is_alive():
+            text += f"; the abandoned call still runs in thread {thread.name} of this process"
         return text
 
     def _wake_waiters(self) -> None:

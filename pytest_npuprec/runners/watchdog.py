@@ -10,9 +10,10 @@ worker that hangs in its forward pass keeps `generate` waiting for VLLM_EXECUTE_
 (300 s) and a `collective_rpc` forever. So each phase runs in a helper thread; this thread waits
 for it, polling the engine's processes, and gives up at the deadline or at the first death.
 
-What is the engine's: every process that appeared below this one after the `ProcessTree` was made
-(just before the engine starts), except multiprocessing's resource tracker and forkserver, which
-belong to this Python process and outlive any one engine. Processes are remembered by pid and
+What is the engine's: every multiprocessing child this process started after the `ProcessTree` was
+made (just before the engine starts) and everything below them; not multiprocessing's resource
+tracker and forkserver, which belong to this Python process and outlive any one engine, nor a plain
+subprocess this process runs itself (see `ProcessTree.refresh`). Processes are remembered by pid and
 start time, so a worker orphaned by its EngineCore's death is still found and killed.
 """
 from __future__ import annotations
@@ -70,11 +71,17 @@ class ProcessDied(PhaseError):
 
 
 class ProcessTree:
-    """The processes started below this one since it was made; see the module docstring."""
+    """The engine processes started below this one since it was made; see the module docstring."""
 
     def __init__(self) -> None:
         self._me = psutil.Process()
+        try:
+            self._my_cmdline = self._me.cmdline()
+        except psutil.Error:
+            self._my_cmdline = []
         self._baseline: set[_Key] = {k for k, _ in self._descendants()}
+        self._helpers: set[int] = set()  # pids of multiprocessing's resource tracker / forkserver
+        self._passing: set[_Key] = set()  # subprocesses run by this process's own code (see refresh)
         self.procs: dict[_Key, psutil.Process] = {}
         self.names: dict[_Key, str] = {}
         self.watched: set[_Key] = set()
@@ -87,24 +94,45 @@ class ProcessTree:
                 out.append(((proc.pid, proc.create_time()), proc))
             except psutil.Error:
                 pass
-        return out
+        return sorted(out, key=lambda kp: kp[0][1])  # parents before their children
 
     def refresh(self) -> None:
-        """Record new descendants and the current titles of the recorded ones."""
+        """Record new engine processes and the current titles of the recorded ones.
+
+        The engine's are the multiprocessing children of this process (spawned, forked or from the
+        forkserver; vLLM titles them VLLM::EngineCore, VLLM::Worker...) and everything below them.
+        A subprocess this process's own code runs meanwhile (vLLM's model-registry inspection,
+        lscpu) is not: it ends by itself, and killing it would leave vLLM's cached verdict on the
+        model class wrong for the rest of the session."""
         self._refreshed = time.monotonic()
+        engine_pids = {k[0] for k in self.procs}
         for key, proc in self._descendants():
-            if key in self._baseline:
+            if key in self._baseline or key in self._passing:
                 continue
             try:
                 cmdline = proc.cmdline()
                 name = cmdline[0] if cmdline and cmdline[0].startswith(_title_prefix()) else proc.name()
+                ppid = proc.ppid()
             except psutil.Error:
                 continue
-            if key not in self.procs and any(h in " ".join(cmdline) for h in _HELPERS):
-                self._baseline.add(key)
-                continue
+            if key not in self.procs:
+                text = " ".join(cmdline)
+                if any(h in text for h in _HELPERS):
+                    self._baseline.add(key)
+                    self._helpers.add(key[0])
+                    continue
+                forked = cmdline == self._my_cmdline  # a fork child; or any child before its exec (ms)
+                if forked and time.time() - key[1] < 1.0:
+                    continue  # undecided yet
+                multiprocessing_child = (name.startswith(_title_prefix()) or "multiprocessing.spawn" in text
+                                         or "--multiprocessing-fork" in text or forked)
+                if not (ppid in engine_pids or ppid in self._helpers
+                        or (ppid == self._me.pid and multiprocessing_child)):
+                    self._passing.add(key)
+                    continue
             self.procs[key] = proc
             self.names[key] = name
+            engine_pids.add(key[0])
 
     def is_engine(self, key: _Key) -> bool:
         """Titled by vLLM (`VLLM::EngineCore`, `VLLM::Worker`...), unlike a passing `lscpu` or compile worker."""

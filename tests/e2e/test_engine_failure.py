@@ -2,7 +2,8 @@
 model, phase and cause; no engine process is left behind; the next model of the session still runs green.
 
 Two models in one pytest session, both the tiny-llama stand-in trimmed to 2 prompts x 8 tokens, eager: `first`
-gets the fault (`--npuprec-fault NAME@first`), `second` runs clean after it. Every process of the
+gets the fault (`--npuprec-fault NAME@first`), `second` runs clean after it (in the kill test, a third,
+`early`, runs first with a start bound no engine can meet). Every process of the
 session carries a marker in its environment, so a leftover is found even after it was orphaned.
 """
 import json
@@ -75,7 +76,7 @@ def engine_session(run_suite, pytester, tmp_path, repo_config_dir, standin_cache
     """engine_session(fault, first_timeout_s=None) -> (result, session record): runs `first` (faulted)
     then `second`, and checks no process of the session outlives it."""
 
-    def run(fault: str, first_timeout_s: float | None = None):
+    def run(fault: str, first_timeout_s: float | None = None, early_timeout_s: float | None = None):
         tag = uuid.uuid4().hex
         monkeypatch.setenv(TAG_ENV, tag)
         monkeypatch.setenv("NPUPREC_CACHE_DIR", str(standin_cache))
@@ -85,13 +86,17 @@ def engine_session(run_suite, pytester, tmp_path, repo_config_dir, standin_cache
         base["serve"]["enforce_eager"] = True  # no torch.compile: the engine starts in half the time
         configs = tmp_path / "configs"
         configs.mkdir()
-        for name, timeout in (("first", first_timeout_s), ("second", None)):
+        models = [("first", first_timeout_s), ("second", None)]
+        if early_timeout_s is not None:  # runs before first (collection order), with no fault: only its bound
+            models.insert(0, ("early", early_timeout_s))
+        for name, timeout in models:
             config = json.loads(json.dumps(base))
             if timeout is not None:
                 config["precision"]["timeout_s"] = timeout
             (configs / f"{name}.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         pytester.makeconftest(SESSION_CONFTEST)
-        result, _ = run_suite("first,second", "--npuprec-fault", f"{fault}@first", config_dir=configs)
+        result, _ = run_suite(",".join(name for name, _ in models), "--npuprec-fault", f"{fault}@first",
+                              config_dir=configs)
         session = json.loads((pytester.path / "session.json").read_text())
         session["left_after"] = wait_until_none_tagged(tag)
         return result, session
@@ -115,33 +120,40 @@ def wait_until_none_tagged(tag: str, wait_s: float = 15.0) -> list[str]:
         time.sleep(0.5)
 
 
-def check_outcome(result, session, failed_checks, phase: str, cause: str) -> tuple[str, float]:
-    """Every check of `first` red with one message naming model, phase and cause; `second` green;
+def check_outcome(result, session, failed_checks, phase: str, cause: str, model: str = "first",
+                  failed_models: int = 1) -> tuple[str, float]:
+    """Every check of `model` red with one message naming model, phase and cause; `second` green;
     no process of the session alive before `second` starts or after the session.
     Returns the message and the seconds the failed phase ran."""
     out = result.stdout.str()
     assert result.ret == pytest.ExitCode.TESTS_FAILED, out[-3000:]
-    checks = set(re.findall(r"test_precision\[first-([\w-]+)\]", out))
-    assert checks and failed_checks(result, "first") == checks
+    checks = set(re.findall(rf"test_precision\[{model}-([\w-]+)\]", out))
+    assert checks and failed_checks(result, model) == checks
     assert not failed_checks(result, "second")
-    assert re.search(rf"\b{len(checks)} failed, {len(checks)} passed\b", out), out[-3000:]
+    assert re.search(rf"\b{failed_models * len(checks)} failed, {len(checks)} passed\b", out), out[-3000:]
     # the full message (the short summary repeats it, cut to the terminal's width)
-    message = max(re.findall(r"first: could not run: (.*)", out), key=len)
-    match = re.match(rf"the device engine of first failed during {phase} after ([\d.]+) s: {cause}", message)
+    message = max(re.findall(rf"{model}: could not run: (.*)", out), key=len)
+    match = re.match(rf"the device engine of {model} failed during {phase} after ([\d.]+) s: {cause}", message)
     assert match, message
-    assert re.search(r"VLLM::EngineCore \(pid \d+\)", message) and "STILL ALIVE" not in message, message
+    assert "STILL ALIVE" not in message and "still runs" not in message, message
     assert session["before_second"] == [], "left behind by the failed engine while the next model ran"
     assert session["left_after"] == [], "left behind after the session"
-    print(f"first: could not run: {message}")  # in the log with -rP
+    print(f"{model}: could not run: {message}")  # in the log with -rP
     return message, float(match.group(1))
 
 
 def test_a_killed_engine_fails_its_model_at_once_and_the_next_model_runs(engine_session, failed_checks):
     # the worker SIGKILLs itself in its first forward pass of generate, as the OOM killer would
-    result, session = engine_session("engine_kill")
+    # (and before it, `early` cannot start within its 1 s bound: a start cut short leaves nothing either)
+    result, session = engine_session("engine_kill", early_timeout_s=1)
     message, phase_s = check_outcome(result, session, failed_checks, "generate",
-                                     r"the engine died\b.*VLLM::Worker \(pid \d+\) (exited|was killed by SIGKILL)")
+                                     r"the engine died\b.*VLLM::Worker \(pid \d+\) (exited|was killed by SIGKILL)",
+                                     failed_models=2)
+    assert re.search(r"VLLM::EngineCore \(pid \d+\)", message), message
     assert phase_s < 30, message  # seen as it happens, not at the (default, 900 s) bound
+    message, phase_s = check_outcome(result, session, failed_checks, "start", r"no answer within 1 s\b",
+                                     model="early", failed_models=2)
+    assert phase_s < 5, message
 
 
 def test_a_hung_engine_fails_its_model_at_the_bound_and_the_next_model_runs(engine_session, failed_checks):
@@ -149,7 +161,7 @@ def test_a_hung_engine_fails_its_model_at_the_bound_and_the_next_model_runs(engi
     result, session = engine_session("engine_hang", first_timeout_s=HANG_TIMEOUT_S)
     message, phase_s = check_outcome(result, session, failed_checks, "generate",
                                      rf"no answer within {HANG_TIMEOUT_S} s; killed the engine's processes: ")
-    assert "VLLM::Worker" in message
+    assert re.search(r"VLLM::EngineCore \(pid \d+\), VLLM::Worker \(pid \d+\)", message), message
     assert HANG_TIMEOUT_S <= phase_s < HANG_TIMEOUT_S + 5, message
     first_run_s = max(s for check, s in session["durations"].items() if check.startswith("first-"))
     # reference (seconds) + start (bounded too) + the hung generate (bounded) + teardown

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import multiprocessing
 import re
 import signal
 import subprocess
@@ -20,14 +21,28 @@ from pytest_npuprec.runners.watchdog import (DEFAULT_TIMEOUTS_S, PhaseTimeout, P
                                              ProcessTree, phase_timeouts, run_bounded)
 
 SLEEPER = "import time; time.sleep(120)"
+_SPAWN = multiprocessing.get_context("spawn")
 
 
 def titled(title: str) -> str:
-    """A process that sets its title as vLLM does (VLLM::EngineCore) and sleeps."""
+    """Code that sets the process title as vLLM does (VLLM::EngineCore) and sleeps."""
     return f"import setproctitle, time; setproctitle.setproctitle({title!r}); time.sleep(120)"
 
 
+def start_engine(code: str):
+    """A stand-in engine process, started as vLLM starts its EngineCore (multiprocessing, spawn)."""
+    proc = _SPAWN.Process(target=exec, args=(code,), daemon=True)
+    proc.start()
+    return proc
+
+
+def exit_code(proc) -> int | None:
+    proc.join(10)
+    return proc.exitcode
+
+
 def spawn(code: str) -> subprocess.Popen:
+    """A plain subprocess of this process's own code (as vLLM runs its registry inspection or lscpu)."""
     return subprocess.Popen([sys.executable, "-c", code])
 
 
@@ -47,13 +62,18 @@ def wait_for(predicate, timeout: float = 20.0) -> None:
 
 @pytest.fixture
 def reap():
-    """Popen objects to kill and reap after the test, whatever it did to them."""
-    procs: list[subprocess.Popen] = []
+    """Processes (Popen or multiprocessing) to kill and reap after the test, whatever it did to them."""
+    procs: list = []
     yield procs
     for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=10)
+        if isinstance(proc, subprocess.Popen):
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(timeout=10)
+        else:
+            if proc.is_alive():
+                proc.kill()
+            proc.join(10)
 
 
 def test_default_bounds_suit_a_healthy_npu_engine_and_one_number_bounds_every_phase():
@@ -83,35 +103,38 @@ def test_a_call_that_never_returns_times_out_at_its_bound():
     info.value.thread.join(5)
 
 
-def test_the_tree_holds_only_processes_started_after_it_and_kills_them(reap):
-    before = spawn(SLEEPER)
+def test_the_tree_holds_the_engine_processes_started_after_it_and_kills_them(reap):
+    before = start_engine(SLEEPER)
     reap.append(before)
     tree = ProcessTree()
-    after = spawn(SLEEPER)
-    reap.append(after)
+    after = start_engine(SLEEPER)
+    own = spawn(SLEEPER)  # a subprocess of this process's own code, not an engine process
+    reap.extend([after, own])
     wait_for(lambda: (tree.refresh(), after.pid in {k[0] for k in tree.procs})[1])
-    assert before.pid not in {k[0] for k in tree.procs}
+    assert {k[0] for k in tree.procs} == {after.pid}
 
     killed, left = tree.kill()
     assert [f"(pid {after.pid})" in k for k in killed] == [True] and left == []
-    assert after.wait(10) == -signal.SIGKILL
-    assert before.poll() is None  # not the engine's: untouched
+    assert exit_code(after) == -signal.SIGKILL
+    assert before.is_alive() and own.poll() is None  # not this engine's: untouched
 
 
-def test_a_grandchild_orphaned_by_its_parents_death_is_still_killed(reap):
+def test_a_grandchild_orphaned_by_its_parents_death_is_still_killed(reap, tmp_path):
     # the EngineCore dies, its worker is re-parented away from us: it must not survive holding memory
-    parent = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+    pid_file = tmp_path / "grandchild.pid"
+    tree = ProcessTree()
+    parent = start_engine(textwrap.dedent(f"""
         import subprocess, sys, time
         child = subprocess.Popen([sys.executable, "-c", {SLEEPER!r}])
-        print(child.pid, flush=True)
+        open({str(pid_file)!r}, "w").write(str(child.pid))
         time.sleep(120)
-    """)], stdout=subprocess.PIPE, text=True)
+    """))
     reap.append(parent)
-    tree = ProcessTree()
-    grandchild = int(parent.stdout.readline())
+    wait_for(lambda: pid_file.is_file() and pid_file.read_text())
+    grandchild = int(pid_file.read_text())
     wait_for(lambda: (tree.refresh(), grandchild in {k[0] for k in tree.procs})[1])
     parent.kill()
-    parent.wait(10)
+    parent.join(10)
     wait_for(lambda: psutil.Process(grandchild).ppid() != parent.pid if not gone(grandchild) else True)
     assert not gone(grandchild)  # orphaned, alive, no longer below us
 
@@ -123,13 +146,14 @@ def test_a_grandchild_orphaned_by_its_parents_death_is_still_killed(reap):
 def test_a_watched_process_that_dies_ends_the_phase_at_once_naming_it_and_its_signal(reap):
     pytest.importorskip("setproctitle")
     tree = ProcessTree()
-    engine = spawn(titled("VLLM::EngineCore"))
+    engine = start_engine(titled("VLLM::EngineCore"))
     reap.append(engine)
-    helper = spawn("pass")  # a passing helper (lscpu and the like): its exit is not the engine's death
+    helper = start_engine("import time; time.sleep(2)")  # an untitled helper below the engine: not watched
     reap.append(helper)
     wait_for(lambda: (tree.refresh(), any(n == "VLLM::EngineCore" for n in tree.names.values()))[1])
     tree.watch()
-    helper.wait(10)
+    assert len(tree.procs) == 2 and len(tree.watched) == 1
+    helper.join(10)
 
     threading.Timer(1.0, engine.kill).start()
     started = time.monotonic()
@@ -140,12 +164,12 @@ def test_a_watched_process_that_dies_ends_the_phase_at_once_naming_it_and_its_si
                                 "(what the OOM killer sends)")
 
 
-def runner_with_fake_engine(reap, timeout_s: float) -> tuple[VllmRunner, subprocess.Popen, subprocess.Popen]:
+def runner_with_fake_engine(reap, timeout_s: float) -> tuple:
     """A VllmRunner whose 'engine' is two stand-in processes (EngineCore and its worker), no vLLM."""
     pytest.importorskip("setproctitle")
     runner = VllmRunner("/nonexistent/tiny-llama", ServeConfig(), "cpu", model="tiny-llama", timeout_s=timeout_s)
     runner._tree = ProcessTree()
-    core, worker = spawn(titled("VLLM::EngineCore")), spawn(titled("VLLM::Worker"))
+    core, worker = start_engine(titled("VLLM::EngineCore")), start_engine(titled("VLLM::Worker"))
     reap.extend([core, worker])
     wait_for(lambda: (runner._tree.refresh(),
                       sorted(n for n in runner._tree.names.values() if n.startswith("VLLM::")))[1]
@@ -157,14 +181,15 @@ def runner_with_fake_engine(reap, timeout_s: float) -> tuple[VllmRunner, subproc
 def test_a_hung_engine_is_killed_and_fails_naming_model_phase_and_cause(reap):
     runner, core, worker = runner_with_fake_engine(reap, timeout_s=1)
     with pytest.raises(EngineFailure) as info:
-        runner._bounded("score", threading.Event().wait)
+        runner._bounded("score", core.join)  # like a call to the engine: it returns once the engine is gone
     failure = info.value
     assert (failure.model, failure.phase) == ("tiny-llama", "score")
     assert 1 <= failure.elapsed_s < 5
     assert re.match(r"the device engine of tiny-llama failed during score after \d+\.\d s: no answer within 1 s; "
                     r"killed the engine's processes: ", str(failure)), str(failure)
     assert f"VLLM::EngineCore (pid {core.pid})" in str(failure) and f"VLLM::Worker (pid {worker.pid})" in str(failure)
-    assert core.wait(10) == -signal.SIGKILL and worker.wait(10) == -signal.SIGKILL
+    assert exit_code(core) == -signal.SIGKILL and exit_code(worker) == -signal.SIGKILL
+    assert "still runs" not in str(failure)  # the abandoned call ended once the engine was gone
     assert runner._tree is None and runner.llm is None  # torn down: nothing left for the next model
 
 
@@ -173,23 +198,44 @@ def test_a_dead_worker_fails_the_phase_and_the_rest_of_the_engine_is_killed(reap
     threading.Timer(1.0, worker.kill).start()
     started = time.monotonic()
     with pytest.raises(EngineFailure) as info:
-        runner._bounded("generate", threading.Event().wait)
+        runner._bounded("generate", core.join)
     assert time.monotonic() - started < 15
     assert str(info.value) == (
         f"the device engine of tiny-llama failed during generate after {info.value.elapsed_s:.1f} s: "
         f"the engine died: VLLM::Worker (pid {worker.pid}) "
         f"was killed by SIGKILL (what the OOM killer sends); killed the engine's processes: "
         f"VLLM::EngineCore (pid {core.pid})")
-    assert core.wait(10) == -signal.SIGKILL
+    assert exit_code(core) == -signal.SIGKILL
+
+
+def test_a_start_cut_short_that_goes_on_spawning_leaves_nothing_behind(reap):
+    # vLLM's LLM() abandoned at the start bound may spawn its EngineCore only afterwards
+    runner = VllmRunner("/nonexistent/tiny-llama", ServeConfig(), "cpu", model="tiny-llama", timeout_s=0.5)
+    runner._tree = ProcessTree()
+    spawned: list[subprocess.Popen] = []
+
+    def slow_start() -> None:
+        time.sleep(1.5)
+        spawned.append(start_engine(SLEEPER))
+        reap.append(spawned[0])
+        spawned[0].join()  # as vLLM waits for its engine: until the process is gone
+        raise RuntimeError("Engine core initialization failed")
+
+    with pytest.raises(EngineFailure) as info:
+        runner._bounded("start", slow_start)
+    assert re.match(r"the device engine of tiny-llama failed during start after 0\.\d s: no answer within 0.5 s; "
+                    rf"killed the engine's processes: \S+ \(pid {spawned[0].pid}\)$", str(info.value)), str(info.value)
+    assert exit_code(spawned[0]) == -signal.SIGKILL
+    assert [t for t in threading.enumerate() if t.name == "npuprec-engine-start"] == []  # the call ended too
 
 
 def test_an_error_of_the_call_with_the_engine_alive_is_not_an_engine_failure(reap):
     runner, core, worker = runner_with_fake_engine(reap, timeout_s=600)
     with pytest.raises(ValueError, match="prompt too long"):
         runner._bounded("generate", lambda: (_ for _ in ()).throw(ValueError("prompt too long")))
-    assert core.poll() is None and worker.poll() is None  # still serving; __exit__ closes it as usual
+    assert core.is_alive() and worker.is_alive()  # still serving; __exit__ closes it as usual
     runner.close()
-    assert core.wait(10) == -signal.SIGKILL and worker.wait(10) == -signal.SIGKILL
+    assert exit_code(core) == -signal.SIGKILL and exit_code(worker) == -signal.SIGKILL
 
 
 def test_engine_faults_parse_with_a_forward_pass_count_and_an_optional_model():
