@@ -37,7 +37,7 @@ def main() -> int:
     from pytest_npuprec.runners.device import VllmRunner
     from pytest_npuprec.runners.environment import resolve_device
     from pytest_npuprec.runners.reference import TransformersRunner
-    from pytest_npuprec.weights import locate_weights
+    from pytest_npuprec.checkpoints.locate import locate_weights
 
     config = select_configs(args.config_dir, [args.model])[0]
     precision = config.precision

@@ -117,7 +117,7 @@ class TensorTernary:
 
 
 def measure_ternary(folder: Path, check: TernaryWeightsCheck) -> list[TensorTernary]:
-    from .checkpoint import iter_tensors
+    from .checkpoints.tensors import iter_tensors
 
     out = []
     for name, weight in iter_tensors(folder, check.include, check.exclude):

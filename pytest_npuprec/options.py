@@ -204,7 +204,7 @@ def report_dir(config: pytest.Config) -> Path:
 
 
 def model_roots(config: pytest.Config) -> list[Path]:
-    from .weights import MODEL_ROOT_ENV
+    from .env_vars import MODEL_ROOT_ENV
 
     values = config.getoption("npuprec_model_root") or [p for p in os.environ.get(MODEL_ROOT_ENV, "").split(":") if p]
     return [cli_path(config, v) for v in values]

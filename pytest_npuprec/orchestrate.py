@@ -52,13 +52,13 @@ def run_model(config: ModelConfig, options: RunOptions) -> ModelResult:
 
 def _user_errors() -> tuple[type[Exception], ...]:
     from .capture.prompts import PromptError
-    from .checkpoint import CheckpointError
+    from .checkpoints.tensors import CheckpointError
     from .config.loader import ConfigError
     from .runners.converter import ConversionError
     from .runners.device import DeviceRunError
     from .runners.environment import DeviceUnavailableError
     from .standins import UnknownStandinError
-    from .weights import WeightsNotFoundError
+    from .checkpoints.locate import WeightsNotFoundError
 
     return (CheckpointError, ConfigError, ConversionError, DeviceRunError, DeviceUnavailableError, PromptError,
             UnknownStandinError, WeightsNotFoundError)
@@ -74,7 +74,7 @@ def _run(config: ModelConfig, options: RunOptions, result: ModelResult) -> None:
     from .runners.environment import host_description, package_versions, resolve_device
     from .runners.reference import TransformersRunner
     from .verdicts import judge_all
-    from .weights import locate_weights
+    from .checkpoints.locate import locate_weights
 
     precision, checks, serve = config.precision, config.checks, config.serve
     assert precision is not None

@@ -7,7 +7,7 @@ import struct
 import numpy as np
 import pytest
 
-from pytest_npuprec.checkpoint import CheckpointError, iter_tensors, tensor_names
+from pytest_npuprec.checkpoints.tensors import CheckpointError, iter_tensors, tensor_names
 from pytest_npuprec.metrics.perplexity import perplexity, token_nll
 from pytest_npuprec.metrics.ternary import check_ternary, grouped
 from pytest_npuprec.metrics.text import extract_label, prompt_opens_thinking, split_thinking

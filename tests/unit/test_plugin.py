@@ -42,7 +42,7 @@ def test_help_imports_no_torch_vllm_or_transformers():
 def test_config_metrics_verdicts_and_report_import_nothing_heavy():
     code = ("import pytest_npuprec.plugin, pytest_npuprec.config.loader, pytest_npuprec.compare, "
             "pytest_npuprec.verdicts, pytest_npuprec.report.render, pytest_npuprec.report.write, "
-            "pytest_npuprec.report.document, pytest_npuprec.orchestrate, pytest_npuprec.weights, "
+            "pytest_npuprec.report.document, pytest_npuprec.orchestrate, pytest_npuprec.checkpoints.locate, "
             "pytest_npuprec.options, pytest_npuprec.selection, pytest_npuprec.collect, pytest_npuprec.results, "
             "pytest_npuprec.config.engine_args, pytest_npuprec.runners.device")
     assert _imports_after(code) == []

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .config.schema import ModelConfig
-from .env_vars import MODEL_ROOT_ENV
+from ..config.schema import ModelConfig
+from ..env_vars import MODEL_ROOT_ENV
 
 
 class WeightsNotFoundError(FileNotFoundError):
@@ -35,7 +35,7 @@ def candidate_folders(model_name: str, roots: list[Path]) -> list[Path]:
 
 def locate_weights(config: ModelConfig, model_roots: list[Path]) -> Path:
     if config.stand_in:
-        from .standins import ensure_standin
+        from ..standins import ensure_standin
 
         return ensure_standin(config.stand_in)
     candidates = candidate_folders(config.model_name, model_roots)
