@@ -67,7 +67,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
 def _run(config: ModelConfig, options: RunOptions, result: ModelResult) -> None:
     from .capture.prompts import decode_token, load_tokenizer, perplexity_input, render_prompts
     from .capture.session import capture_model
-    from .compare import measure
+    from .measure.thresholds import measure
     from .report.document import build_report
     from .report.write import write_report
     from .runners.device import Fault, VllmRunner
@@ -94,7 +94,7 @@ def _run(config: ModelConfig, options: RunOptions, result: ModelResult) -> None:
         verdicts.update(qat_verdicts)
         meta["converted_path"] = str(model_path)
     if checks.ternary_weights:
-        from .compare_checks import measure_ternary
+        from .measure.kinds import measure_ternary
         from .verdicts.kinds import judge_ternary
 
         verdicts["ternary_weights"] = judge_ternary(config.name, checks.ternary_weights,
@@ -123,7 +123,7 @@ def qat_equivalence(config: ModelConfig, options: RunOptions, qat_path: Path, pr
     import dataclasses
 
     from .capture.session import capture_model
-    from .compare import measure
+    from .measure.thresholds import measure
     from .runners.converter import convert_checkpoint
     from .runners.reference import TransformersRunner
     from .verdicts import judge
@@ -150,7 +150,7 @@ def qat_equivalence(config: ModelConfig, options: RunOptions, qat_path: Path, pr
 def _capture_checks(config: ModelConfig, capture, tokenizer) -> dict:
     """Verdicts of the check kinds read from the main capture."""
     from .capture.prompts import decode_texts
-    from .compare_checks import measure_determinism, measure_labels, measure_perplexity, measure_thinking
+    from .measure.kinds import measure_determinism, measure_labels, measure_perplexity, measure_thinking
     from .verdicts import kinds
 
     checks = config.checks

@@ -4,8 +4,8 @@ from __future__ import annotations
 import datetime as _dt
 from typing import Any, Callable
 
-from ..compare import Measurements
 from ..config.schema import ModelConfig
+from ..measure.thresholds import Measurements
 from ..verdicts import Verdict
 
 REPORT_FORMAT = 1

@@ -5,8 +5,8 @@ the worst value and where it is (prompt and position, or tensor).
 """
 from __future__ import annotations
 
-from ..compare import Measurements
 from ..config.schema import Threshold
+from ..measure.thresholds import Measurements
 from .thresholds import FINITE_CHECK, judge, judge_finite
 from .verdict import Verdict
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 
-from ..compare_checks import LabelPair, PerplexityMeasurement, RunDifference, TensorTernary, ThinkingPair
 from ..config.schema import DeterminismCheck, PerplexityCheck, TernaryWeightsCheck, ThinkingCheck
+from ..measure.kinds import LabelPair, PerplexityMeasurement, RunDifference, TensorTernary, ThinkingPair
 from .verdict import Verdict, clip
 
 

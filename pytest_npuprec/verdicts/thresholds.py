@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from ..compare import Cells, Measurements
 from ..config.schema import FINITE_CHECK, Threshold
+from ..measure.thresholds import Cells, Measurements
 from ..metrics.registry import METRICS
 from .verdict import Verdict, clip
 

@@ -51,7 +51,7 @@ def test_wrong_device_fails_the_check_kind(run_suite, failed_checks, model, faul
 
 
 def _ternary(folder, group_size):
-    from pytest_npuprec.compare_checks import measure_ternary
+    from pytest_npuprec.measure.kinds import measure_ternary
     from pytest_npuprec.config.schema import TernaryWeightsCheck
     from pytest_npuprec.verdicts.kinds import judge_ternary
 

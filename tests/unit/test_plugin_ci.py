@@ -24,7 +24,7 @@ precision:
 
 def synthetic_run(config, options):
     """What run_model does after the engines: a capture with known logits -> verdicts -> report."""
-    from pytest_npuprec.compare import measure
+    from pytest_npuprec.measure.thresholds import measure
     from pytest_npuprec.report.document import build_report
     from pytest_npuprec.report.write import write_report
     from pytest_npuprec.verdicts import judge_all

@@ -4,7 +4,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pytest_npuprec.compare import measure
+from pytest_npuprec.measure.thresholds import measure
 from pytest_npuprec.config.loader import load_config
 from pytest_npuprec.report.document import build_report
 from pytest_npuprec.report.render import render_markdown, render_terminal

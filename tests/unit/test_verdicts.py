@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from pytest_npuprec.compare import measure
+from pytest_npuprec.measure.thresholds import measure
 from pytest_npuprec.config.schema import Threshold
 from pytest_npuprec.verdicts import FINITE_CHECK, judge, judge_all
 

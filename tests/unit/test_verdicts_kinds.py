@@ -7,8 +7,8 @@ import pytest
 
 from pytest_npuprec.capture.records import CaptureWriter, ModelCapture, PromptCapture, PromptInput
 from pytest_npuprec.capture.prompts import PromptText
-from pytest_npuprec.compare_checks import (TensorTernary, measure_determinism, measure_labels, measure_perplexity,
-                                           measure_thinking)
+from pytest_npuprec.measure.kinds import (TensorTernary, measure_determinism, measure_labels, measure_perplexity,
+                                         measure_thinking)
 from pytest_npuprec.config.schema import DeterminismCheck, PerplexityCheck, TernaryWeightsCheck, ThinkingCheck
 from pytest_npuprec.metrics.ternary import check_ternary
 from pytest_npuprec.verdicts.kinds import (judge_determinism, judge_labels, judge_perplexity, judge_ternary,

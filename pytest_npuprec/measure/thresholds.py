@@ -5,10 +5,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .capture.records import ModelCapture, PromptCapture
-from .metrics import logits as logit_metrics
-from .metrics import tokens as token_metrics
-from .metrics.registry import METRICS
+from ..capture.records import ModelCapture, PromptCapture
+from ..metrics import logits as logit_metrics
+from ..metrics import tokens as token_metrics
+from ..metrics.registry import METRICS
 
 
 REDUCERS = {"mean": np.mean, "min": np.min, "max": np.max}

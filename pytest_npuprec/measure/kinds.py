@@ -7,12 +7,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .capture.prompts import PromptText
-from .capture.records import ModelCapture, repeat_side
-from .config.schema import TernaryWeightsCheck, ThinkingCheck
-from .metrics.perplexity import perplexity, token_nll
-from .metrics.ternary import TernaryResult, check_ternary
-from .metrics.text import ThinkingSplit, extract_label, prompt_opens_thinking, split_thinking
+from ..capture.prompts import PromptText
+from ..capture.records import ModelCapture, repeat_side
+from ..config.schema import TernaryWeightsCheck, ThinkingCheck
+from ..metrics.perplexity import perplexity, token_nll
+from ..metrics.ternary import TernaryResult, check_ternary
+from ..metrics.text import ThinkingSplit, extract_label, prompt_opens_thinking, split_thinking
 
 
 @dataclass(frozen=True)
@@ -117,7 +117,7 @@ class TensorTernary:
 
 
 def measure_ternary(folder: Path, check: TernaryWeightsCheck) -> list[TensorTernary]:
-    from .checkpoints.tensors import iter_tensors
+    from ..checkpoints.tensors import iter_tensors
 
     out = []
     for name, weight in iter_tensors(folder, check.include, check.exclude):
