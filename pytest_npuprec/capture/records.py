@@ -6,14 +6,14 @@ memory-mapped on load, so comparing many prompts does not hold them all in memor
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Literal
 
 import numpy as np
+
+from ..atomic import publish_dir, temp_sibling
 
 FORMAT_VERSION = 2
 PromptKind = Literal["compare", "perplexity"]
@@ -77,8 +77,7 @@ class CaptureWriter:
 
     def __init__(self, folder: Path):
         self.folder = Path(folder)
-        self.folder.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.folder.name}.", dir=self.folder.parent))
+        self.tmp = temp_sibling(self.folder)
 
     def logits_path(self, side: str, index: int) -> Path:
         return self.tmp / f"{side}-{index:03d}.npy"
@@ -100,9 +99,7 @@ class CaptureWriter:
             ],
         }
         (self.tmp / "capture.json").write_text(json.dumps(doc, indent=1), encoding="utf-8")
-        if self.folder.exists():
-            shutil.rmtree(self.folder)
-        os.replace(self.tmp, self.folder)
+        publish_dir(self.tmp, self.folder)
         return load_capture(self.folder)
 
     def _sides(self, index: int) -> list[str]:
