@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pytest_npuprec.atomic import staged_dir
+
 VOCAB, HIDDEN, LAYERS, HEADS, KV_HEADS, HEAD_DIM, FFN = 151_936, 2560, 2, 32, 8, 128, 9728
 PROMPTS, MAX_TOKENS = 7, 32
 BUILD_VERSION = 1
@@ -43,48 +45,47 @@ def wide_standin(root: Path) -> Path:
     from safetensors.torch import save_file
     from tokenizers import Tokenizer, models, pre_tokenizers
 
-    tmp = Path(tempfile.mkdtemp(prefix=".wide-", dir=root))
-    config = {
-        "architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "vocab_size": VOCAB,
-        "hidden_size": HIDDEN, "intermediate_size": FFN, "num_hidden_layers": LAYERS,
-        "num_attention_heads": HEADS, "num_key_value_heads": KV_HEADS, "head_dim": HEAD_DIM,
-        "max_position_embeddings": 40960, "rope_theta": 1_000_000, "rms_norm_eps": 1e-6,
-        "tie_word_embeddings": True, "torch_dtype": "bfloat16", "hidden_act": "silu",
-        "attention_bias": False, "bos_token_id": 1, "eos_token_id": 1,
-    }
-    (tmp / "config.json").write_text(json.dumps(config, indent=1))
-    (tmp / "generation_config.json").write_text(json.dumps({"eos_token_id": 1}))
-    g = torch.Generator().manual_seed(0)
+    with staged_dir(folder) as tmp:
+        config = {
+            "architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "vocab_size": VOCAB,
+            "hidden_size": HIDDEN, "intermediate_size": FFN, "num_hidden_layers": LAYERS,
+            "num_attention_heads": HEADS, "num_key_value_heads": KV_HEADS, "head_dim": HEAD_DIM,
+            "max_position_embeddings": 40960, "rope_theta": 1_000_000, "rms_norm_eps": 1e-6,
+            "tie_word_embeddings": True, "torch_dtype": "bfloat16", "hidden_act": "silu",
+            "attention_bias": False, "bos_token_id": 1, "eos_token_id": 1,
+        }
+        (tmp / "config.json").write_text(json.dumps(config, indent=1))
+        (tmp / "generation_config.json").write_text(json.dumps({"eos_token_id": 1}))
+        g = torch.Generator().manual_seed(0)
 
-    def randn(*shape, std=0.02):
-        return (torch.randn(*shape, generator=g) * std).to(torch.bfloat16)
+        def randn(*shape, std=0.02):
+            return (torch.randn(*shape, generator=g) * std).to(torch.bfloat16)
 
-    tensors = {"model.embed_tokens.weight": randn(VOCAB, HIDDEN), "model.norm.weight": torch.ones(HIDDEN, dtype=torch.bfloat16)}
-    for i in range(LAYERS):
-        p = f"model.layers.{i}."
-        tensors.update({
-            p + "self_attn.q_proj.weight": randn(HEADS * HEAD_DIM, HIDDEN),
-            p + "self_attn.k_proj.weight": randn(KV_HEADS * HEAD_DIM, HIDDEN),
-            p + "self_attn.v_proj.weight": randn(KV_HEADS * HEAD_DIM, HIDDEN),
-            p + "self_attn.o_proj.weight": randn(HIDDEN, HEADS * HEAD_DIM),
-            p + "self_attn.q_norm.weight": torch.ones(HEAD_DIM, dtype=torch.bfloat16),
-            p + "self_attn.k_norm.weight": torch.ones(HEAD_DIM, dtype=torch.bfloat16),
-            p + "mlp.gate_proj.weight": randn(FFN, HIDDEN),
-            p + "mlp.up_proj.weight": randn(FFN, HIDDEN),
-            p + "mlp.down_proj.weight": randn(HIDDEN, FFN),
-            p + "input_layernorm.weight": torch.ones(HIDDEN, dtype=torch.bfloat16),
-            p + "post_attention_layernorm.weight": torch.ones(HIDDEN, dtype=torch.bfloat16),
-        })
-    save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-    vocab = {"<unk>": 0, "<eos>": 1, **{f"w{i}": i for i in range(2, VOCAB)}}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.save(str(tmp / "tokenizer.json"))
-    (tmp / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<eos>", "unk_token": "<unk>",
-        "model_max_length": 40960}))
-    (tmp / "done").write_text("ok")
-    os.replace(tmp, folder)
+        tensors = {"model.embed_tokens.weight": randn(VOCAB, HIDDEN), "model.norm.weight": torch.ones(HIDDEN, dtype=torch.bfloat16)}
+        for i in range(LAYERS):
+            p = f"model.layers.{i}."
+            tensors.update({
+                p + "self_attn.q_proj.weight": randn(HEADS * HEAD_DIM, HIDDEN),
+                p + "self_attn.k_proj.weight": randn(KV_HEADS * HEAD_DIM, HIDDEN),
+                p + "self_attn.v_proj.weight": randn(KV_HEADS * HEAD_DIM, HIDDEN),
+                p + "self_attn.o_proj.weight": randn(HIDDEN, HEADS * HEAD_DIM),
+                p + "self_attn.q_norm.weight": torch.ones(HEAD_DIM, dtype=torch.bfloat16),
+                p + "self_attn.k_norm.weight": torch.ones(HEAD_DIM, dtype=torch.bfloat16),
+                p + "mlp.gate_proj.weight": randn(FFN, HIDDEN),
+                p + "mlp.up_proj.weight": randn(FFN, HIDDEN),
+                p + "mlp.down_proj.weight": randn(HIDDEN, FFN),
+                p + "input_layernorm.weight": torch.ones(HIDDEN, dtype=torch.bfloat16),
+                p + "post_attention_layernorm.weight": torch.ones(HIDDEN, dtype=torch.bfloat16),
+            })
+        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        vocab = {"<unk>": 0, "<eos>": 1, **{f"w{i}": i for i in range(2, VOCAB)}}
+        tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+        tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+        tok.save(str(tmp / "tokenizer.json"))
+        (tmp / "tokenizer_config.json").write_text(json.dumps({
+            "tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<eos>", "unk_token": "<unk>",
+            "model_max_length": 40960}))
+        (tmp / "done").write_text("ok")
     return folder
 
 

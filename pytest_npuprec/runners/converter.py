@@ -8,13 +8,11 @@ temporary sibling folder; only a converter that succeeds and leaves a config.jso
 from __future__ import annotations
 
 import importlib
-import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
+from ..atomic import staged_dir
 from ..config.schema import QatEquivalenceCheck
 
 
@@ -23,20 +21,12 @@ class ConversionError(RuntimeError):
 
 
 def convert_checkpoint(check: QatEquivalenceCheck, source: Path, target: Path) -> Path:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    out = tmp / "checkpoint"
-    try:
+    with staged_dir(target, create=False) as out:  # the converter creates `out` itself
         _run(check, Path(source), out)
         if not (out / "config.json").is_file():
             raise ConversionError(f"converter {_describe(check.converter)} finished but wrote no config.json "
                                   f"into {out}; expected a loadable checkpoint folder")
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(out, target)
-        return target
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    return target
 
 
 def _describe(converter: str | tuple[str, ...]) -> str:

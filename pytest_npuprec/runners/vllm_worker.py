@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from ..atomic import atomic_file
+
 
 class _CaptureState:
     def __init__(self) -> None:
@@ -88,9 +90,8 @@ class CaptureWorkerExtension:
         import torch
 
         array = torch.stack([rows[p] for p in wanted]).numpy()
-        tmp = f"{path}.tmp.npy"
-        np.save(tmp, array)
-        os.replace(tmp, path)
+        with atomic_file(path, "wb") as f:
+            np.save(f, array)
         return {"shape": list(array.shape)}
 
     def npuprec_inject_fault(self, name: str, magnitude: float) -> str:
