@@ -18,10 +18,12 @@ from typing import Any
 
 import yaml
 
+from .errors import NpuprecError
+
 CONFIG_SUFFIXES = (".yaml", ".yml")
 
 
-class SelectionError(Exception):
+class SelectionError(NpuprecError):
     """A --model name that names no config, or a config folder that is not there."""
 
 

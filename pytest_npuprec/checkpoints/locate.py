@@ -5,9 +5,10 @@ from pathlib import Path
 
 from ..config.schema import ModelConfig
 from ..env_vars import MODEL_ROOT_ENV
+from ..errors import NpuprecError
 
 
-class WeightsNotFoundError(FileNotFoundError):
+class WeightsNotFoundError(NpuprecError, FileNotFoundError):
     pass
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..errors import NpuprecError
 
-class ConfigError(Exception):
+
+class ConfigError(NpuprecError):
     def __init__(self, path: Path | str, key: str, expected: str):
         self.path, self.key, self.expected = Path(path), key, expected
         where = f"{self.path}: {key}: " if key else f"{self.path}: "

