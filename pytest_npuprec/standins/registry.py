@@ -12,6 +12,7 @@ import hashlib
 import json
 from typing import Protocol
 
+from ..errors import NpuprecError
 from .bitcpm import BitCPMConvertedStandin, BitCPMQATStandin
 from .chat_formats import THINKING
 from .guard import GUARD
@@ -32,7 +33,7 @@ class StandinSpec(Protocol):
     def build(self, out_dir) -> dict: ...
 
 
-class UnknownStandinError(KeyError):
+class UnknownStandinError(NpuprecError, KeyError):
     """Raised for a stand-in name that is not in STANDINS."""
 
     def __init__(self, name: str):
