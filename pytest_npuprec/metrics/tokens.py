@@ -9,14 +9,18 @@ from __future__ import annotations
 import math
 import operator
 from dataclasses import dataclass
+from typing import Final, Literal, get_args
 
 import numpy as np
 
-MATCH = "match"
-TIE = "tie"
-MISMATCH = "mismatch"
-NONFINITE = "nonfinite"
-STATUSES = (MATCH, TIE, MISMATCH, NONFINITE)
+# match: the same token; tie: a different one the reference scores within the margin (one BF16 ulp);
+# mismatch: any other; nonfinite: the reference logits the verdict relies on hold NaN/Inf.
+TokenStatus = Literal["match", "tie", "mismatch", "nonfinite"]
+MATCH: Final = "match"
+TIE: Final = "tie"
+MISMATCH: Final = "mismatch"
+NONFINITE: Final = "nonfinite"
+STATUSES: tuple[TokenStatus, ...] = get_args(TokenStatus)
 
 BF16_MANTISSA_BITS = 7  # explicit bits; 8 significant bits with the implicit one
 # Spacing of BF16 subnormals and of its lowest normal binade (2**-126 * 2**-7):
@@ -63,7 +67,8 @@ def _token_sequence(tokens, what: str) -> np.ndarray:
     return array.astype(np.int64)
 
 
-def classify_token(device_token: int, reference_token: int, reference_logits, margin: float | None = None) -> str:
+def classify_token(device_token: int, reference_token: int, reference_logits,
+                   margin: float | None = None) -> TokenStatus:
     """Compare one device token with the reference's: "match", "tie", "mismatch" or "nonfinite".
 
     "tie": the reference scores its own token at most `margin` above the device's
@@ -101,7 +106,7 @@ def agreed_prefix_length(device_tokens, reference_tokens) -> int:
 @dataclass(frozen=True)
 class ContinuationAgreement:
     prefix_length: int  # tokens agreed before the first difference
-    status: str  # "match" | "tie" | "mismatch" | "nonfinite"
+    status: TokenStatus
     diverged_at: int | None  # first differing index (first non-finite row for "nonfinite"); None on "match"
     score: float  # 1.0 for match/tie, prefix share for mismatch, NaN for nonfinite
 
@@ -144,7 +149,8 @@ def continuation_agreement(device_tokens, reference_tokens, reference_logits, ma
     return ContinuationAgreement(k, MISMATCH, k, k / max(len(reference), len(device), 1))
 
 
-def first_token_status(device_tokens, reference_tokens, reference_logits, margin: float | None = None) -> str:
+def first_token_status(device_tokens, reference_tokens, reference_logits,
+                       margin: float | None = None) -> TokenStatus:
     """Status of the first generated token (row 0): "match", "tie", "mismatch" or "nonfinite"."""
     device = _token_sequence(device_tokens, "device")[:1]
     reference = _token_sequence(reference_tokens, "reference")[:1]
