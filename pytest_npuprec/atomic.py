@@ -9,7 +9,7 @@ and a failure leaves neither a half target nor a temporary behind.
     atomic_write_text(path, text)        # a file, likewise
 
 What is published gets the modes a plain ``mkdir`` / ``open`` would give it (``tempfile`` makes
-its folders and files private to the owner). Standard library only and nothing from the plugin:
+its folders and files private to the owner, and safetensors its files). Standard library only and nothing from the plugin:
 the stand-ins and their standalone converter (``python -m pytest_npuprec.standins.qat_convert``)
 use it too.
 """
@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import IO, Iterator, Literal
@@ -38,14 +39,14 @@ def temp_sibling(target: Path | str) -> Path:
 
 
 def publish_dir(src: Path | str, target: Path | str, existing: Existing = "replace") -> bool:
-    """Move the finished folder ``src`` to ``target`` in one rename, with a plain mkdir's mode.
+    """Move the finished folder ``src`` to ``target`` in one rename, with plain modes (:func:`plain_modes`).
 
     Returns False only when ``existing="keep"`` found ``target`` already there (``src`` is left
     for the caller to remove)."""
     src, target = Path(src), Path(target)
     if existing == "refuse":
         refuse_occupied(target)
-    os.chmod(src, 0o777 & ~umask())
+    plain_modes(src)
     aside = src.with_name(src.name + ".old") if existing == "replace" and _occupied(target) else None
     if aside is not None:
         os.replace(target, aside)
@@ -102,6 +103,21 @@ def atomic_file(path: Path | str, mode: str = "w", encoding: str | None = None) 
 def atomic_write_text(path: Path | str, text: str, encoding: str = "utf-8") -> None:
     with atomic_file(path, "w", encoding=encoding) as f:
         f.write(text)
+
+
+def plain_modes(folder: Path) -> None:
+    """Give ``folder`` and everything in it the modes a plain mkdir / open would: ``tempfile`` makes
+    its folders 0700 and some writers their files 0600 (safetensors does). Executable bits stay."""
+    mask = umask()
+    os.chmod(folder, 0o777 & ~mask)
+    for parent, dirs, files in os.walk(folder):
+        for name in dirs:
+            os.chmod(os.path.join(parent, name), 0o777 & ~mask)
+        for name in files:
+            path = os.path.join(parent, name)
+            st = os.lstat(path)
+            if stat.S_ISREG(st.st_mode):
+                os.chmod(path, (0o777 if st.st_mode & 0o111 else 0o666) & ~mask)
 
 
 def refuse_occupied(target: Path) -> None:

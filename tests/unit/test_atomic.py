@@ -26,8 +26,13 @@ def test_staged_dir_publishes_whole_with_the_modes_of_a_plain_mkdir(tmp_path):
     with staged_dir(target) as tmp:
         assert tmp.parent == target.parent and tmp.name.startswith(".out.tmp-") and not target.exists()
         (tmp / "f.txt").write_text("x")
+        (tmp / "sub").mkdir(mode=0o700)
+        for name, mode in (("private.bin", 0o600), ("sub/run.sh", 0o700)):  # as safetensors writes its files
+            (tmp / name).touch()
+            os.chmod(tmp / name, mode)
     assert (target / "f.txt").read_text() == "x"
-    assert _mode(target) == 0o777 & ~umask()
+    assert _mode(target) == _mode(target / "sub") == 0o777 & ~umask()
+    assert _mode(target / "private.bin") == 0o666 & ~umask() and _mode(target / "sub" / "run.sh") == 0o777 & ~umask()
     assert [p.name for p in target.parent.iterdir()] == ["out"]
 
 
