@@ -6,10 +6,11 @@ from pathlib import Path
 from typing import Any
 
 from ..config.schema import ModelConfig, Prompt
+from ..errors import NpuprecError
 from .records import ModelCapture, PromptInput
 
 
-class PromptError(ValueError):
+class PromptError(NpuprecError, ValueError):
     pass
 
 
@@ -97,5 +98,5 @@ def decode_texts(config: ModelConfig, capture: ModelCapture, tokenizer: Any) -> 
                    is_chat=by_id[r.prompt.id].messages is not None or config.precision.chat_template,
                    prompt=decode(r.prompt.token_ids),
                    outputs={side: decode(tokens) for side, tokens in r.generated.items()})
-        for r in capture
+        for r in capture.compared()
     ]

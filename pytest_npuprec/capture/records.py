@@ -9,7 +9,7 @@ import json
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -60,11 +60,15 @@ class ModelCapture:
     meta: dict[str, Any] = field(default_factory=dict)  # versions, platform, engine settings, timings
     folder: Path | None = None
 
-    def __iter__(self) -> Iterator[PromptCapture]:
-        """The prompts compared by the metric thresholds (not the perplexity text)."""
-        return (p for p in self.prompts if p.prompt.kind == "compare")
+    def compared(self) -> list[PromptCapture]:
+        """The prompts compared by the metric thresholds and the check kinds (not the perplexity text)."""
+        return self._of_kind("compare")
 
-    def of_kind(self, kind: PromptKind) -> list[PromptCapture]:
+    def perplexity(self) -> list[PromptCapture]:
+        """The fixed text of the perplexity check, scored at every position (none without that check)."""
+        return self._of_kind("perplexity")
+
+    def _of_kind(self, kind: PromptKind) -> list[PromptCapture]:
         return [p for p in self.prompts if p.prompt.kind == kind]
 
     @property

@@ -93,9 +93,21 @@ class Threshold:
     reduce: Reduce
     id: str  # unique within the model: the metric name, plus the reduction if the metric has several
 
+    @property
+    def op(self) -> str:
+        """The bound as an operator: ">=" for a min bound, "<=" for a max bound (written nowhere else)."""
+        return ">=" if self.bound == "min" else "<="
+
+    def holds(self, value):
+        """value (a number or an array of them) meets the bound; NaN never does."""
+        return value >= self.value if self.bound == "min" else value <= self.value
+
+    def condition(self, subject: str | None = None) -> str:
+        """The bound in words: "<subject> >= 0.999"; the subject defaults to "<reduce> <metric>"."""
+        return f"{subject or f'{self.reduce} {self.metric}'} {self.op} {self.value:g}"
+
     def describe(self) -> str:
-        op = ">=" if self.bound == "min" else "<="
-        return f"{self.reduce} {self.metric} {op} {self.value:g}"
+        return self.condition()
 
 
 @dataclass(frozen=True)
@@ -104,6 +116,11 @@ class DeterminismCheck:
 
     runs: int = 2
     max_abs_diff: float = 0.0  # 0 = bitwise identical
+
+    @property
+    def logits_bound(self) -> Threshold:
+        """The bound on each run's logits max |diff| against run 1."""
+        return Threshold("max_abs_diff", "max", self.max_abs_diff, "max", id="determinism")
 
 
 @dataclass(frozen=True)

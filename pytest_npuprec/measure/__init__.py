@@ -4,3 +4,23 @@
 check kind (determinism, perplexity, labels, thinking, ternary weights). Pass/fail and the messages
 are the verdicts' job (verdicts/thresholds.py, verdicts/kinds.py mirror these two files).
 """
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .kinds import LabelPair, PerplexityMeasurement, RunDifference, TensorTernary, ThinkingMeasurement
+from .thresholds import Measurements
+
+
+@dataclass(frozen=True)
+class Measured:
+    """Everything a model's checks are judged on: the metric cells of the device comparison, and per
+    check kind (field named as the kind) what was measured for it; None where the config sets no such check."""
+
+    thresholds: Measurements
+    qat_equivalence: Measurements | None = None  # fake-quant forward (reference side) vs converted (device side)
+    ternary_weights: list[TensorTernary] | None = None
+    determinism: list[RunDifference] | None = None
+    perplexity: PerplexityMeasurement | None = None
+    labels: list[LabelPair] | None = None
+    thinking: ThinkingMeasurement | None = None

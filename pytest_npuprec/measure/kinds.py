@@ -4,15 +4,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from ..capture.prompts import PromptText
 from ..capture.records import ModelCapture, repeat_side
-from ..config.schema import TernaryWeightsCheck, ThinkingCheck
+from ..config.schema import LabelCheck, TernaryWeightsCheck, ThinkingCheck
 from ..metrics.perplexity import perplexity, token_nll
 from ..metrics.ternary import TernaryResult, check_ternary
 from ..metrics.text import ThinkingSplit, extract_label, prompt_opens_thinking, split_thinking
+
+
+class TokenMismatch(NamedTuple):
+    """The first greedy step where a repeat run's tokens differ from run 1's (None: that run had ended)."""
+
+    prompt_id: str
+    step: int
+    first: int | None  # run 1's token
+    again: int | None  # the repeat run's token
 
 
 @dataclass(frozen=True)
@@ -20,7 +30,7 @@ class RunDifference:
     """Device run `run` against run 1."""
 
     run: int
-    token_mismatches: list[tuple[str, int, int | None, int | None]]  # prompt id, step, run-1 token, this run's
+    token_mismatches: list[TokenMismatch]  # one per prompt whose tokens differ
     max_abs_diff: float  # over every scored logit; NaN if any logit is not finite
     worst_prompt: str | None
     worst_position: int | None
@@ -32,12 +42,12 @@ def measure_determinism(capture: ModelCapture) -> list[RunDifference]:
         side = repeat_side(run)
         mismatches = []
         worst, where, nonfinite = 0.0, (None, None), None
-        for record in capture.prompts:
+        for record in capture.prompts:  # the perplexity text too: its logits must repeat as well
             first, again = record.generated["device"], record.generated[side]
             step = next((i for i, (a, b) in enumerate(zip(first, again)) if a != b),
                         None if len(first) == len(again) else min(len(first), len(again)))
             if step is not None:
-                mismatches.append((record.prompt.id, step, _at(first, step), _at(again, step)))
+                mismatches.append(TokenMismatch(record.prompt.id, step, _at(first, step), _at(again, step)))
             a, b = np.asarray(record.logits("device")), np.asarray(record.logits(side))
             if not (np.isfinite(a).all() and np.isfinite(b).all()):
                 nonfinite = nonfinite or (record.prompt.id, None)
@@ -69,7 +79,7 @@ class PerplexityMeasurement:
 
 
 def measure_perplexity(capture: ModelCapture) -> PerplexityMeasurement:
-    (record,) = capture.of_kind("perplexity")
+    (record,) = capture.perplexity()
     targets = np.asarray(record.scored)[np.asarray(record.positions) + 1]
     ppl = {side: perplexity(token_nll(record.logits(side), targets)) for side in ("reference", "device")}
     return PerplexityMeasurement(len(targets), ppl["reference"], ppl["device"])
@@ -84,9 +94,10 @@ class LabelPair:
     device_text: str
 
 
-def measure_labels(texts: list[PromptText], pattern: str, prompt_ids: tuple[str, ...] | None) -> list[LabelPair]:
-    chosen = [t for t in texts if prompt_ids is None or t.id in prompt_ids]
-    return [LabelPair(t.id, extract_label(pattern, t.outputs["reference"]), extract_label(pattern, t.outputs["device"]),
+def measure_labels(texts: list[PromptText], check: LabelCheck) -> list[LabelPair]:
+    chosen = [t for t in texts if check.prompts is None or t.id in check.prompts]
+    label = lambda text: extract_label(check.pattern, text)  # noqa: E731
+    return [LabelPair(t.id, label(t.outputs["reference"]), label(t.outputs["device"]),
                       t.outputs["reference"], t.outputs["device"]) for t in chosen]
 
 
@@ -98,14 +109,21 @@ class ThinkingPair:
     device: ThinkingSplit
 
 
-def measure_thinking(texts: list[PromptText], check: ThinkingCheck) -> list[ThinkingPair]:
+@dataclass(frozen=True)
+class ThinkingMeasurement:
+    enable_thinking: bool | None  # serve.enable_thinking, the switch the chat template was rendered with
+    pairs: list[ThinkingPair]
+
+
+def measure_thinking(texts: list[PromptText], check: ThinkingCheck,
+                     enable_thinking: bool | None) -> ThinkingMeasurement:
     chosen = [t for t in texts if (t.id in check.prompts if check.prompts is not None else t.is_chat)]
     pairs = []
     for t in chosen:
         opened = prompt_opens_thinking(t.prompt, check.open, check.close)
         pairs.append(ThinkingPair(t.id, opened, *(split_thinking(t.outputs[side], check.open, check.close, opened)
                                                   for side in ("reference", "device"))))
-    return pairs
+    return ThinkingMeasurement(enable_thinking, pairs)
 
 
 @dataclass(frozen=True)

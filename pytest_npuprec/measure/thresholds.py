@@ -9,6 +9,7 @@ from ..capture.records import ModelCapture, PromptCapture
 from ..metrics import logits as logit_metrics
 from ..metrics import tokens as token_metrics
 from ..metrics.registry import METRICS
+from ..metrics.tokens import TokenStatus
 
 
 REDUCERS = {"mean": np.mean, "min": np.min, "max": np.max}
@@ -50,9 +51,9 @@ class PromptSummary:
     positions: tuple[int, ...]  # the scored positions (logits rows) of this prompt
     device_tokens: tuple[int, ...]
     reference_tokens: tuple[int, ...]
-    first_status: str  # match | tie | mismatch | nonfinite
+    first_status: TokenStatus
     prefix_length: int
-    prefix_status: str
+    prefix_status: TokenStatus
     metrics: dict[str, float] = field(default_factory=dict)  # position metrics, mean over this prompt's rows
 
 
@@ -73,7 +74,7 @@ def measure(capture: ModelCapture, tie_margin: float | None = None) -> Measureme
     summaries: list[PromptSummary] = []
     nonfinite: list[NonFinite] = []
     vocab = 0
-    for record in capture:
+    for record in capture.compared():
         summary, bad, vocab = _measure_prompt(record, acc, tie_margin)
         summaries.append(summary)
         nonfinite.extend(bad)

@@ -1,61 +1,100 @@
-"""Verdicts of the check kinds beyond metric thresholds: determinism, perplexity, labels, thinking,
-ternary weights. (QAT equivalence is judged by metric thresholds on its own capture.)"""
+"""Verdicts of the check kinds beyond metric thresholds: qat equivalence, ternary weights, determinism,
+perplexity, labels, thinking. One signature, `judge_<kind>(check, measured)`: the kind's config and
+what measure/kinds.py measured for it; the sentence is verdict.verdict's, the model name the caller's."""
 from __future__ import annotations
 
 import math
 
-from ..config.schema import DeterminismCheck, PerplexityCheck, TernaryWeightsCheck, ThinkingCheck
-from ..measure.kinds import LabelPair, PerplexityMeasurement, RunDifference, TensorTernary, ThinkingPair
-from .verdict import Verdict, clip
+from ..config.schema import (DeterminismCheck, LabelCheck, PerplexityCheck, QatEquivalenceCheck, TernaryWeightsCheck,
+                             ThinkingCheck)
+from ..measure.kinds import LabelPair, PerplexityMeasurement, RunDifference, TensorTernary, ThinkingMeasurement
+from ..measure.thresholds import Measurements
+from .thresholds import judge_threshold
+from .verdict import Verdict, clip, verdict
+
+QAT_SUBJECT = "QAT fake-quant vs converted (FP32)"
 
 
 def _clip(text: str, width: int = 60) -> str:
     return repr(clip(text, width))  # repr shows newlines and special tokens as they are
 
 
-def judge_determinism(model: str, check: DeterminismCheck, runs: list[RunDifference]) -> Verdict:
-    bound = "identical" if check.max_abs_diff == 0 else f"max |diff| <= {check.max_abs_diff:g}"
-    bound_text = f"{check.runs} runs: tokens identical, logits {bound}"
+def judge_qat_equivalence(check: QatEquivalenceCheck, measured: Measurements) -> dict[str, Verdict]:
+    """One verdict per threshold, `qat_equivalence-<threshold id>`: the QAT checkpoint's fake-quant forward
+    (reference side) vs the converted checkpoint (device side), both transformers FP32 on the CPU."""
+    verdicts = (judge_threshold(t, measured, check_id=f"qat_equivalence-{t.id}", subject=QAT_SUBJECT)
+                for t in check.thresholds)
+    return {v.check_id: v for v in verdicts}
+
+
+def judge_ternary_weights(check: TernaryWeightsCheck, measured: list[TensorTernary]) -> Verdict:
+    groups = "whole tensor" if check.group_size == -1 else f"groups of {check.group_size}"
+    bound_text = f"scale x {{-1, 0, 1}} per {groups}"
+    errors = [t for t in measured if t.error]
+    bad = [t for t in measured if t.result is not None and not t.result.ternary]
     problems = []
-    worst = max((r.max_abs_diff for r in runs), key=lambda v: math.inf if math.isnan(v) else v, default=0.0)
-    for r in runs:
+    if not measured:
+        problems.append(f"no tensor in the checkpoint matches include {check.include!r}"
+                        + (f" / exclude {check.exclude!r}" if check.exclude else "")
+                        + "; expected the quantized linear weights")
+    if errors:
+        problems.append(f"{len(errors)} tensor(s) cannot be grouped, first {errors[0].name} {list(errors[0].shape)}: "
+                        f"{errors[0].error}")
+    if bad:
+        worst = max(bad, key=lambda t: t.result.worst_values)
+        r = worst.result
+        problems.append(f"{len(bad)} of {len(measured)} tensors are not ternary; worst {worst.name} "
+                        f"{list(worst.shape)}: group {r.worst_group} holds {r.worst_values} distinct values "
+                        f"({r.bad_groups} of {r.groups} groups bad; expected {{-s, 0, +s}})")
+    return verdict(check_id="ternary_weights", what=f"ternary_weights ({bound_text}) on {len(measured)} tensors",
+                   passed=not problems, details=problems, value=float(len(bad) + len(errors)) if measured else None,
+                   value_of="tensors not ternary or not groupable", bound_text=bound_text,
+                   n_values=len(measured), n_failing=len(bad) + len(errors))
+
+
+def judge_determinism(check: DeterminismCheck, measured: list[RunDifference]) -> Verdict:
+    bound = check.logits_bound
+    logits = "identical" if check.max_abs_diff == 0 else bound.condition("max |diff|")
+    worst = max((r.max_abs_diff for r in measured), key=lambda v: math.inf if math.isnan(v) else v, default=0.0)
+    problems = []
+    for r in measured:
         if r.token_mismatches:
-            pid, step, a, b = r.token_mismatches[0]
+            first = r.token_mismatches[0]
             problems.append(f"run {r.run} generated different tokens than run 1 on {len(r.token_mismatches)} "
-                            f"prompt(s), first prompt {pid} at token {step} ({a} vs {b})")
+                            f"prompt(s), first prompt {first.prompt_id} at token {first.step} "
+                            f"({first.first} vs {first.again})")
         if math.isnan(r.max_abs_diff):
             problems.append(f"run {r.run} vs run 1: logits not finite (prompt {r.worst_prompt}); "
                             "NaN/Inf never count as identical")
-        elif r.max_abs_diff > check.max_abs_diff:
-            problems.append(f"run {r.run} vs run 1: logits max |diff| {r.max_abs_diff:.6g} > {check.max_abs_diff:g} "
-                            f"at prompt {r.worst_prompt} position {r.worst_position}")
-    passed = not problems
-    summary = f"{model}: determinism over {check.runs} device runs at temperature 0: "
-    message = summary + ("passed: tokens identical, logits max |diff| "
-                         f"{worst:.6g} (bound {check.max_abs_diff:g})" if passed else "FAILED: " + "; ".join(problems))
-    return Verdict(model, "determinism", passed, worst, None, message, n_values=len(runs),
-                   n_failing=sum(1 for r in runs if r.token_mismatches or not r.max_abs_diff <= check.max_abs_diff),
-                   bound_text=bound_text)
+        elif not bound.holds(r.max_abs_diff):
+            problems.append(f"run {r.run} vs run 1: logits max |diff| {r.max_abs_diff:.6g} misses "
+                            f"{bound.condition('max |diff|')} at prompt {r.worst_prompt} position {r.worst_position}")
+    return verdict(check_id="determinism", what=f"determinism over {check.runs} device runs at temperature 0",
+                   passed=not problems,
+                   details=problems or [f"tokens identical, logits max |diff| {worst:.6g} "
+                                        f"(bound {check.max_abs_diff:g})"],
+                   value=worst, value_of="largest logits max |diff| of a repeat run vs run 1",
+                   bound_text=f"{check.runs} runs: tokens identical, logits {logits}", n_values=len(measured),
+                   n_failing=sum(1 for r in measured if r.token_mismatches or not bound.holds(r.max_abs_diff)))
 
 
-def judge_perplexity(model: str, check: PerplexityCheck, m: PerplexityMeasurement) -> Verdict:
-    ratio = m.ratio
+def judge_perplexity(check: PerplexityCheck, measured: PerplexityMeasurement) -> Verdict:
+    m = measured
     bound_text = f"ratio in [1/{check.max_ratio:g}, {check.max_ratio:g}]"
     finite = all(math.isfinite(v) for v in (m.reference, m.device)) and m.reference > 0
+    ratio = m.ratio if finite else float("nan")
     passed = finite and max(ratio, 1 / ratio) <= check.max_ratio
     figures = (f"device {m.device:.6g} / reference {m.reference:.6g} over {m.tokens} tokens = ratio "
                f"{ratio:.6g}" if finite else f"device {m.device} / reference {m.reference}: not finite")
-    message = (f"{model}: perplexity of {_clip(check.text, 40)}: {figures}, bound {bound_text}: "
-               f"{'passed' if passed else 'FAILED'}")
-    return Verdict(model, "perplexity", passed, ratio if finite else float("nan"), None, message,
-                   n_values=m.tokens, n_failing=0 if passed else 1, bound_text=bound_text)
+    return verdict(check_id="perplexity", what=f"perplexity of {_clip(check.text, 40)}: {figures}, bound {bound_text}",
+                   passed=passed, value=ratio, value_of="perplexity ratio device / reference", bound_text=bound_text,
+                   n_values=m.tokens, n_failing=0 if passed else 1)
 
 
-def judge_labels(model: str, pattern: str, pairs: list[LabelPair]) -> Verdict:
-    unlabeled = [p for p in pairs if p.reference is None]
-    differ = [p for p in pairs if p.reference is not None and p.device != p.reference]
-    agree = len(pairs) - len(unlabeled) - len(differ)
-    bound_text = "every prompt: device label = reference label"
+def judge_labels(check: LabelCheck, measured: list[LabelPair]) -> Verdict:
+    pattern = check.pattern
+    unlabeled = [p for p in measured if p.reference is None]
+    differ = [p for p in measured if p.reference is not None and p.device != p.reference]
     problems = []
     if unlabeled:
         p = unlabeled[0]
@@ -65,24 +104,13 @@ def judge_labels(model: str, pattern: str, pairs: list[LabelPair]) -> Verdict:
         p = differ[0]
         problems.append(f"{len(differ)} device label(s) differ, first prompt {p.prompt_id}: device "
                         f"{p.device!r} vs reference {p.reference!r} (device output {_clip(p.device_text)})")
-    return _per_prompt_verdict(model, "labels", f"labels ({pattern!r}) agree", len(pairs), len(pairs) - agree,
-                               problems, bound_text)
+    return _per_prompt("labels", f"labels ({pattern!r}) agree", len(measured), len(unlabeled) + len(differ),
+                       problems, "every prompt: device label = reference label")
 
 
-def _per_prompt_verdict(model: str, check_id: str, what: str, n: int, n_bad: int, problems: list[str],
-                        bound_text: str) -> Verdict:
-    """A check that must hold on every selected prompt: passed only without problems (and prompts)."""
-    if not n:
-        problems = ["no prompt selected", *problems]
-    passed = not problems
-    message = f"{model}: {what} on {n - n_bad}/{n} prompts: " + ("passed" if passed else "FAILED: " + "; ".join(problems))
-    return Verdict(model, check_id, passed, (n - n_bad) / n if n else float("nan"), None, message,
-                   n_values=n, n_failing=n_bad, bound_text=bound_text)
-
-
-def judge_thinking(model: str, check: ThinkingCheck, enable_thinking: bool | None,
-                   pairs: list[ThinkingPair]) -> Verdict:
-    expected = "none" if enable_thinking is False else "closed"
+def judge_thinking(check: ThinkingCheck, measured: ThinkingMeasurement) -> Verdict:
+    pairs = measured.pairs
+    expected = "none" if measured.enable_thinking is False else "closed"
     want = ("no thinking section (enable_thinking: false)" if expected == "none"
             else f"a closed {check.open}...{check.close} section, then the answer")
     bad_reference = [p for p in pairs if p.reference.state != expected]
@@ -104,8 +132,16 @@ def judge_thinking(model: str, check: ThinkingCheck, enable_thinking: bool | Non
         problems.append(f"{len(answer_differs)} answer(s) after the thinking section differ, first prompt "
                         f"{p.prompt_id}: device {_clip(p.device.answer)} vs reference {_clip(p.reference.answer)}")
     n_bad = len(bad_reference) + len(bad_device) + len(answer_differs)
-    return _per_prompt_verdict(model, "thinking", f"thinking ({want}) agrees", len(pairs), n_bad, problems,
-                               f"every prompt: {want}")
+    return _per_prompt("thinking", f"thinking ({want}) agrees", len(pairs), n_bad, problems, f"every prompt: {want}")
+
+
+def _per_prompt(check_id: str, what: str, n: int, n_bad: int, problems: list[str], bound_text: str) -> Verdict:
+    """A check that must hold on every selected prompt: passed only without problems (and with prompts)."""
+    if not n:
+        problems = ["no prompt selected", *problems]
+    return verdict(check_id=check_id, what=f"{what} on {n - n_bad}/{n} prompts", passed=not problems, details=problems,
+                   value=(n - n_bad) / n if n else float("nan"), value_of=f"share of prompts whose {check_id} agree",
+                   bound_text=bound_text, n_values=n, n_failing=n_bad)
 
 
 def _same_answer(device: str, reference: str) -> bool:
@@ -114,28 +150,11 @@ def _same_answer(device: str, reference: str) -> bool:
     return device[:n] == reference[:n]
 
 
-def judge_ternary(model: str, check: TernaryWeightsCheck, tensors: list[TensorTernary]) -> Verdict:
-    groups = "whole tensor" if check.group_size == -1 else f"groups of {check.group_size}"
-    bound_text = f"scale x {{-1, 0, 1}} per {groups}"
-    if not tensors:
-        return Verdict(model, "ternary_weights", False, None, None,
-                       f"{model}: ternary_weights: no tensor in the checkpoint matches include {check.include!r}"
-                       + (f" / exclude {check.exclude!r}" if check.exclude else "")
-                       + "; expected the quantized linear weights", bound_text=bound_text)
-    errors = [t for t in tensors if t.error]
-    bad = [t for t in tensors if t.result is not None and not t.result.ternary]
-    problems = []
-    if errors:
-        problems.append(f"{len(errors)} tensor(s) cannot be grouped, first {errors[0].name} {list(errors[0].shape)}: "
-                        f"{errors[0].error}")
-    if bad:
-        worst = max(bad, key=lambda t: t.result.worst_values)
-        r = worst.result
-        problems.append(f"{len(bad)} of {len(tensors)} tensors are not ternary; worst {worst.name} "
-                        f"{list(worst.shape)}: group {r.worst_group} holds {r.worst_values} distinct values "
-                        f"({r.bad_groups} of {r.groups} groups bad; expected {{-s, 0, +s}})")
-    passed = not problems
-    message = (f"{model}: ternary_weights ({bound_text}) on {len(tensors)} tensors: "
-               + ("passed" if passed else "FAILED: " + "; ".join(problems)))
-    return Verdict(model, "ternary_weights", passed, float(len(bad) + len(errors)), None, message,
-                   n_values=len(tensors), n_failing=len(bad) + len(errors), bound_text=bound_text)
+# check kind -> its judge, called as judge(check, measured); qat_equivalence gives one verdict per threshold
+JUDGES = {
+    "ternary_weights": judge_ternary_weights,
+    "determinism": judge_determinism,
+    "perplexity": judge_perplexity,
+    "labels": judge_labels,
+    "thinking": judge_thinking,
+}

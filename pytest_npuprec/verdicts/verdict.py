@@ -1,8 +1,14 @@
-"""One check's outcome: passed or not, the value, the bound and the message that explains it."""
+"""One check's outcome, and the one helper that writes its sentence.
+
+Every judge builds its Verdict with `verdict(...)` (keyword arguments only), so every message reads
+`<what was compared>: passed|FAILED[: <details>]`; the caller that judges a model adds the model name
+once (`Verdict.of_model`). Bounds in words come from `Threshold` (config/schema.py).
+"""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 from ..config.schema import Threshold
 
@@ -12,18 +18,23 @@ def clip(text: str, width: int = 60) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Verdict:
-    model: str
     check_id: str
     passed: bool
-    value: float | None
-    threshold: Threshold | None
     message: str
-    worst: dict[str, Any] | None = None
-    n_values: int = 0
-    n_failing: int = 0
-    bound_text: str | None = None  # the bound in words, for checks without a metric Threshold
+    value: float | None  # the measured value; `value_of` says what it is
+    value_of: str  # e.g. "mean cosine_similarity", "perplexity ratio device / reference", "share of prompts ..."
+    threshold: Threshold | None = None  # the metric bound, for threshold checks
+    bound_text: str | None = None  # the bound in words
+    worst: dict[str, Any] | None = None  # where the worst value is: prompt_index, prompt_id, prompt, position, value
+    n_values: int = 0  # values (or prompts, runs, tensors) the check looked at
+    n_failing: int = 0  # of them, those that miss the bound
+    model: str | None = None  # set by `of_model`
+
+    def of_model(self, model: str) -> Verdict:
+        """This verdict of `model`, its message starting with the model name."""
+        return dataclasses.replace(self, model=model, message=f"{model}: {self.message}")
 
     def as_dict(self) -> dict[str, Any]:
         t = self.threshold
@@ -34,6 +45,7 @@ class Verdict:
             "bound": t.bound if t else None,
             "threshold": t.value if t else None,
             "value": self.value,
+            "value_of": self.value_of,
             "passed": self.passed,
             "n_values": self.n_values,
             "n_failing": self.n_failing,
@@ -41,3 +53,14 @@ class Verdict:
             "message": self.message,
             "bound_text": self.bound_text,
         }
+
+
+def verdict(*, check_id: str, what: str, passed: bool, details: Sequence[str] = (), value: float | None,
+            value_of: str, threshold: Threshold | None = None, bound_text: str | None = None,
+            worst: dict[str, Any] | None = None, n_values: int = 0, n_failing: int = 0) -> Verdict:
+    """The Verdict, with its sentence: `<what>: passed|FAILED[: <details joined by '; '>]`."""
+    message = f"{what}: {'passed' if passed else 'FAILED'}" + (": " + "; ".join(details) if details else "")
+    if bound_text is None and threshold is not None:
+        bound_text = threshold.condition(threshold.reduce)
+    return Verdict(check_id=check_id, passed=passed, message=message, value=value, value_of=value_of,
+                   threshold=threshold, bound_text=bound_text, worst=worst, n_values=n_values, n_failing=n_failing)

@@ -53,10 +53,10 @@ def test_wrong_device_fails_the_check_kind(run_suite, failed_checks, model, faul
 def _ternary(folder, group_size):
     from pytest_npuprec.measure.kinds import measure_ternary
     from pytest_npuprec.config.schema import TernaryWeightsCheck
-    from pytest_npuprec.verdicts.kinds import judge_ternary
+    from pytest_npuprec.verdicts.kinds import judge_ternary_weights
 
     check = TernaryWeightsCheck(group_size=group_size)
-    return judge_ternary("m", check, measure_ternary(folder, check))
+    return judge_ternary_weights(check, measure_ternary(folder, check))
 
 
 def test_ternary_weights_on_disk():
@@ -77,7 +77,8 @@ def test_wrong_qat_conversion_fails_qat_equivalence(tmp_path, repo_config_dir):
     import dataclasses
 
     from pytest_npuprec.capture.prompts import load_tokenizer, render_prompts
-    from pytest_npuprec.orchestrate import RunOptions, qat_equivalence
+    from pytest_npuprec.orchestrate import RunOptions, measure_qat_equivalence
+    from pytest_npuprec.verdicts.kinds import judge_qat_equivalence
     from pytest_npuprec.standins import ensure_standin
 
     config = load_config(repo_config_dir / "tiny-BitCPM4-CANN-1B-unquantized.yaml")
@@ -86,7 +87,8 @@ def test_wrong_qat_conversion_fails_qat_equivalence(tmp_path, repo_config_dir):
     config = dataclasses.replace(config, precision=dataclasses.replace(config.precision, checks=checks))
     qat = ensure_standin(config.stand_in)
     prompts = render_prompts(config, load_tokenizer(qat, True))
-    verdicts, converted = qat_equivalence(config, RunOptions("cpu", [], tmp_path), qat, prompts)
+    measured, converted = measure_qat_equivalence(config, RunOptions("cpu", [], tmp_path), qat, prompts)
+    verdicts = judge_qat_equivalence(checks.qat_equivalence, measured)
     failed = {k for k, v in verdicts.items() if not v.passed}
     assert {"qat_equivalence-cosine_similarity-min", "qat_equivalence-max_abs_diff"} <= failed, failed
     message = verdicts["qat_equivalence-max_abs_diff"].message

@@ -41,7 +41,7 @@ def test_help_imports_no_torch_vllm_or_transformers():
 
 def test_config_metrics_verdicts_and_report_import_nothing_heavy():
     code = ("import pytest_npuprec.plugin, pytest_npuprec.config.loader, pytest_npuprec.measure.thresholds, "
-            "pytest_npuprec.measure.kinds, "
+            "pytest_npuprec.measure, pytest_npuprec.measure.kinds, pytest_npuprec.errors, "
             "pytest_npuprec.verdicts, pytest_npuprec.report.render, pytest_npuprec.report.write, "
             "pytest_npuprec.report.document, pytest_npuprec.orchestrate, pytest_npuprec.checkpoints.locate, "
             "pytest_npuprec.options, pytest_npuprec.selection, pytest_npuprec.collect, pytest_npuprec.results, "

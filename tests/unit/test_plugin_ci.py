@@ -27,7 +27,8 @@ def synthetic_run(config, options):
     from pytest_npuprec.measure.thresholds import measure
     from pytest_npuprec.report.document import build_report
     from pytest_npuprec.report.write import write_report
-    from pytest_npuprec.verdicts import judge_all
+    from pytest_npuprec.measure import Measured
+    from pytest_npuprec.verdicts import judge_checks
 
     rng = np.random.default_rng(len(config.name))
     writer = CaptureWriter(options.report_dir / "captures" / config.name)
@@ -43,11 +44,9 @@ def synthetic_run(config, options):
         records.append(PromptCapture(p, (1, 2, 3) + tokens, tuple(range(2, 6)), {"reference": tokens, "device": tokens}, {}))
     capture = writer.finish(ModelCapture(config.name, records, {"positions_mode": "continuation", "max_tokens": 4}))
     m = measure(capture)
-    result = ModelResult(config)
-    result.verdicts = {c: v for c, v in judge_all(m, config.precision.thresholds).items()}
-    result.report = build_report(config, m, result.verdicts, capture.meta, str)
-    result.report_paths = write_report(result.report, options.report_dir)
-    return result
+    verdicts = judge_checks(config, Measured(m))
+    report = build_report(config, m, verdicts, capture.meta, str)
+    return ModelResult(config, verdicts, report, write_report(report, options.report_dir))
 
 
 @pytest.fixture

@@ -9,7 +9,8 @@ from pytest_npuprec.config.loader import load_config
 from pytest_npuprec.report.document import build_report
 from pytest_npuprec.report.render import render_markdown, render_terminal
 from pytest_npuprec.report.write import atomic_write_text, write_report
-from pytest_npuprec.verdicts import judge_all
+from pytest_npuprec.measure import Measured
+from pytest_npuprec.verdicts import judge_checks
 
 CONFIG = """
 model_name: org/Toy
@@ -29,7 +30,7 @@ def report(tmp_path, make_capture, confident_logits):
     device = [r.copy() for r in confident_logits]
     device[1] = -device[1]  # prompt p2 is wrong
     m = measure(make_capture(confident_logits, device))
-    verdicts = judge_all(m, config.thresholds)
+    verdicts = judge_checks(config, Measured(m))
     meta = {"positions_mode": "continuation", "max_tokens": 4, "versions": {"vllm": "0.0-test", "torch_npu": None},
             "device": {"platform": "cpu", "engine_kwargs": {"dtype": "bfloat16"}},
             "reference": {"platform": "cpu", "dtype": "float32"}}
@@ -139,9 +140,9 @@ def test_repeat_runs_and_perplexity_text_are_captured(tmp_path):
                             fake_factory("device", events), tmp_path / "cap", device_runs=3)
     assert events.count("device generate 1") == 3 and events.count("reference generate 1") == 1
     assert events.count("device score") == 6
-    [text] = capture.of_kind("perplexity")
+    [text] = capture.perplexity()
     assert text.scored == (3, 4, 5, 6) and text.positions == (0, 1, 2) and text.generated["device"] == ()
-    assert [p.prompt.id for p in capture] == ["p1"]
+    assert [p.prompt.id for p in capture.compared()] == ["p1"]
     again = load_capture(capture.folder)
     assert again.device_runs == 3
     first = again.prompts[0]

@@ -9,9 +9,9 @@ from pytest_npuprec.capture.records import CaptureWriter, ModelCapture, PromptCa
 from pytest_npuprec.capture.prompts import PromptText
 from pytest_npuprec.measure.kinds import (TensorTernary, measure_determinism, measure_labels, measure_perplexity,
                                          measure_thinking)
-from pytest_npuprec.config.schema import DeterminismCheck, PerplexityCheck, TernaryWeightsCheck, ThinkingCheck
+from pytest_npuprec.config.schema import DeterminismCheck, LabelCheck, PerplexityCheck, TernaryWeightsCheck, ThinkingCheck
 from pytest_npuprec.metrics.ternary import check_ternary
-from pytest_npuprec.verdicts.kinds import (judge_determinism, judge_labels, judge_perplexity, judge_ternary,
+from pytest_npuprec.verdicts.kinds import (judge_determinism, judge_labels, judge_perplexity, judge_ternary_weights,
                                            judge_thinking)
 
 
@@ -45,13 +45,13 @@ CHECK = DeterminismCheck(runs=3)
 
 def test_identical_runs_pass(tmp_path, logits):
     cap = capture_with_runs(tmp_path / "c", [(logits, TOKENS)] * 3)
-    v = judge_determinism("toy", CHECK, measure_determinism(cap))
+    v = judge_determinism(CHECK, measure_determinism(cap))
     assert v.passed and v.value == 0 and "3 device runs" in v.message
 
 
 def test_different_tokens_fail(tmp_path, logits):
     cap = capture_with_runs(tmp_path / "c", [(logits, TOKENS), (logits, TOKENS), (logits, [(4, 5, 6), (7, 1, 9)])])
-    v = judge_determinism("toy", CHECK, measure_determinism(cap))
+    v = judge_determinism(CHECK, measure_determinism(cap))
     assert not v.passed
     assert "run 3 generated different tokens than run 1 on 1 prompt(s), first prompt p2 at token 1 (8 vs 1)" in v.message
 
@@ -60,9 +60,9 @@ def test_different_logits_fail_with_where(tmp_path, logits):
     moved = [x.copy() for x in logits]
     moved[1][2, 7] += 1e-3
     cap = capture_with_runs(tmp_path / "c", [(logits, TOKENS), (moved, TOKENS), (logits, TOKENS)])
-    v = judge_determinism("toy", CHECK, measure_determinism(cap))
+    v = judge_determinism(CHECK, measure_determinism(cap))
     assert not v.passed and "run 2 vs run 1: logits max |diff|" in v.message and "prompt p2 position 3" in v.message
-    tolerant = judge_determinism("toy", DeterminismCheck(runs=3, max_abs_diff=1e-2), measure_determinism(cap))
+    tolerant = judge_determinism(DeterminismCheck(runs=3, max_abs_diff=1e-2), measure_determinism(cap))
     assert tolerant.passed
 
 
@@ -70,7 +70,7 @@ def test_nan_logits_never_count_as_identical(tmp_path, logits):
     nan = [x.copy() for x in logits]
     nan[0][0, 0] = np.nan
     cap = capture_with_runs(tmp_path / "c", [(nan, TOKENS), (nan, TOKENS), (nan, TOKENS)])
-    v = judge_determinism("toy", CHECK, measure_determinism(cap))
+    v = judge_determinism(CHECK, measure_determinism(cap))
     assert not v.passed and math.isnan(v.value) and "not finite" in v.message
 
 
@@ -89,16 +89,16 @@ def test_perplexity_ratio(tmp_path):
     ref = rng.normal(0, 2, size=(11, 30)).astype(np.float32)
     check = PerplexityCheck("fixed text", max_ratio=1.02)
     same = measure_perplexity(perplexity_capture(tmp_path / "a", ref, ref + 0.5, tokens))  # shift: same softmax
-    assert judge_perplexity("toy", check, same).passed and same.ratio == pytest.approx(1.0)
+    assert judge_perplexity(check, same).passed and same.ratio == pytest.approx(1.0)
     assert same.tokens == 11
 
     flat = measure_perplexity(perplexity_capture(tmp_path / "b", ref, ref * 0.7, tokens))
-    v = judge_perplexity("toy", check, flat)
+    v = judge_perplexity(check, flat)
     assert not v.passed and f"ratio {flat.ratio:.6g}" in v.message and "over 11 tokens" in v.message
 
     bad = ref.copy()
     bad[3, 3] = np.inf
-    v = judge_perplexity("toy", check, measure_perplexity(perplexity_capture(tmp_path / "c", ref, bad, tokens)))
+    v = judge_perplexity(check, measure_perplexity(perplexity_capture(tmp_path / "c", ref, bad, tokens)))
     assert not v.passed and math.isnan(v.value) and "not finite" in v.message
 
 
@@ -108,38 +108,40 @@ def texts(outputs: dict[str, tuple[str, str]], prompt: str = "", chat: bool = Tr
 
 
 GUARD = r"Safety: (Safe|Unsafe)\nCategories: ([^\n<]+)"
+LABELS = LabelCheck(GUARD)
 
 
 def test_labels_agree():
     t = texts({"bomb": ("Safety: Unsafe\nCategories: Violent", "Safety: Unsafe\nCategories: Violent<|im_end|>"),
                "france": ("Safety: Safe\nCategories: None", "Safety: Safe\nCategories: None")})
-    v = judge_labels("toy", GUARD, measure_labels(t, GUARD, None))
+    v = judge_labels(LABELS, measure_labels(t, LABELS))
     assert v.passed and v.value == 1 and "2/2" in v.message
 
 
 def test_a_different_device_label_fails():
     t = texts({"bomb": ("Safety: Unsafe\nCategories: Violent", "Safety: Safe\nCategories: None"),
                "france": ("Safety: Safe\nCategories: None", "Safety: Safe\nCategories: None")})
-    v = judge_labels("toy", GUARD, measure_labels(t, GUARD, None))
+    v = judge_labels(LABELS, measure_labels(t, LABELS))
     assert not v.passed and v.value == 0.5
     assert "prompt bomb: device 'Safe/None' vs reference 'Unsafe/Violent'" in v.message
 
 
 def test_a_missing_device_label_fails():
     t = texts({"bomb": ("Safety: Unsafe\nCategories: Violent", "Safety: ???")})
-    v = judge_labels("toy", GUARD, measure_labels(t, GUARD, None))
+    v = judge_labels(LABELS, measure_labels(t, LABELS))
     assert not v.passed and "device None vs reference 'Unsafe/Violent'" in v.message
 
 
 def test_an_unlabeled_reference_fails_rather_than_passing_vacuously():
     t = texts({"bomb": ("I cannot help", "I cannot help")})
-    v = judge_labels("toy", GUARD, measure_labels(t, GUARD, None))
+    v = judge_labels(LABELS, measure_labels(t, LABELS))
     assert not v.passed and "reference output(s) have no label" in v.message
 
 
 def test_labels_only_on_selected_prompts():
     t = texts({"bomb": ("Safety: Unsafe\nCategories: Violent",) * 2, "prose": ("Paris", "Berlin")})
-    assert judge_labels("toy", GUARD, measure_labels(t, GUARD, ("bomb",))).passed
+    selected = LabelCheck(GUARD, ("bomb",))
+    assert judge_labels(selected, measure_labels(t, selected)).passed
 
 
 THINK = ThinkingCheck()
@@ -147,35 +149,35 @@ THINK = ThinkingCheck()
 
 def test_thinking_closed_on_both_sides_passes():
     t = texts({"math": ("\nadd\n</think>\n\nFour.", "\nadd\n</think>\n\nFour.")}, prompt="assistant\n<think>\n")
-    v = judge_thinking("toy", THINK, True, measure_thinking(t, THINK))
+    v = judge_thinking(THINK, measure_thinking(t, THINK, True))
     assert v.passed and "1/1" in v.message
 
 
 def test_device_that_never_closes_thinking_fails():
     t = texts({"math": ("<think>\nadd\n</think>\n\nFour.", "<think>\nadd add add add")})
-    v = judge_thinking("toy", THINK, None, measure_thinking(t, THINK))
+    v = judge_thinking(THINK, measure_thinking(t, THINK, None))
     assert not v.passed and "device unclosed vs reference closed" in v.message
 
 
 def test_different_answer_after_thinking_fails_unless_truncated():
     t = texts({"math": ("<think>a</think>Four.", "<think>a</think>Five.")})
-    v = judge_thinking("toy", THINK, True, measure_thinking(t, THINK))
+    v = judge_thinking(THINK, measure_thinking(t, THINK, True))
     assert not v.passed and "answer(s) after the thinking section differ" in v.message
     cut = texts({"math": ("<think>a</think>Four is the", "<think>a</think>Four")})
-    assert judge_thinking("toy", THINK, True, measure_thinking(cut, THINK)).passed
+    assert judge_thinking(THINK, measure_thinking(cut, THINK, True)).passed
 
 
 def test_thinking_disabled_expects_no_section():
     t = texts({"q": ("Four.", "Four.")}, prompt="assistant\n<think>\n\n</think>\n\n")
-    assert judge_thinking("toy", THINK, False, measure_thinking(t, THINK)).passed
+    assert judge_thinking(THINK, measure_thinking(t, THINK, False)).passed
     wrong = texts({"q": ("<think>hm</think>Four.", "<think>hm</think>Four.")})
-    v = judge_thinking("toy", THINK, False, measure_thinking(wrong, THINK))
+    v = judge_thinking(THINK, measure_thinking(wrong, THINK, False))
     assert not v.passed and "reference output(s) do not show no thinking section" in v.message
 
 
 def test_thinking_only_on_chat_prompts_by_default():
     t = texts({"plain": ("x", "y")}, chat=False) + texts({"chat": ("<think>a</think>b", "<think>a</think>b")})
-    pairs = measure_thinking(t, THINK)
+    pairs = measure_thinking(t, THINK, None).pairs
     assert [p.prompt_id for p in pairs] == ["chat"]
 
 
@@ -186,19 +188,19 @@ def tensor(name, weight, group_size=-1):
 def test_ternary_verdicts():
     check = TernaryWeightsCheck()
     good = np.array([[0.5, -0.5], [0.0, 0.5]], dtype=np.float32)
-    assert judge_ternary("toy", check, [tensor("a.q_proj.weight", good)]).passed
+    assert judge_ternary_weights(check, [tensor("a.q_proj.weight", good)]).passed
     dense = np.array([[0.5, -0.25], [0.125, 0.75]], dtype=np.float32)
-    v = judge_ternary("toy", check, [tensor("a.q_proj.weight", good), tensor("a.up_proj.weight", dense)])
+    v = judge_ternary_weights(check, [tensor("a.q_proj.weight", good), tensor("a.up_proj.weight", dense)])
     assert not v.passed and v.value == 1
     assert "1 of 2 tensors are not ternary; worst a.up_proj.weight [2, 2]: group 0 holds 4 distinct values" in v.message
 
 
 def test_ternary_with_nothing_to_check_fails():
-    v = judge_ternary("toy", TernaryWeightsCheck(), [])
+    v = judge_ternary_weights(TernaryWeightsCheck(), [])
     assert not v.passed and "no tensor in the checkpoint matches include" in v.message
 
 
 def test_ternary_grouping_error_fails():
-    v = judge_ternary("toy", TernaryWeightsCheck(group_size=48),
+    v = judge_ternary_weights(TernaryWeightsCheck(group_size=48),
                       [TensorTernary("a.q_proj.weight", (4, 64), None, "input dimension 64 is not a multiple")])
     assert not v.passed and "cannot be grouped, first a.q_proj.weight [4, 64]" in v.message
