@@ -30,10 +30,10 @@ def main() -> int:
     args = parser.parse_args()
 
     from pytest_npuprec.capture.prompts import load_tokenizer, perplexity_input, render_prompts
-    from pytest_npuprec.measure.kinds import measure_perplexity
     from pytest_npuprec.capture.session import capture_model
-    from pytest_npuprec.measure.thresholds import measure
     from pytest_npuprec.config.loader import select_configs
+    from pytest_npuprec.measure.kinds import measure_perplexity
+    from pytest_npuprec.measure.thresholds import measure
     from pytest_npuprec.runners.device import VllmRunner
     from pytest_npuprec.runners.environment import resolve_device
     from pytest_npuprec.runners.reference import TransformersRunner

@@ -106,9 +106,6 @@ class Threshold:
         """The bound in words: "<subject> >= 0.999"; the subject defaults to "<reduce> <metric>"."""
         return f"{subject or f'{self.reduce} {self.metric}'} {self.op} {self.value:g}"
 
-    def describe(self) -> str:
-        return self.condition()
-
 
 @dataclass(frozen=True)
 class DeterminismCheck:
