@@ -33,6 +33,7 @@ from typing import ClassVar
 
 from . import corpus
 from .llama import LlamaArch, LlamaStandin, corpus_fit, hf_config
+from .spec import standin_key
 from .tokenizer import EOS_TOKEN
 from .training import deterministic_torch
 
@@ -106,46 +107,43 @@ class BitCPMQATStandin(LlamaStandin):
 
 @dataclass(frozen=True)
 class BitCPMConvertedStandin:
-    """Builder spec for the pseudo-quantized conversion of a QAT stand-in."""
+    """Builder spec for the pseudo-quantized conversion of a QAT stand-in (built first by the cache)."""
 
     name: str
     description: str
-    qat_standin: str
+    qat: BitCPMQATStandin
     group_size: int = -1
 
-    def key_material(self) -> dict:
-        from .qat_convert import CONVERTER_VERSION
-        from .registry import get_spec, standin_key
+    @property
+    def requires(self) -> tuple[BitCPMQATStandin]:
+        return (self.qat,)
 
-        qat_spec = get_spec(self.qat_standin)
+    def key_material(self) -> dict:
+        # imported here: `python -m pytest_npuprec.standins.qat_convert` must find it not yet imported
+        from . import qat_convert
+
         return {
             "kind": "bitcpm-qat-converted",
-            "qat_standin": self.qat_standin,
-            "qat_key": standin_key(qat_spec),
-            "qat_key_material": qat_spec.key_material(),
+            "qat_standin": self.qat.name,
+            "qat_key": standin_key(self.qat),
+            "qat_key_material": self.qat.key_material(),
             "group_size": self.group_size,
-            "converter_version": CONVERTER_VERSION,
+            "converter_version": qat_convert.CONVERTER_VERSION,
         }
 
-    def build(self, out_dir: Path) -> dict:
-        from .cache import ensure_standin, read_manifest
-        from .qat_convert import write_converted
+    def build(self, out_dir: Path, qat_dir: Path) -> dict:
+        """Convert the built QAT checkpoint ``qat_dir`` into ``out_dir``."""
+        from . import qat_convert
 
-        out_dir = Path(out_dir)
-        # cache.py builds in <root>/standins/<temp>/: build the QAT source in the same root
-        root = out_dir.parent.parent if out_dir.parent.name == "standins" else None
+        out_dir, qat_dir = Path(out_dir), Path(qat_dir)
         t0 = time.perf_counter()
-        qat_dir = ensure_standin(self.qat_standin, root)
-        t_convert = time.perf_counter()
-        facts = write_converted(qat_dir, out_dir, self.group_size)
-        convert_seconds = time.perf_counter() - t_convert
+        facts = qat_convert.write_converted(qat_dir, out_dir, self.group_size)
+        convert_seconds = time.perf_counter() - t0
         fit = _converted_fit(out_dir)
-        qat_manifest = read_manifest(qat_dir) or {}
         return {
-            "qat_standin": self.qat_standin,
+            "qat_standin": self.qat.name,
             "qat_dir": str(qat_dir),
-            "qat_model_sha256": qat_manifest.get("model_sha256"),
-            "qat_seconds": round(t_convert - t0, 2),
+            "qat_model_sha256": hashlib.sha256((qat_dir / "model.safetensors").read_bytes()).hexdigest(),
             "convert_seconds": round(convert_seconds, 2),
             "conversion": facts,
             "prose_fit_bf16": fit,

@@ -12,9 +12,12 @@ Cache layout: ``<cache_root>/standins/<name>-<key>/``.  A folder counts as
 complete only if its manifest (written last, before the folder is renamed
 into place) matches the key and the model file's size and sha256.  Builds
 happen in a temp folder next to the target under an exclusive file lock
-(fcntl where available) and are published with ``os.replace``, so a
-concurrent pytest process either waits and reuses the result or, without
-locking, loses a harmless rename race.
+(fcntl where available) and are published with ``os.replace``
+(``pytest_npuprec.atomic.staged_dir``), so a concurrent pytest process either
+waits and reuses the result or, without locking, loses a harmless rename race.
+The stand-ins a spec ``requires`` are built first, into the same cache (a build
+derives only from builds, never from a shipped copy), and their folders are
+handed to its ``build``.
 """
 
 from __future__ import annotations
@@ -25,12 +28,13 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
+from ..atomic import atomic_write_text, staged_dir
 from ..env_vars import CACHE_DIR_ENV, STANDINS_SOURCE_ENV, temporary_env
-from .registry import BUILDER_VERSION, get_spec, standin_key
+from .registry import get_spec
+from .spec import BUILDER_VERSION, StandinSpec, requirements, standin_key
 
 log = logging.getLogger("pytest_npuprec.standins")
 
@@ -55,9 +59,15 @@ def cache_root() -> Path:
 
 def standin_dir(name: str, cache_dir: Path | str | None = None) -> Path:
     """Where ``name`` lives (or would live) in the cache; does not build."""
-    spec = get_spec(name)
-    root = Path(cache_dir).expanduser() if cache_dir is not None else cache_root()
-    return root / "standins" / f"{name}-{standin_key(spec)}"
+    return _build_dir(get_spec(name), _root(cache_dir))
+
+
+def _root(cache_dir: Path | str | None) -> Path:
+    return Path(cache_dir).expanduser() if cache_dir is not None else cache_root()
+
+
+def _build_dir(spec: StandinSpec, root: Path) -> Path:
+    return root / "standins" / f"{spec.name}-{standin_key(spec)}"
 
 
 def shipped_dir(name: str) -> Path:
@@ -118,32 +128,31 @@ def ensure_standin(name: str, cache_dir: Path | str | None = None) -> Path:
         if shipped.is_dir():
             log.warning("shipped stand-in %r is stale (made for another builder key than %s): building it; "
                         "`python -m pytest_npuprec.standins.ship %s` refreshes the shipped copy", name, key, name)
-    final = standin_dir(name, cache_dir)
+    return _ensure_built(spec, _root(cache_dir))
+
+
+def _ensure_built(spec: StandinSpec, root: Path) -> Path:
+    """The build of ``spec`` in the cache ``root``, made on first use after the stand-ins it requires."""
+    key = standin_key(spec)
+    final = _build_dir(spec, root)
     if is_complete(final, key):
         return final
+    required = [_ensure_built(dep, root) for dep in requirements(spec)]
     base = final.parent
     base.mkdir(parents=True, exist_ok=True)
     with _exclusive_lock(base / f".{final.name}.lock") as locked:
         if is_complete(final, key):  # another process built it while we waited
             return final
         _remove_stale(base, final, temps=locked)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=base))
-        try:
-            _build_into(spec, key, tmp)
-            try:
-                os.replace(tmp, final)
-            except OSError:
-                # lost a race with a builder that could not lock (no fcntl)
-                if not is_complete(final, key):
-                    raise
-                shutil.rmtree(tmp, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        with staged_dir(final, existing="keep") as tmp:
+            _build_into(spec, key, tmp, required)
+        if not is_complete(final, key):  # lost a rename race (no fcntl) to something that is not a build
+            raise FileExistsError(f"{final} appeared while stand-in {spec.name!r} was built and is not a "
+                                  f"complete build of it")
     return final
 
 
-def _build_into(spec, key: str, out_dir: Path) -> None:
+def _build_into(spec: StandinSpec, key: str, out_dir: Path, required: list[Path]) -> None:
     import safetensors
     import tokenizers
     import torch
@@ -152,7 +161,7 @@ def _build_into(spec, key: str, out_dir: Path) -> None:
     log.warning("building stand-in model %r (first use; takes about a minute) into %s", spec.name, out_dir)
     t0 = time.perf_counter()
     with temporary_env({"TOKENIZERS_PARALLELISM": "false"}):
-        facts = spec.build(out_dir)
+        facts = spec.build(out_dir, *required)
     model = out_dir / "model.safetensors"
     manifest = {
         "name": spec.name,
@@ -174,20 +183,8 @@ def _build_into(spec, key: str, out_dir: Path) -> None:
         "built_at_unix": int(time.time()),
     }
     # the manifest is what marks the folder complete: write it last, atomically
-    part = out_dir / (MANIFEST_NAME + ".part")
-    part.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-    os.replace(part, out_dir / MANIFEST_NAME)
-    _share(out_dir)
+    atomic_write_text(out_dir / MANIFEST_NAME, json.dumps(manifest, indent=2) + "\n")
     log.warning("built stand-in %r in %.1f s (sha256 %s)", spec.name, manifest["build_seconds"], manifest["model_sha256"][:16])
-
-
-def _share(folder: Path) -> None:
-    """mkdtemp makes the folder 0700: give it the modes a normal mkdir/open would (umask)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(folder, 0o777 & ~umask)
-    for f in folder.iterdir():
-        os.chmod(f, 0o666 & ~umask)
 
 
 def _remove_stale(base: Path, final: Path, temps: bool) -> None:

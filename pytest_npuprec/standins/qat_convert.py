@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import shutil
 import sys
-import tempfile
 from pathlib import Path
+
+from ..atomic import staged_dir
 
 # Version of the conversion procedure (part of the converted stand-in's cache key).
 CONVERTER_VERSION = 1
@@ -47,19 +47,8 @@ def convert_qat_checkpoint(src_dir, out_dir, group_size: int = -1) -> dict:
     place at the end, so a failed conversion leaves no ``out_dir``.
     ``out_dir`` must not exist or be an empty folder.  Returns conversion facts.
     """
-    src, out = Path(src_dir), Path(out_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise FileExistsError(f"output {out} exists and is not an empty folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        facts = write_converted(src, tmp, group_size)
-        _chmod_like_mkdir(tmp)
-        os.replace(tmp, out)  # onto a missing or empty folder: atomic on POSIX
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return facts
+    with staged_dir(out_dir, existing="refuse") as tmp:
+        return write_converted(Path(src_dir), tmp, group_size)
 
 
 def write_converted(src: Path, dest: Path, group_size: int = -1) -> dict:
@@ -116,13 +105,6 @@ def ternary_codes(weight, group_size: int):
     from .bitcpm_qat_code.modeling_bitcpm_qat import ternary_codes as codes_fn
 
     return codes_fn(weight, group_size)
-
-
-def _chmod_like_mkdir(folder: Path) -> None:
-    """mkdtemp makes the folder 0700: give it the mode a plain mkdir would (umask)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(folder, 0o777 & ~umask)
 
 
 def main(argv: list[str] | None = None) -> int:

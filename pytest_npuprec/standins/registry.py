@@ -1,16 +1,10 @@
-"""Registry of stand-in models: name -> builder spec.
+"""Registry of stand-in models: name -> builder spec (see spec.py for what a spec is).
 
-A builder spec provides ``key_material() -> dict`` (everything that
-determines the checkpoint apart from BUILDER_VERSION) and
-``build(out_dir) -> dict`` (writes the checkpoint files except the manifest
-and returns facts for it).
+Specs refer to each other as objects (the converted BitCPM holds its QAT spec object), so the
+builders never look a name up here: this module imports them, none of them imports it.
 """
 
 from __future__ import annotations
-
-import hashlib
-import json
-from typing import Protocol
 
 from ..errors import NpuprecError
 from .bitcpm import BitCPMConvertedStandin, BitCPMQATStandin
@@ -19,18 +13,9 @@ from .guard import GUARD
 from .llama import LlamaArch, LlamaStandin
 from .minicpm import MiniCPMStandin
 from .qwen3 import Qwen3Arch
+from .spec import BUILDER_VERSION, StandinSpec, standin_key
 
-# Bump when the build procedure changes in a way key_material() does not see.
-BUILDER_VERSION = 1
-
-
-class StandinSpec(Protocol):
-    name: str
-    description: str
-
-    def key_material(self) -> dict: ...
-
-    def build(self, out_dir) -> dict: ...
+__all__ = ["BUILDER_VERSION", "STANDINS", "StandinSpec", "UnknownStandinError", "get_spec", "standin_key"]
 
 
 class UnknownStandinError(NpuprecError, KeyError):
@@ -46,6 +31,15 @@ class UnknownStandinError(NpuprecError, KeyError):
         return self.message
 
 
+BITCPM_QAT = BitCPMQATStandin(
+    name="tiny-BitCPM4-CANN-1B-unquantized",
+    description=(
+        "ternary QAT checkpoint: 2-layer Llama shape with latent BF16 weights and remote code "
+        "(modeling_bitcpm_qat.py, trust_remote_code) that fake-quantizes the decoder projections "
+        "to absmean x {-1, 0, 1} per tensor in forward; trained with the quantizer on"
+    ),
+)
+
 STANDINS: dict[str, StandinSpec] = {
     "tiny-llama": LlamaStandin(
         name="tiny-llama",
@@ -54,21 +48,14 @@ STANDINS: dict[str, StandinSpec] = {
             "vocab 1024 byte-level BPE) briefly trained on the bundled corpus; BF16 weights"
         ),
     ),
-    "tiny-BitCPM4-CANN-1B-unquantized": BitCPMQATStandin(
-        name="tiny-BitCPM4-CANN-1B-unquantized",
-        description=(
-            "ternary QAT checkpoint: 2-layer Llama shape with latent BF16 weights and remote code "
-            "(modeling_bitcpm_qat.py, trust_remote_code) that fake-quantizes the decoder projections "
-            "to absmean x {-1, 0, 1} per tensor in forward; trained with the quantizer on"
-        ),
-    ),
+    BITCPM_QAT.name: BITCPM_QAT,
     "tiny-BitCPM4-CANN-1B": BitCPMConvertedStandin(
         name="tiny-BitCPM4-CANN-1B",
         description=(
             "tiny-BitCPM4-CANN-1B-unquantized converted (qat_convert.py, ternary, group_size -1): "
             "plain LlamaForCausalLM whose projection weights are BF16 scale x {-1, 0, 1}"
         ),
-        qat_standin="tiny-BitCPM4-CANN-1B-unquantized",
+        qat=BITCPM_QAT,
     ),
     "tiny-Qwen3Guard-Gen-4B": LlamaStandin(
         name="tiny-Qwen3Guard-Gen-4B",
@@ -109,10 +96,3 @@ def get_spec(name: str) -> StandinSpec:
         return STANDINS[name]
     except KeyError:
         raise UnknownStandinError(name) from None
-
-
-def standin_key(spec: StandinSpec, length: int = 12) -> str:
-    """Short hash of everything that determines a stand-in checkpoint."""
-    material = {"builder_version": BUILDER_VERSION, "name": spec.name, **spec.key_material()}
-    blob = json.dumps(material, sort_keys=True, separators=(",", ":")).encode()
-    return hashlib.sha256(blob).hexdigest()[:length]

@@ -7,20 +7,21 @@ that the shipped ones are still what the builder makes.
 
 Run it after changing a builder (its key changes), then commit ``pytest_npuprec/standins/shipped/``.
 Each stand-in is built in a fresh temporary cache (dependencies too: the converted BitCPM rebuilds
-its QAT source), then replaces the shipped folder in one rename, so an interrupted run leaves the
-old copy whole.
+its QAT source), then replaces the shipped folder in one rename (``pytest_npuprec.atomic``), so an
+interrupted run leaves the old copy whole.
 """
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 
+from ..atomic import staged_dir
 from .cache import SHIPPED_ROOT, ensure_standin, is_complete, read_manifest, shipped_dir
-from .registry import STANDINS, get_spec, standin_key
+from .registry import STANDINS, get_spec
+from .spec import standin_key
 
 
 def stale_shipped(names: list[str] | None = None) -> list[str]:
@@ -48,13 +49,10 @@ def ship(names: list[str], shipped_root: Path = SHIPPED_ROOT) -> list[Path]:
     published = []
     with tempfile.TemporaryDirectory(prefix=".ship-", dir=shipped_root) as work:
         for name in names:
-            staged = Path(work) / "staged" / name
-            shutil.copytree(ensure_standin(name, Path(work) / "cache"), staged)
-            target = shipped_root / name
-            if target.exists():
-                os.replace(target, Path(work) / f"retired-{name}")
-            os.replace(staged, target)
-            published.append(target)
+            built = ensure_standin(name, Path(work) / "cache")
+            with staged_dir(shipped_root / name) as staged:
+                shutil.copytree(built, staged, dirs_exist_ok=True)
+            published.append(shipped_root / name)
     return published
 
 

@@ -10,6 +10,7 @@ and the chat template.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import json
 import threading
@@ -30,7 +31,7 @@ from pytest_npuprec.standins import (
     standin_key,
 )
 from pytest_npuprec.standins import cache as cache_mod
-from pytest_npuprec.standins import corpus, registry
+from pytest_npuprec.standins import corpus, spec as spec_mod
 from pytest_npuprec.standins.tokenizer import CHAT_TEMPLATE, EOS_TOKEN, IM_END, IM_START, render_chat, train_tokenizer
 
 CHECKPOINT_FILES = {
@@ -114,8 +115,54 @@ def test_key_is_stable_and_covers_what_determines_the_result(monkeypatch):
     monkeypatch.setattr(corpus, "corpus_digest", lambda: "0" * 64)
     assert standin_key(spec) != key
     monkeypatch.undo()
-    monkeypatch.setattr(registry, "BUILDER_VERSION", registry.BUILDER_VERSION + 1)
+    monkeypatch.setattr(spec_mod, "BUILDER_VERSION", spec_mod.BUILDER_VERSION + 1)
     assert standin_key(spec) != key
+
+
+PACKAGE = Path(cache_mod.__file__).parent.parent  # pytest_npuprec/
+
+
+def _imports_of(path: Path) -> set[str]:
+    """The pytest_npuprec modules (or names in them) the module at ``path`` imports, anywhere in it."""
+    package = path.relative_to(PACKAGE.parent).with_suffix("").parts[:-1]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = ".".join(package[: len(package) - node.level + 1]) if node.level else ""
+            module = ".".join(filter(None, (base, node.module)))
+            found.update(f"{module}.{a.name}" for a in node.names) if node.module is None else found.add(module)
+    return {m for m in found if m.split(".")[0] == PACKAGE.name}
+
+
+def test_standins_import_only_leaf_utilities_of_the_plugin_and_have_no_cycle():
+    """The stand-ins depend on the plugin for nothing but env_vars, atomic and errors (stdlib-only leaves);
+    inside the package the imports form no cycle (specs refer to each other as objects)."""
+    standins = PACKAGE / "standins"
+    modules = {p: _imports_of(p) for p in standins.rglob("*.py") if "shipped" not in p.parts}
+    outside = {m for found in modules.values() for m in found if not m.startswith(f"{PACKAGE.name}.standins")}
+    assert outside <= {f"{PACKAGE.name}.env_vars", f"{PACKAGE.name}.atomic", f"{PACKAGE.name}.errors"}, outside
+    for leaf in ("env_vars.py", "atomic.py", "errors.py"):
+        assert _imports_of(PACKAGE / leaf) == set(), leaf
+
+    def name(p: Path) -> str:
+        return ".".join(p.relative_to(PACKAGE.parent).with_suffix("").parts)
+
+    graph = {name(p): {m for m in found if m.startswith(f"{PACKAGE.name}.standins")}
+             for p, found in modules.items() if p.name != "__init__.py"}
+    done: set[str] = set()
+
+    def visit(module: str, path: tuple[str, ...]) -> None:
+        assert module not in path, f"import cycle: {' -> '.join(path + (module,))}"
+        if module in done or module not in graph:
+            return
+        for m in graph[module]:
+            visit(m, path + (module,))
+        done.add(module)
+
+    for module in graph:
+        visit(module, ())
 
 
 def test_corpus_is_bundled_and_holds_the_default_prompts():
@@ -229,6 +276,50 @@ def test_incomplete_folder_and_stale_temp_are_replaced(fake, tmp_path):
     assert ensure_standin("fake", tmp_path) == final
     assert len(spec.calls) == 1 and is_complete(final, standin_key(spec))
     assert not stale.exists()
+
+
+@dataclasses.dataclass(frozen=True)
+class FakeDerivedSpec:
+    """A stand-in built from another one (as the converted BitCPM from its QAT checkpoint)."""
+
+    name: str
+    source: FakeSpec
+    description: str = "fake derived stand-in"
+    calls: list = dataclasses.field(default_factory=list, compare=False, hash=False)
+
+    @property
+    def requires(self) -> tuple[FakeSpec]:
+        return (self.source,)
+
+    def key_material(self) -> dict:
+        return {"kind": "fake-derived", "source_key": standin_key(self.source)}
+
+    def build(self, out_dir, source_dir) -> dict:
+        self.calls.append((Path(out_dir), Path(source_dir)))
+        for f in cache_mod.REQUIRED_FILES:
+            (Path(out_dir) / f).write_bytes((Path(source_dir) / f).read_bytes() + b" derived")
+        return {"source_dir": str(source_dir)}
+
+
+def test_a_required_standin_is_built_first_into_the_same_cache(fake, tmp_path, monkeypatch):
+    source = fake()
+    derived = FakeDerivedSpec(name="fake-derived", source=source)
+    monkeypatch.setitem(STANDINS, derived.name, derived)
+    monkeypatch.setattr(cache_mod, "SHIPPED_ROOT", tmp_path / "shipped")
+    from pytest_npuprec.standins.ship import ship
+
+    ship(["fake"], tmp_path / "shipped")  # a current shipped source: a build still builds its own
+    source.calls.clear()
+    monkeypatch.setenv("NPUPREC_CACHE_DIR", str(tmp_path / "cache"))
+    path = ensure_standin("fake-derived")
+    source_dir = standin_dir("fake", tmp_path / "cache")
+    assert path == standin_dir("fake-derived", tmp_path / "cache")
+    assert len(source.calls) == 1 and is_complete(source_dir, standin_key(source))
+    ((out, given),) = derived.calls
+    assert given == source_dir and out.parent == path.parent and ".tmp-" in out.name
+    assert read_manifest(path)["source_dir"] == str(source_dir)
+    assert (path / "config.json").read_bytes() == (source_dir / "config.json").read_bytes() + b" derived"
+    assert ensure_standin("fake-derived") == path and len(derived.calls) == 1  # reused
 
 
 def test_tampered_model_file_is_not_complete(fake, tmp_path):
@@ -393,7 +484,7 @@ def test_config_and_weights(built):
 def test_manifest_is_written(built):
     man = read_manifest(built["path"])
     assert man["name"] == "tiny-llama"
-    assert man["builder_version"] == registry.BUILDER_VERSION
+    assert man["builder_version"] == spec_mod.BUILDER_VERSION
     assert man["key"] == built["path"].name.rsplit("-", 1)[1]
     assert man["model_sha256"] == cache_mod._sha256(built["path"] / "model.safetensors")
     assert man["build_seconds"] > 0

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -140,6 +142,13 @@ def test_failed_conversion_leaves_no_output(tmp_path):
     with pytest.raises(ValueError, match="no decoder projection"):
         qat_convert.convert_qat_checkpoint(src, out)
     assert not out.exists() and _leftovers(out.parent) == []
+
+
+def test_converter_command_runs_standalone():
+    """The command the configs carry: the package import must not load qat_convert first (runpy warns)."""
+    done = subprocess.run([sys.executable, "-W", "error", "-m", "pytest_npuprec.standins.qat_convert", "--help"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0 and "--group_size" in done.stdout, done.stderr
 
 
 def test_conversion_refuses_a_non_empty_output(tmp_path):

@@ -1,0 +1,40 @@
+"""What a stand-in builder spec is, and its key: the one module every builder and the cache share.
+
+A spec provides ``name``, ``description``, ``key_material() -> dict`` (everything that determines
+the checkpoint apart from BUILDER_VERSION) and ``build(out_dir, *required_dirs) -> dict`` (writes
+the checkpoint files except the manifest into the existing folder ``out_dir`` and returns facts
+for the manifest). A spec built from other stand-ins names their specs in ``requires`` (objects,
+not names; default none): the cache builds those first and passes their folders to ``build`` in
+that order, and their keys belong in the spec's key material.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Protocol
+
+# Bump when the build procedure changes in a way key_material() does not see.
+BUILDER_VERSION = 1
+
+
+class StandinSpec(Protocol):
+    name: str
+    description: str
+
+    def key_material(self) -> dict: ...
+
+    def build(self, out_dir: Path, *required_dirs: Path) -> dict: ...
+
+
+def requirements(spec: StandinSpec) -> tuple[StandinSpec, ...]:
+    """The specs ``spec`` is built from (its ``requires``; none when it has no such attribute)."""
+    return tuple(getattr(spec, "requires", ()))
+
+
+def standin_key(spec: StandinSpec, length: int = 12) -> str:
+    """Short hash of everything that determines a stand-in checkpoint."""
+    material = {"builder_version": BUILDER_VERSION, "name": spec.name, **spec.key_material()}
+    blob = json.dumps(material, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:length]
