@@ -59,7 +59,10 @@ def publish_dir(src: Path | str, target: Path | str, existing: Existing = "repla
             return False
         raise
     if aside is not None:
-        shutil.rmtree(aside, ignore_errors=True)
+        if aside.is_dir() and not aside.is_symlink():
+            shutil.rmtree(aside, ignore_errors=True)
+        else:
+            aside.unlink()
     return True
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 
 import pytest
@@ -54,6 +55,13 @@ def test_existing_target_replace_keep_refuse(tmp_path):
     with staged_dir(target) as tmp:  # replace (default)
         (tmp / "new.txt").write_text("new")
     assert [p.name for p in target.iterdir()] == ["new.txt"] and [p.name for p in tmp_path.iterdir()] == ["out"]
+
+    (tmp_path / "was-a-file").write_text("file")
+    with staged_dir(tmp_path / "was-a-file") as tmp:
+        (tmp / "new.txt").write_text("new")
+    assert [p.name for p in (tmp_path / "was-a-file").iterdir()] == ["new.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "was-a-file"]
+    shutil.rmtree(tmp_path / "was-a-file")
 
     with staged_dir(target, existing="keep") as tmp:  # someone published first: theirs stays
         (tmp / "mine.txt").write_text("mine")
