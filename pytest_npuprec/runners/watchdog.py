@@ -122,8 +122,8 @@ class ProcessTree:
                     self._helpers.add(key[0])
                     continue
                 forked = cmdline == self._my_cmdline  # a fork child; or any child before its exec (ms)
-                if forked and time.time() - key[1] < 1.0:
-                    continue  # undecided yet
+                if not cmdline or (forked and time.time() - key[1] < 1.0):
+                    continue  # undecided yet (/proc/<pid>/cmdline reads empty in the middle of an exec)
                 multiprocessing_child = (name.startswith(_title_prefix()) or "multiprocessing.spawn" in text
                                          or "--multiprocessing-fork" in text or forked)
                 if not (ppid in engine_pids or ppid in self._helpers

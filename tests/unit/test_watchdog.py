@@ -148,11 +148,12 @@ def test_a_watched_process_that_dies_ends_the_phase_at_once_naming_it_and_its_si
     tree = ProcessTree()
     engine = start_engine(titled("VLLM::EngineCore"))
     reap.append(engine)
-    helper = start_engine("import time; time.sleep(2)")  # an untitled helper below the engine: not watched
+    helper = start_engine(SLEEPER)  # an untitled process of the engine: not watched
     reap.append(helper)
-    wait_for(lambda: (tree.refresh(), any(n == "VLLM::EngineCore" for n in tree.names.values()))[1])
+    wait_for(lambda: (tree.refresh(), len(tree.procs) == 2 and "VLLM::EngineCore" in tree.names.values())[1])
     tree.watch()
-    assert len(tree.procs) == 2 and len(tree.watched) == 1
+    assert len(tree.watched) == 1
+    helper.kill()  # its end is not the engine's death: the cause below names the EngineCore alone
     helper.join(10)
 
     threading.Timer(1.0, engine.kill).start()
@@ -184,7 +185,7 @@ def test_a_hung_engine_is_killed_and_fails_naming_model_phase_and_cause(reap):
         runner._bounded("score", core.join)  # like a call to the engine: it returns once the engine is gone
     failure = info.value
     assert (failure.model, failure.phase) == ("tiny-llama", "score")
-    assert 1 <= failure.elapsed_s < 5
+    assert 1 <= failure.elapsed_s < 10
     assert re.match(r"the device engine of tiny-llama failed during score after \d+\.\d s: no answer within 1 s; "
                     r"killed the engine's processes: ", str(failure)), str(failure)
     assert f"VLLM::EngineCore (pid {core.pid})" in str(failure) and f"VLLM::Worker (pid {worker.pid})" in str(failure)
