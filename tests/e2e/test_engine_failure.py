@@ -133,6 +133,9 @@ def check_outcome(result, session, failed_checks, phase: str, cause: str, model:
     assert re.search(rf"\b{failed_models * len(checks)} failed, {len(checks)} passed\b", out), out[-3000:]
     # the full message (the short summary repeats it, cut to the terminal's width)
     message = max(re.findall(rf"{model}: could not run: (.*)", out), key=len)
+    if phase != "start":
+        assert "failed during start" not in message, \
+            f"the engine did not start within its bound on this box (overloaded?); the fault was not reached: {message}"
     match = re.match(rf"the device engine of {model} failed during {phase} after ([\d.]+) s: {cause}", message)
     assert match, message
     assert "STILL ALIVE" not in message and "still runs" not in message, message
