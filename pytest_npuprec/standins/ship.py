@@ -6,8 +6,8 @@ that the shipped ones are still what the builder makes.
     python -m pytest_npuprec.standins.ship --check         # exit 1 naming each stale or missing one
 
 Run it after changing a builder (its key changes), then commit ``pytest_npuprec/standins/shipped/``.
-Each stand-in is built in a fresh temporary cache (dependencies too: the converted BitCPM rebuilds
-its QAT source), then replaces the shipped folder in one rename (``pytest_npuprec.atomic``), so an
+The stand-ins are built in one fresh temporary cache (dependencies too: the converted BitCPM rebuilds
+its QAT source); each then replaces its shipped folder in one rename (``pytest_npuprec.atomic``), so an
 interrupted run leaves the old copy whole.
 """
 from __future__ import annotations

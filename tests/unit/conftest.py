@@ -128,8 +128,9 @@ def next_word_prob():
         import torch
 
         ids = tok(prefix).input_ids
-        word = tok(prefix + corpus_next_word(prefix)).input_ids[len(ids):]
-        assert tok(prefix + corpus_next_word(prefix)).input_ids[: len(ids)] == ids, prefix
+        full = tok(prefix + corpus_next_word(prefix)).input_ids
+        assert full[: len(ids)] == ids, f"the next word merges into the prefix's last token: {prefix!r}"
+        word = full[len(ids):]
         with torch.no_grad():
             logits = model(input_ids=torch.tensor([ids + word])).logits[0, len(ids) - 1 : -1].float()
         return float(torch.softmax(logits, -1)[torch.arange(len(word)), torch.tensor(word)].min())
