@@ -117,12 +117,21 @@ class VllmRunner:
 
     def __enter__(self) -> "VllmRunner":
         env: dict[str, str] = dict(self.serve.env)  # the config's envs: this engine's environment only
-        if self.device == "cpu" and "VLLM_CPU_KVCACHE_SPACE" not in {**os.environ, **env}:
-            env["VLLM_CPU_KVCACHE_SPACE"] = str(cpu_kv_cache_gib(self.model_path, self.serve.max_model_len))
+
+        def default(name: str, value: str) -> None:  # the user's environment and the config's envs win
+            if name not in os.environ and name not in env:
+                env[name] = value
+
+        if self.device == "cpu":
+            default("VLLM_CPU_KVCACHE_SPACE", str(cpu_kv_cache_gib(self.model_path, self.serve.max_model_len)))
+            # vllm-cpu 0.32 turns AOT compile on, but cannot load what it saved for its CPU graph ("'function'
+            # object has no attribute 'finalize_loading'"): every start compiled again, 32 s against 6 s from the
+            # inductor cache (vLLM had disabled it on CPU once: vllm#32037).
+            default("VLLM_USE_AOT_COMPILE", "0")
         ready_s = self.timeouts["start"]
-        if math.isfinite(ready_s) and "VLLM_ENGINE_READY_TIMEOUT_S" not in {**os.environ, **env}:
+        if math.isfinite(ready_s):
             # vLLM's own wait for the engine to come up (600 s) must not cut short the start bound
-            env["VLLM_ENGINE_READY_TIMEOUT_S"] = str(math.ceil(ready_s))
+            default("VLLM_ENGINE_READY_TIMEOUT_S", str(math.ceil(ready_s)))
         started = time.perf_counter()
         try:
             with temporary_env(env):
