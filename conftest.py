@@ -2,6 +2,8 @@
 # point (pip install -e .); pytester drives the suite in subprocesses for the e2e self-tests.
 from __future__ import annotations
 
+import os
+import time
 from collections import defaultdict
 from pathlib import Path, PurePosixPath
 
@@ -21,6 +23,16 @@ def pytest_ignore_collect(collection_path: Path, config) -> bool | None:
         return True
     return None
 
+def pytest_configure(config) -> None:
+    """Under pytest-xdist (`./dev.sh test` runs two workers), each worker's engines get a core of their own:
+    vLLM's CPU worker binds its OpenMP threads to core 0 otherwise, in both workers at once."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if worker.startswith("gw") and "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
+        cpus = sorted(os.sched_getaffinity(0))
+        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = str(cpus[int(worker[2:]) % len(cpus)])
+
+
+_started = time.monotonic()
 _seconds: dict[str, float] = defaultdict(float)
 _tests: dict[str, set[str]] = defaultdict(set)
 
@@ -44,4 +56,7 @@ def pytest_terminal_summary(terminalreporter) -> None:
     terminalreporter.section("time per test group")
     for group, seconds in sorted(_seconds.items(), key=lambda kv: -kv[1]):
         terminalreporter.write_line(f"{seconds / 60:6.1f} min  {len(_tests[group]):4d} tests  {group}")
-    terminalreporter.write_line(f"{sum(_seconds.values()) / 60:6.1f} min  in all")
+    workers = getattr(terminalreporter.config.option, "numprocesses", None)
+    terminalreporter.write_line(f"{sum(_seconds.values()) / 60:6.1f} min  in all" +
+                                (f" (summed over {workers} workers)" if workers not in (None, 0, 1) else ""))
+    terminalreporter.write_line(f"{(time.monotonic() - _started) / 60:6.1f} min  wall clock of the session")

@@ -34,6 +34,8 @@ cmd=${1:-}
 case "$cmd" in
   setup) setup ;;
   suite) setup; exec "$venv/bin/pytest" -m npu --model tiny-llama tests/e2e/models "$@" ;;
-  test)  setup; exec "$venv/bin/pytest" "$@" ;;
+  # two workers (pytest-xdist): one engine test per core of the 2-core CI box (conftest.py binds each);
+  # loadgroup keeps a model's precision checks on one worker (a model runs once per worker holding any)
+  test)  setup; exec "$venv/bin/pytest" -n 2 --dist loadgroup "$@" ;;
   *) echo "usage: ./dev.sh suite|test|setup [pytest args]" >&2; exit 2 ;;
 esac

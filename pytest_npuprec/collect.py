@@ -110,6 +110,9 @@ class PrecisionItem(_NpuItem):
     def __init__(self, *, model: Any, check_id: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.model, self.check_id = model, check_id
+        # a model runs once per worker that holds one of its checks: under `pytest -n N --dist loadgroup` all
+        # of them go to one worker
+        self.add_marker(pytest.mark.xdist_group(f"npuprec-{model.name}"))
 
     def runtest(self) -> None:
         from .results import record_verdict, runs

@@ -46,14 +46,28 @@ def _fault(text: str) -> str:
     return text
 
 
-def _timeout(text: str) -> float:
+def _timeout(text: str) -> float | dict[str, float]:
+    """SECONDS for every engine phase, or start=SECONDS,call=SECONDS (either key may be left out)."""
+    from .runners.watchdog import phase_timeouts  # light: psutil only
+
+    def seconds(value: str) -> float:
+        try:
+            number = float(value)
+        except ValueError:
+            return math.nan
+        return number if math.isfinite(number) else math.nan
+
+    if "=" not in text:
+        bound: float | dict[str, float] = seconds(text)
+    else:
+        pairs = [part.partition("=") for part in text.split(",")]
+        bound = {key.strip(): seconds(value) for key, _, value in pairs}
     try:
-        value = float(text)
+        phase_timeouts(bound)
     except ValueError:
-        value = math.nan
-    if not 0 < value < math.inf:
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
-    return value
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r} (per phase: "
+                                         "start=SECONDS,call=SECONDS)") from None
+    return bound
 
 
 def _changed_files(text: str) -> str:
@@ -83,9 +97,9 @@ OPTIONS: dict[str, dict[str, Any]] = {
                   help="inject a device-side fault (attention_scale, rope_theta, rmsnorm_offset, overflow, "
                        "nondeterminism, engine_kill, engine_hang), into MODEL's engine only with @MODEL, to prove "
                        "the checks can fail; for validating the suite itself"),
-    "timeout": dict(default=None, metavar="SECONDS", type=_timeout, dest="npuprec_timeout",
-                    help="bound on each engine phase (start, generate, score), in seconds; overrides "
-                         "precision.timeout_s"),
+    "timeout": dict(default=None, metavar="SECONDS|start=S,call=S", type=_timeout, dest="npuprec_timeout",
+                    help="bound on each engine phase (start; call: each generate and score), in seconds: one "
+                         "number for all, or per phase; overrides precision.timeout_s"),
     "changed-files": dict(default=None, metavar="FILE", type=_changed_files, dest="npuprec_changed_files",
                           help="keep only the models a change touches: FILE lists changed paths one a line ('-' = "
                                "stdin, e.g. from `git diff --name-only`); a changed config selects its model, and "

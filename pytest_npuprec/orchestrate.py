@@ -37,8 +37,9 @@ class RunOptions:
     report_dir: Path
     fault: str | None = None
     # seconds each engine phase may take (start; each generate and score call): --npuprec-timeout, else
-    # precision.timeout_s; None = runners.watchdog.DEFAULT_TIMEOUTS_S (start 1800 s, a call 900 s)
-    timeout_s: float | None = None
+    # precision.timeout_s; a number or {start, call}; None = runners.watchdog.DEFAULT_TIMEOUTS_S (start 1800 s,
+    # a call 900 s)
+    timeout_s: float | dict[str, float] | None = None
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,8 @@ def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Pa
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "npu: precision check of a model on the device under test "
                                        "(vLLM / vllm-ascend) against the FP32 CPU reference")
+    # pytest-xdist's own; registered here too so --strict-markers never trips on it without xdist installed
+    config.addinivalue_line("markers", "xdist_group(name): keep these tests on one pytest-xdist worker")
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

@@ -169,12 +169,24 @@ def _precision(r: Reader, raw: Any) -> PrecisionConfig:
     )
 
 
-def _timeout(r: Reader, raw: Any) -> float | None:
+def _timeout(r: Reader, raw: Any) -> float | dict[str, float] | None:
+    """A number (every engine phase) or {start: S, call: S}."""
+    from ..runners.watchdog import TIMEOUT_KEYS  # light: psutil only
+
     if raw is None:
         return None
-    value = r.typed(raw, "precision.timeout_s", float, int)
+    if isinstance(raw, dict):
+        r.mapping(raw, "precision.timeout_s", frozenset(TIMEOUT_KEYS))
+        if not raw:
+            raise r.fail("precision.timeout_s", "empty; expected start and/or call (seconds)")
+        return {key: _seconds(r, seconds, f"precision.timeout_s.{key}") for key, seconds in raw.items()}
+    return _seconds(r, raw, "precision.timeout_s")
+
+
+def _seconds(r: Reader, raw: Any, key: str) -> float:
+    value = r.typed(raw, key, float, int)
     if not 0 < value < float("inf"):
-        raise r.fail("precision.timeout_s", f"expected a positive number of seconds, got {raw!r}")
+        raise r.fail(key, f"expected a positive number of seconds, got {raw!r}")
     return float(value)
 
 

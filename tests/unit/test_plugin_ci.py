@@ -172,9 +172,10 @@ def test_changed_files_select_the_touched_models(gated, changed, models):
     result.stdout.fnmatch_lines([f"PR gate: {len(changed)} changed path(s) select *"])
 
 
-def test_changed_files_narrow_an_explicit_model_list_and_read_stdin(gated):
+def test_changed_files_narrow_an_explicit_model_list_and_read_stdin(gated, monkeypatch):
     import sys
 
+    monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)  # the process below is no xdist worker
     # a real process, as in `git diff --name-only origin/main... | pytest ... --npuprec-changed-files -`
     result = gated.run(sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
                        "--model", "qwen,bad", "--npuprec-changed-files", "-",

@@ -112,6 +112,7 @@ def test_ini_can_turn_short_forms_off(pytester):
     (["--npuprec-timeout", "-5"], "expected a positive number of seconds"),
     (["--npuprec-timeout", "soon"], "expected a positive number of seconds, got 'soon'"),
     (["--npuprec-timeout", "inf"], "expected a positive number of seconds"),
+    (["--npuprec-timeout", "start=600,generate=30"], "got 'start=600,generate=30' (per phase: start=SECONDS,call="),
     (["--device", "tpu"], "invalid choice: 'tpu'"),
 ])
 def test_bad_option_values_are_usage_errors_when_parsed(pytester, args, message):
@@ -141,17 +142,31 @@ def test_timeout_option_or_config_reaches_run_options(pytester):
     assert runs.options_for(without).timeout_s is None and runs.options_for(without).device == "auto"
 
 
+def test_timeout_per_phase_in_config_and_on_the_command_line(pytester):
+    from pytest_npuprec.config.loader import load_config
+    from pytest_npuprec.results import Runs
+
+    path = pytester.path / "m.yaml"
+    path.write_text(CONFIG.format(timeout="timeout_s: {start: 600, call: 30}"))
+    assert load_config(path).precision.timeout_s == {"start": 600.0, "call": 30.0}
+    runs = Runs(pytester.parseconfigure("--npuprec-timeout", "start=900,call=20"))
+    assert runs.options_for(load_config(path)).timeout_s == {"start": 900.0, "call": 20.0}
+
+
 @pytest.mark.parametrize("value, message", [
-    ("0", "expected a positive number of seconds, got 0"),
-    ("true", "expected a number, got bool"),
-    ("'10'", "expected a number, got str"),
+    ("0", "precision.timeout_s: expected a positive number of seconds, got 0"),
+    ("true", "precision.timeout_s: expected a number, got bool"),
+    ("'10'", "precision.timeout_s: expected a number, got str"),
+    ("{start: 600, call: -1}", r"precision.timeout_s.call: expected a positive number of seconds, got -1"),
+    ("{start: 600, generate: 30}", r"precision.timeout_s.generate: unknown key; expected one of: call, start"),
+    ("{}", r"precision.timeout_s: empty; expected start and/or call"),
 ])
 def test_bad_timeout_in_config(tmp_path, value, message):
     from pytest_npuprec.config.loader import ConfigError, load_config
 
     path = tmp_path / "m.yaml"
     path.write_text(CONFIG.format(timeout=f"timeout_s: {value}"))
-    with pytest.raises(ConfigError, match=f"m.yaml: precision.timeout_s: {message}"):
+    with pytest.raises(ConfigError, match=f"m.yaml: {message}"):
         load_config(path)
 
 

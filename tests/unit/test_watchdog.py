@@ -86,6 +86,15 @@ def test_default_bounds_suit_a_healthy_npu_engine_and_one_number_bounds_every_ph
             phase_timeouts(bad)
 
 
+def test_start_and_call_are_bounded_apart():
+    assert phase_timeouts({"start": 600, "call": 30}) == {"start": 600.0, "generate": 30.0, "score": 30.0}
+    assert phase_timeouts({"call": 30}) == {**DEFAULT_TIMEOUTS_S, "generate": 30.0, "score": 30.0}
+    with pytest.raises(ValueError, match="expected start and/or call"):
+        phase_timeouts({"generate": 30})
+    with pytest.raises(ValueError, match="positive number of seconds"):
+        phase_timeouts({"start": 600, "call": 0})
+
+
 def test_run_bounded_returns_the_result_or_raises_the_calls_own_error():
     assert run_bounded(lambda: 42, 5) == 42
     with pytest.raises(KeyError, match="boom"):
