@@ -40,6 +40,7 @@ def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Pa
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "npu: precision check of a model on the device under test "
                                        "(vLLM / vllm-ascend) against the FP32 CPU reference")
+    options.reference(config)  # a contradictory --npuprec-reference / --npuprec-update-baselines: usage error
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

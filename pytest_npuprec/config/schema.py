@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from .drift import DriftTolerance
+
 FINITE_CHECK = "finite_logits"  # every logit on both sides is finite; always checked
 Bound = Literal["min", "max"]
 Reduce = Literal["mean", "min", "max"]
@@ -195,6 +197,7 @@ class PrecisionConfig:
     tie_margin: float | None = None  # logit gap that counts as a BF16 tie; None = one BF16 ulp
     checks: ChecksConfig = field(default_factory=ChecksConfig)
     timeout_s: float | None = None  # bound on each engine phase; --npuprec-timeout overrides it
+    drift: tuple[DriftTolerance, ...] = ()  # drift-<metric> checks against the device record (baselines/drift.py)
 
 
 @dataclass(frozen=True)
@@ -234,4 +237,5 @@ class ModelConfig:
                 ids.extend(f"{kind}-{t.id}" for t in self.checks.qat_equivalence.thresholds)
             else:
                 ids.append(kind)
+        ids.extend(d.id for d in (self.precision.drift if self.precision else ()))
         return tuple(ids)
