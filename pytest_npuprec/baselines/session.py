@@ -133,12 +133,9 @@ def judge_drift(s: BaselineSession, measured: Measurements, capture: ModelCaptur
     from .device_records import hardware, load_records
     from .drift import judge_drift as judge
 
-    if s.folder is None:
-        raise BaselineError(f"{s.config.name}: precision.drift needs device records, but no baseline folder is set; "
-                            "pass --npuprec-baseline-dir")
     hw = hardware(capture.meta["device"]["platform"], capture.meta.get("versions", {}))
     capture.meta["hardware"] = hw
-    records = load_records(s.folder)
+    records = load_records(s.folder) if s.folder is not None else []  # no folder: nothing to compare with
     digest = inputs_digest(s.today)
     return {c.id: judge(c, s.config.name, float(measured.cells[c.metric].summary()["mean"]), hw, digest, records)
             for c in checks}

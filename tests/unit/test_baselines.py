@@ -364,3 +364,29 @@ def test_drift_config(tmp_path):
         path.write_text(base + f"  drift:\n    {bad}\n")
         with pytest.raises(ConfigError, match=message):
             load_config(path)
+
+
+# --- options ---------------------------------------------------------------------------------------------------
+
+def test_reference_option_is_validated_when_parsed(pytester):
+    result = pytester.runpytest("--npuprec-reference", "recorded", "--collect-only")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--npuprec-reference: invalid choice: 'recorded' (choose from *auto*live*baseline*"])
+
+
+def test_update_with_a_baseline_reference_is_a_usage_error(pytester):
+    result = pytester.runpytest("--npuprec-update-baselines", "--npuprec-reference", "baseline", "--collect-only")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--npuprec-update-baselines records the live reference; it cannot run with "
+                                 "--npuprec-reference baseline*"])
+
+
+def test_baseline_dir_default_and_env(pytester, monkeypatch, tmp_path):
+    from pytest_npuprec import options
+
+    config = pytester.parseconfig()
+    assert options.baseline_dir(config) == config.rootpath / "baselines"
+    monkeypatch.setenv("NPUPREC_BASELINE_DIR", str(tmp_path))
+    assert options.baseline_dir(config) == tmp_path
+    config = pytester.parseconfig("--npuprec-baseline-dir", "elsewhere")
+    assert options.baseline_dir(config) == (pytester.path / "elsewhere").resolve()
