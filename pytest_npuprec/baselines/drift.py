@@ -43,7 +43,7 @@ def judge_drift(check: DriftTolerance, model: str, today_mean: float, hw: dict[s
     what = f"drift of mean {metric} against the device record for {describe(hw)}"
     ours = [(p, d) for p, d in records if same_hardware(d["hardware"], hw)]
     others = [d for _, d in records if not same_hardware(d["hardware"], hw)]
-    listed = ([f"records for other hardware, listed not compared: "
+    listed = (["records for other hardware, listed not compared: "
                + ", ".join(f"{describe(d['hardware'])} (mean {_mean(d, metric):.4g})" for d in others)] if others else [])
     common = dict(check_id=check.id, value=today_mean, value_of=f"mean {metric}")
     if not ours or ours[0][1].get("inputs_digest") != inputs_digest:

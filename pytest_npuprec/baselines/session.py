@@ -81,6 +81,9 @@ def open_session(config: ModelConfig, options: BaselineOptions, model_path: Path
     if uses_baselines:
         s.today = _today(config, model_path, prompts)
     if options.update:
+        if s.folder is None:
+            raise BaselineError(f"{config.name}: --npuprec-update-baselines needs a baseline folder; pass "
+                                "--npuprec-baseline-dir")
         s.reason = f"--npuprec-update-baselines: the live FP32 reference is run and recorded to {s.folder}"
         return s
     if options.reference == "live":
