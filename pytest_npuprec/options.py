@@ -100,6 +100,15 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "timeout": dict(default=None, metavar="SECONDS|start=S,call=S", type=_timeout, dest="npuprec_timeout",
                     help="bound on each engine phase (start; call: each generate and score), in seconds: one "
                          "number for all, or per phase; overrides precision.timeout_s"),
+    "reference": dict(default=None, choices=("auto", "live", "baseline"), dest="npuprec_reference",
+                      help="where the FP32 reference comes from: live (transformers), baseline (the recorded one; "
+                           "fails when it is missing or does not match today's inputs) or auto (a valid baseline, "
+                           "else live; the default)"),
+    "baseline-dir": dict(default=None, metavar="DIR", dest="npuprec_baseline_dir",
+                         help="folder of <model>/ baselines (default: $NPUPREC_BASELINE_DIR, else <rootdir>/baselines)"),
+    "update-baselines": dict(action="store_true", default=False, dest="npuprec_update_baselines",
+                             help="run the live FP32 reference and record it as the baseline of each model run, and "
+                                  "the device's metrics for this hardware when every check passed"),
     "changed-files": dict(default=None, metavar="FILE", type=_changed_files, dest="npuprec_changed_files",
                           help="keep only the models a change touches: FILE lists changed paths one a line ('-' = "
                                "stdin, e.g. from `git diff --name-only`); a changed config selects its model, and "
@@ -226,3 +235,22 @@ def model_roots(config: pytest.Config) -> list[Path]:
 
 def device(config: pytest.Config) -> str:
     return config.getoption("npuprec_device") or "auto"
+
+
+def baseline_dir(config: pytest.Config) -> Path:
+    from .env_vars import BASELINE_DIR_ENV
+
+    value = config.getoption("npuprec_baseline_dir")
+    if value:
+        return cli_path(config, value)
+    env = os.environ.get(BASELINE_DIR_ENV)
+    return Path(env).expanduser().resolve() if env else config.rootpath / "baselines"
+
+
+def reference(config: pytest.Config) -> str:
+    """auto | live | baseline; refuses --npuprec-reference baseline together with --npuprec-update-baselines."""
+    value = config.getoption("npuprec_reference") or "auto"
+    if config.getoption("npuprec_update_baselines") and value == "baseline":
+        raise pytest.UsageError("--npuprec-update-baselines records the live reference; it cannot run with "
+                                "--npuprec-reference baseline (leave --npuprec-reference out, or set it to live)")
+    return value

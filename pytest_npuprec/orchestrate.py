@@ -13,6 +13,7 @@ from typing import Any
 
 from .capture.prompts import decode_texts, decode_token, load_tokenizer, perplexity_input, render_prompts
 from .capture.records import ModelCapture, PromptInput
+from .baselines import session as baselines
 from .capture.session import capture_model
 from .checkpoints.locate import locate_weights
 from .config.schema import ModelConfig
@@ -40,6 +41,8 @@ class RunOptions:
     # precision.timeout_s; a number or {start, call}; None = runners.watchdog.DEFAULT_TIMEOUTS_S (start 1800 s,
     # a call 900 s)
     timeout_s: float | dict[str, float] | None = None
+    # --npuprec-reference / --npuprec-baseline-dir / --npuprec-update-baselines (baselines/session.py)
+    baselines: baselines.BaselineOptions = field(default_factory=baselines.BaselineOptions)
 
 
 @dataclass(frozen=True)
@@ -78,28 +81,33 @@ def _run(config: ModelConfig, options: RunOptions) -> ModelResult:
     meta = {"model_path": str(model_path), "versions": package_versions(), "host": host_description(),
             "requested_device": options.device,
             **({"converted_path": str(device_path)} if device_path != model_path else {})}
-    capture = _capture(config, options, device, device_path, prompts, tokenizer, meta)
+    inputs = prompts + ([perplexity_input(config, tokenizer, len(prompts))] if config.checks.perplexity else [])
+    baseline = baselines.open_session(config, options.baselines, device_path, inputs)  # live or baseline, and why
+    meta["reference_source"] = baseline.source_doc()
+    capture = _capture(config, options, device, device_path, inputs, meta, baseline)
 
     measured = _measure(config, capture, tokenizer, device_path, qat)
-    verdicts = judge_checks(config, measured)
+    verdicts = judge_checks(config, measured, baselines.judge_drift(baseline, measured.thresholds, capture))
+    if options.baselines.update:
+        capture.meta["baseline_update"] = baselines.update(baseline, capture, measured.thresholds, verdicts)
 
     capture.meta["timings"]["total_s"] = round(time.perf_counter() - started, 2)
     report = build_report(config, measured.thresholds, verdicts, capture.meta, lambda t: decode_token(tokenizer, t))
     return ModelResult(config, verdicts, report, write_report(report, options.report_dir))
 
 
-def _capture(config: ModelConfig, options: RunOptions, device: str, model_path: Path, prompts: list[PromptInput],
-             tokenizer: Any, meta: dict[str, Any]) -> ModelCapture:
-    """The FP32 reference, then the device engine, on the same token ids (the perplexity text too)."""
+def _capture(config: ModelConfig, options: RunOptions, device: str, model_path: Path, inputs: list[PromptInput],
+             meta: dict[str, Any], baseline: baselines.BaselineSession) -> ModelCapture:
+    """The FP32 reference (live, or replayed from a baseline), then the device engine, on the same token ids
+    (the perplexity text too)."""
     precision, checks, serve = config.precision, config.checks, config.serve
     assert precision is not None
     fault = Fault.parse(options.fault) if options.fault else None
     if fault is not None and not fault.applies_to(config.name):
         fault = None
-    extra = [perplexity_input(config, tokenizer, len(prompts))] if checks.perplexity else []
     return capture_model(
-        config.name, prompts + extra, precision.max_tokens, precision.positions,
-        reference=lambda: TransformersRunner(model_path, serve.trust_remote_code),
+        config.name, inputs, precision.max_tokens, precision.positions,
+        reference=baseline.reference_factory(lambda: TransformersRunner(model_path, serve.trust_remote_code)),
         device=lambda: VllmRunner(model_path, serve, device, fault, model=config.name, timeout_s=options.timeout_s),
         folder=options.report_dir / "captures" / config.name,
         meta=meta,

@@ -42,6 +42,7 @@ def pytest_configure(config: pytest.Config) -> None:
                                        "(vLLM / vllm-ascend) against the FP32 CPU reference")
     # pytest-xdist's own; registered here too so --strict-markers never trips on it without xdist installed
     config.addinivalue_line("markers", "xdist_group(name): keep these tests on one pytest-xdist worker")
+    options.reference(config)  # a contradictory --npuprec-reference / --npuprec-update-baselines: usage error
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

@@ -72,13 +72,16 @@ class Runs:
         self.results: dict[str, ModelResult] = {}
 
     def options_for(self, model: "ModelConfig") -> "RunOptions":
+        from .baselines.session import BaselineOptions
         from .orchestrate import RunOptions
 
         cli = self.config.getoption("npuprec_timeout")
         timeout = cli if cli is not None else (model.precision.timeout_s if model.precision else None)
         return RunOptions(device=options.device(self.config), model_roots=options.model_roots(self.config),
                           report_dir=options.report_dir(self.config), fault=self.config.getoption("npuprec_fault"),
-                          timeout_s=timeout)
+                          timeout_s=timeout,
+                          baselines=BaselineOptions(options.reference(self.config), options.baseline_dir(self.config),
+                                                    self.config.getoption("npuprec_update_baselines")))
 
     def get(self, model: "ModelConfig") -> "ModelResult":
         if model.name not in self.results:

@@ -7,6 +7,7 @@ from typing import Any, Callable
 import yaml
 
 from .checks import parse_checks
+from .drift import parse_drift
 from .reader import ConfigError, Reader
 from .schema import Message, ModelConfig, Prompt, PrecisionConfig, ServeConfig
 from .thresholds import parse_thresholds
@@ -47,7 +48,7 @@ _LEGACY_SERVE_KEYS = frozenset(_SERVE_FIELDS) - {"seed"}
 _TOP_KEYS = frozenset({"model_name", "hardware", "serve", "precision", "stand_in", "envs", "system_prompt", "gate"})
 KNOWN_TOP_KEYS = _TOP_KEYS | LM_EVAL_KEYS | _LEGACY_SERVE_KEYS
 _PRECISION_KEYS = frozenset({"prompts", "max_tokens", "thresholds", "positions", "chat_template", "tie_margin",
-                             "checks", "timeout_s"})
+                             "checks", "timeout_s", "drift"})
 _POSITIONS = ("continuation", "all")
 _ROLES = ("system", "user", "assistant")
 _DTYPES = ("auto", "bfloat16", "float16", "float32", "half", "float", "bf16", "fp16")
@@ -166,6 +167,7 @@ def _precision(r: Reader, raw: Any) -> PrecisionConfig:
         tie_margin=tie_margin,
         checks=parse_checks(r, raw.get("checks"), prompts),
         timeout_s=_timeout(r, raw.get("timeout_s")),
+        drift=parse_drift(r, raw.get("drift")),
     )
 
 

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from .drift import DriftTolerance
+
 FINITE_CHECK = "finite_logits"  # every logit on both sides is finite; always checked
 Bound = Literal["min", "max"]
 Reduce = Literal["mean", "min", "max"]
@@ -196,6 +198,7 @@ class PrecisionConfig:
     checks: ChecksConfig = field(default_factory=ChecksConfig)
     # bound on each engine phase, or {start, call}; --npuprec-timeout overrides it
     timeout_s: float | dict[str, float] | None = None
+    drift: tuple[DriftTolerance, ...] = ()  # drift-<metric> checks against the device record (baselines/drift.py)
 
 
 @dataclass(frozen=True)
@@ -235,4 +238,5 @@ class ModelConfig:
                 ids.extend(f"{kind}-{t.id}" for t in self.checks.qat_equivalence.thresholds)
             else:
                 ids.append(kind)
+        ids.extend(d.id for d in (self.precision.drift if self.precision else ()))
         return tuple(ids)

@@ -69,8 +69,15 @@ def _title(report: dict[str, Any]) -> str:
             + (f"; FAULT INJECTED: {device['fault']}" if device.get("fault") else ""))
 
 
+def _reference_source(report: dict[str, Any]) -> list[str]:
+    run = report.get("run", {})
+    source = run.get("reference_source")
+    lines = [f"reference: {source['source']}: {source['reason']}"] if source else []
+    return lines + list(run.get("baseline_update", []))
+
+
 def render_terminal(report: dict[str, Any]) -> str:
-    lines = [_title(report)]
+    lines = [_title(report), *_reference_source(report)]
     lines += _text_table(*prompt_rows(report))
     lines.append("")
     lines += _text_table(*check_rows(report))
@@ -80,7 +87,7 @@ def render_terminal(report: dict[str, Any]) -> str:
 
 def render_markdown(report: dict[str, Any]) -> str:
     versions = report.get("run", {}).get("versions", {})
-    lines = [f"# {report['model']} precision report", "", _title(report), "",
+    lines = [f"# {report['model']} precision report", "", _title(report), "", *_reference_source(report), "",
              "Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items() if v), ""]
     lines += _md_table(*prompt_rows(report))
     lines.append("")

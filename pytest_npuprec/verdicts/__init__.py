@@ -24,9 +24,11 @@ def judge_thresholds(thresholds: tuple[Threshold, ...], measured: Measurements) 
     return verdicts
 
 
-def judge_checks(config: ModelConfig, measured: Measured) -> dict[str, Verdict]:
-    """Every check of the model, in test order (config.check_ids), each message naming the model."""
+def judge_checks(config: ModelConfig, measured: Measured, judged: dict[str, Verdict] | None = None) -> dict[str, Verdict]:
+    """Every check of the model, in test order (config.check_ids), each message naming the model; `judged`:
+    verdicts judged elsewhere (drift-<metric>, baselines/drift.py)."""
     verdicts = judge_thresholds(config.thresholds, measured.thresholds)
+    verdicts.update(judged or {})
     checks = config.checks
     for kind in checks.enabled():
         check, values = getattr(checks, kind), getattr(measured, kind)

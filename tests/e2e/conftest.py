@@ -22,7 +22,10 @@ def repo_config_dir():
 
 @pytest.fixture
 def run_suite(pytester, tmp_path, repo_config_dir):
-    """Run the precision suite in a subprocess: run_suite(model, *pytest_args) -> (result, report dir)."""
+    """Run the precision suite in a subprocess: run_suite(model, *pytest_args) -> (result, report dir).
+
+    The reference comes from the committed baselines (REPO/baselines) when they match, as in CI's own runs;
+    pass --npuprec-baseline-dir to use another folder."""
 
     def run(model, *args, config_dir=repo_config_dir):
         # a repository holding nothing but the configs: the plugin collects the YAML itself
@@ -31,9 +34,10 @@ def run_suite(pytester, tmp_path, repo_config_dir):
         for path in Path(config_dir).glob("*.yaml"):
             shutil.copy(path, configs / path.name)
         report_dir = tmp_path / "reports"
+        baseline_args = [] if "--npuprec-baseline-dir" in args else ["--npuprec-baseline-dir", str(REPO / "baselines")]
         result = pytester.runpytest_subprocess("-m", "npu", "--model", model, "--npuprec-config-dir", "configs",
                                                "--npuprec-report-dir", str(report_dir), "-p", "no:cacheprovider",
-                                               *args)
+                                               *baseline_args, *args)
         return result, report_dir
 
     return run

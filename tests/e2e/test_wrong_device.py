@@ -2,9 +2,11 @@
 name model, metric, value, threshold and worst prompt. A suite that always passes cannot be green."""
 import json
 import re
+from pathlib import Path
 
 import pytest
 
+REPO = Path(__file__).resolve().parents[2]
 LOGIT_CHECKS = {"cosine_similarity-mean", "cosine_similarity-min", "pearson_correlation", "kl_divergence-mean",
                 "kl_divergence-max", "relative_l2-mean", "relative_l2-max", "max_abs_diff"}
 ALL_METRIC_CHECKS = LOGIT_CHECKS | {"token_agreement", "prefix_agreement"}
@@ -57,4 +59,16 @@ def test_clean_device_passes_and_writes_the_report(run_suite):
     assert versions["torch"] and versions["transformers"]
     assert "vllm-ascend" in versions and "torch_npu" in versions  # recorded, None here
     assert (report_dir / "tiny-llama.md").is_file()
-    assert {c["check"] for c in report["checks"]} == ALL_METRIC_CHECKS | {"finite_logits"}
+    drift = {"drift-kl_divergence", "drift-relative_l2"}
+    assert {c["check"] for c in report["checks"]} == ALL_METRIC_CHECKS | {"finite_logits"} | drift
+
+    # a clean repeat on the committed baseline and device record: the reference replayed, drift green
+    assert report["run"]["reference_source"]["source"] == "baseline", report["run"]["reference_source"]
+    from pytest_npuprec.baselines.device_records import device_name, load_records
+
+    records = load_records(REPO / "baselines" / "tiny-llama")
+    compared = any(r["hardware"]["device_name"] == device_name("cpu") for _, r in records)
+    for check in report["checks"]:
+        if check["check"] in drift:
+            assert ("recorded" in check["message"]) == compared, check["message"]
+            assert "not compared" not in check["message"] or not compared, check["message"]

@@ -1,0 +1,90 @@
+"""The live FP32 reference, wrapped to record a baseline: a forward hook on the model's lm_head keeps the
+rows it receives at every scored position; each rebuilt row (lm_head.py) must equal the live logits, or
+the model refuses baselines (a post-processing after lm_head this suite does not reproduce)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from . import BaselineError
+from .lm_head import checksums, find_key, postprocess_of, read_weight, rebuild
+
+# rebuilt vs live logits, |diff| <= REBUILD_RTOL x max(1, max |live|): the same FP32 matmul as the live
+# lm_head; measured 0 (bitwise) on every stand-in
+REBUILD_RTOL = 1e-6
+
+
+class RecordingReference:
+    """A Runner (capture/session.py): the TransformersRunner it wraps, plus what a baseline needs."""
+
+    side = "reference"
+
+    def __init__(self, inner: Any, model_path: Path, model: str):
+        self.inner, self.model_path, self.model = inner, Path(model_path), model
+        self.lm_head: dict[str, Any] = {}
+        self.generated: dict[tuple[int, ...], tuple[int, ...]] = {}
+        self.scored: dict[tuple[tuple[int, ...], tuple[int, ...]], dict[str, Any]] = {}
+        self.max_rebuild_diff = 0.0
+        self._weight: Any = None
+        self._post: dict[str, float] = {}
+
+    @property
+    def info(self) -> dict[str, Any]:
+        return self.inner.info
+
+    def __enter__(self) -> "RecordingReference":
+        import torch
+
+        self.inner.__enter__()
+        try:
+            key = find_key(self.inner.model, self.model_path)
+            weight, digest = read_weight(self.model_path, key)
+            self._post = postprocess_of(self.model_path)
+            self.lm_head = {"key": key, "sha256": digest, "shape": list(weight.shape),
+                            "postprocess": self._post}
+            self._weight = torch.from_numpy(weight)
+        except BaseException:
+            self.inner.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._weight = None
+        self.inner.__exit__(*exc)
+
+    def generate(self, prompts: Sequence[Sequence[int]], max_tokens: int) -> list[tuple[int, ...]]:
+        out = self.inner.generate(prompts, max_tokens)
+        self.generated.update({tuple(p): tuple(g) for p, g in zip(prompts, out)})
+        return out
+
+    def score(self, tokens: Sequence[int], positions: Sequence[int], out: Path) -> None:
+        head = self.inner.model.get_output_embeddings()
+        seen: list[Any] = []
+        hook = head.register_forward_hook(lambda module, args, output: seen.append(args[0].detach()))
+        try:
+            self.inner.score(tokens, positions, out)
+        finally:
+            hook.remove()
+        if not seen:
+            raise BaselineError(f"{self.model}: the reference's lm_head was not called while scoring; cannot record "
+                                "a baseline. Run with --npuprec-reference live")
+        hidden = seen[-1]
+        rows = hidden.reshape(-1, hidden.shape[-1])
+        if rows.shape[0] != len(positions):  # a model that computed every position: keep the scored ones
+            rows = rows[list(positions)]
+        rows = rows.float().numpy().copy()
+        live = np.load(out)
+        rebuilt = rebuild(rows, self._weight, self._post)
+        scale = max(1.0, float(np.nanmax(np.abs(np.where(np.isfinite(live), live, 0)))))
+        same_nonfinite = np.array_equal(~np.isfinite(live), ~np.isfinite(rebuilt))
+        diff = float(np.max(np.abs(np.where(np.isfinite(live), rebuilt - live, 0)))) if live.size else 0.0
+        if not same_nonfinite or not diff <= REBUILD_RTOL * scale:
+            raise BaselineError(
+                f"{self.model}: logits rebuilt from the lm_head inputs ({self.lm_head['key']}, post-processing "
+                f"{self._post or 'none'}) differ from the live reference's by up to {diff:.3g}: this model "
+                "post-processes logits in a way baselines do not reproduce, so it cannot have one. Run it with "
+                "--npuprec-reference live")
+        self.max_rebuild_diff = max(self.max_rebuild_diff, diff)
+        self.scored[(tuple(tokens), tuple(positions))] = {"rows": rows, "checksums": checksums(live)}

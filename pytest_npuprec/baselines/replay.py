@@ -1,0 +1,71 @@
+"""The reference replayed from a baseline: a Runner (capture/session.py) that loads no transformers model.
+
+generate() returns the recorded greedy continuations; score() rebuilds the logits of the recorded rows
+(lm_head.py) and checks them against the recorded checksums before writing them, as the live reference
+would have written them."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from . import BaselineError, update_command
+from .lm_head import checksum_mismatch, rebuild
+from .store import ReferenceBaseline
+
+
+class BaselineReference:
+    side = "reference"
+
+    def __init__(self, baseline: ReferenceBaseline, weight: np.ndarray, model: str):
+        self.baseline, self.model = baseline, model
+        self._weight_np = weight
+        self._weight: Any = None
+        self.info: dict[str, Any] = {}
+        self._by_prompt = {p.scored[: len(p.scored) - len(p.generated)]: p for p in baseline.prompts
+                           if p.kind == "compare"}
+        self._by_scored = {(p.scored, p.positions): p for p in baseline.prompts}
+
+    def __enter__(self) -> "BaselineReference":
+        import torch
+
+        started = time.perf_counter()
+        self._weight = torch.from_numpy(self._weight_np)
+        recorded = self.baseline.recorded
+        self.info = {"platform": "cpu", "dtype": "float32", "source": "baseline", "baseline": str(self.baseline.folder),
+                     "recorded": recorded.get("created"),
+                     "model_class": recorded.get("reference", {}).get("model_class"),
+                     "threads": torch.get_num_threads(), "start_s": round(time.perf_counter() - started, 2)}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._weight = None
+
+    def _stale(self, what: str) -> BaselineError:
+        return BaselineError(f"{self.model}: {self.baseline.folder}: {what}; record it again: "
+                             f"{update_command(self.model)}")
+
+    def generate(self, prompts: Sequence[Sequence[int]], max_tokens: int) -> list[tuple[int, ...]]:
+        if max_tokens != self.baseline.max_tokens:
+            raise self._stale(f"recorded with max_tokens {self.baseline.max_tokens}, asked for {max_tokens}")
+        out = []
+        for prompt in prompts:
+            found = self._by_prompt.get(tuple(prompt))
+            if found is None:
+                raise self._stale(f"no recorded continuation for a prompt of {len(prompt)} tokens")
+            out.append(found.generated)
+        return out
+
+    def score(self, tokens: Sequence[int], positions: Sequence[int], out: Path) -> None:
+        found = self._by_scored.get((tuple(tokens), tuple(positions)))
+        if found is None:
+            raise self._stale(f"no recorded rows for a sequence of {len(tokens)} tokens at {len(positions)} positions")
+        logits = rebuild(np.asarray(found.rows()), self._weight, self.baseline.lm_head["postprocess"])
+        mismatch = checksum_mismatch(logits, found.checksums)
+        if mismatch:
+            raise BaselineError(f"{self.model}: {self.baseline.folder}: prompt {found.id}: the rebuilt logits do not "
+                                f"match the recorded checksums ({mismatch}); run with --npuprec-reference live, or "
+                                f"record the baseline again: {update_command(self.model)}")
+        np.save(out, logits)
