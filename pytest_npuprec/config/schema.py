@@ -14,6 +14,7 @@ FINITE_CHECK = "finite_logits"  # every logit on both sides is finite; always ch
 Bound = Literal["min", "max"]
 Reduce = Literal["mean", "min", "max"]
 PositionsMode = Literal["continuation", "all"]  # "all" adds every prompt position
+Phase = Literal["prefill", "decode"]  # teacher-forced scoring rows, or the rows of the device's own decode steps
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,7 @@ class Threshold:
     value: float
     reduce: Reduce
     id: str  # unique within the model: the metric name, plus the reduction if the metric has several
+    phase: Phase = "prefill"  # decode: judged on the decode-step rows (its id ends in -decode)
 
     @property
     def op(self) -> str:
@@ -195,6 +197,9 @@ class PrecisionConfig:
     tie_margin: float | None = None  # logit gap that counts as a BF16 tie; None = one BF16 ulp
     checks: ChecksConfig = field(default_factory=ChecksConfig)
     timeout_s: float | None = None  # bound on each engine phase; --npuprec-timeout overrides it
+    # bounds on the decode-step rows (config/decode.py): the `phase: decode` ones, else the prefill bounds
+    decode_thresholds: tuple[Threshold, ...] = ()
+    lengths: tuple[int, ...] = ()  # precision.lengths: prompts len-<n> of exactly n tokens (capture/lengths.py)
 
 
 @dataclass(frozen=True)
@@ -221,13 +226,17 @@ class ModelConfig:
         return self.precision.thresholds if self.precision else ()
 
     @property
+    def decode_thresholds(self) -> tuple[Threshold, ...]:
+        return self.precision.decode_thresholds if self.precision else ()
+
+    @property
     def checks(self) -> ChecksConfig:
         return self.precision.checks if self.precision else ChecksConfig()
 
     @property
     def check_ids(self) -> tuple[str, ...]:
         """Every check of this model, in report order: one test each."""
-        ids = [FINITE_CHECK, *(t.id for t in self.thresholds)]
+        ids = [FINITE_CHECK, *(t.id for t in self.thresholds), *(t.id for t in self.decode_thresholds)]
         for kind in self.checks.enabled():
             if kind == "qat_equivalence":
                 assert self.checks.qat_equivalence is not None

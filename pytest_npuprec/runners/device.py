@@ -243,18 +243,43 @@ class VllmRunner:
         multiprocessing.active_children()  # reaps the engine's exited children (never the watchdog's job)
         gc.collect()
 
-    def _run(self, prompts: Sequence[Sequence[int]], max_tokens: int) -> list[tuple[int, ...]]:
+    def _run(self, prompts: Sequence[Sequence[int]], max_tokens: int, raw: bool = False) -> list[Any]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
         params = SamplingParams(temperature=0.0, max_tokens=max_tokens, seed=self.serve.seed)
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params,
                                     use_tqdm=False)
-        return [tuple(out.outputs[0].token_ids) for out in outputs]
+        return outputs if raw else [tuple(out.outputs[0].token_ids) for out in outputs]
 
-    def generate(self, prompts: Sequence[Sequence[int]], max_tokens: int) -> list[tuple[int, ...]]:
-        """Greedy continuations, all prompts in one batch as a server would run them."""
-        return self._bounded("generate", lambda: self._run(prompts, max_tokens))
+    def generate(self, prompts: Sequence[Sequence[int]], max_tokens: int,
+                 logits_out: Sequence[Path] | None = None) -> list[tuple[int, ...]]:
+        """Greedy continuations, all prompts in one batch as a server would run them. With `logits_out`
+        (one path per prompt), the logits of every step of that generation are written there as float32
+        [generated tokens x vocab]: row k predicts generated token k (step_logits.py)."""
+        if logits_out is None:
+            return self._bounded("generate", lambda: self._run(prompts, max_tokens))
+        if len(logits_out) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts but {len(logits_out)} logits paths")
+
+        def call() -> tuple[list[Any], dict[str, Any]]:
+            self.llm.collective_rpc("npuprec_arm_steps")
+            outputs = self._run(prompts, max_tokens, raw=True)
+            paths = {out.request_id: str(path) for out, path in zip(outputs, logits_out)}
+            return outputs, self.llm.collective_rpc("npuprec_collect_steps", args=(paths,))[0]
+
+        outputs, result = self._bounded("generate", call)
+        if "problem" in result:
+            raise DeviceRunError(f"{self.model}: the logits of the generation's steps could not be captured: "
+                                 f"{result['problem']}")
+        generated = [tuple(out.outputs[0].token_ids) for out in outputs]
+        for prompt, out, tokens in zip(prompts, outputs, generated):
+            got = result["requests"][out.request_id]
+            if got["first"] != len(prompt) - 1 or got["rows"] != len(tokens):
+                raise DeviceRunError(
+                    f"{self.model}: step logits of request {out.request_id}: {got['rows']} rows from position "
+                    f"{got['first']}; expected {len(tokens)} (one per generated token) from {len(prompt) - 1}")
+        return generated
 
     def score(self, tokens: Sequence[int], positions: Sequence[int], out: Path) -> None:
         """Write the logits at `positions` of `tokens` (teacher forcing) to `out` as float32 [P x vocab]."""
