@@ -169,6 +169,26 @@ class QatEquivalenceCheck:
 
 
 @dataclass(frozen=True)
+class StepAgreementCheck:
+    """The device's step logits of one generation against another's (capture/steps.py), over the rows
+    computed from the same tokens: max |diff| within `max_abs_diff` (0 = bitwise)."""
+
+    max_abs_diff: float = 0.0
+
+    @property
+    def logits_bound(self) -> Threshold:
+        return Threshold("max_abs_diff", "max", self.max_abs_diff, "max", id="steps")
+
+
+class BatchInvarianceCheck(StepAgreementCheck):
+    """Each prompt alone and the batch reversed, against the full batch."""
+
+
+class GraphModeCheck(StepAgreementCheck):
+    """A second engine with serve.enforce_eager flipped, against the first."""
+
+
+@dataclass(frozen=True)
 class ChecksConfig:
     """Check kinds beyond metric thresholds; each one set is one more check of the model."""
 
@@ -178,13 +198,16 @@ class ChecksConfig:
     thinking: ThinkingCheck | None = None
     ternary_weights: TernaryWeightsCheck | None = None
     qat_equivalence: QatEquivalenceCheck | None = None
+    batch_invariance: BatchInvarianceCheck | None = None
+    graph_mode: GraphModeCheck | None = None
 
     def enabled(self) -> tuple[str, ...]:
         """The check ids, in a fixed order."""
         return tuple(name for name in CHECK_KINDS if getattr(self, name) is not None)
 
 
-CHECK_KINDS = ("qat_equivalence", "ternary_weights", "determinism", "perplexity", "labels", "thinking")
+CHECK_KINDS = ("qat_equivalence", "ternary_weights", "determinism", "perplexity", "labels", "thinking",
+               "batch_invariance", "graph_mode")
 
 
 @dataclass(frozen=True)

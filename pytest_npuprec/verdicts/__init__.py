@@ -10,6 +10,7 @@ from ..config.schema import ModelConfig, Threshold
 from ..measure import Measured
 from ..measure.thresholds import Measurements
 from .kinds import JUDGES, judge_qat_equivalence
+from .steps import judge_decode
 from .thresholds import FINITE_CHECK, judge_finite, judge_threshold
 from .verdict import Verdict, verdict
 
@@ -27,6 +28,9 @@ def judge_thresholds(thresholds: tuple[Threshold, ...], measured: Measurements) 
 def judge_checks(config: ModelConfig, measured: Measured) -> dict[str, Verdict]:
     """Every check of the model, in test order (config.check_ids), each message naming the model."""
     verdicts = judge_thresholds(config.thresholds, measured.thresholds)
+    if config.decode_thresholds:
+        assert measured.decode is not None
+        verdicts.update(judge_decode(config.decode_thresholds, measured.decode))
     checks = config.checks
     for kind in checks.enabled():
         check, values = getattr(checks, kind), getattr(measured, kind)

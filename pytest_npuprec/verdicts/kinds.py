@@ -150,6 +150,8 @@ def _same_answer(device: str, reference: str) -> bool:
     return device[:n] == reference[:n]
 
 
+from .steps import judge_batch_invariance, judge_graph_mode  # noqa: E402
+
 # check kind -> its judge, called as judge(check, measured); qat_equivalence gives one verdict per threshold
 JUDGES = {
     "ternary_weights": judge_ternary_weights,
@@ -157,4 +159,6 @@ JUDGES = {
     "perplexity": judge_perplexity,
     "labels": judge_labels,
     "thinking": judge_thinking,
+    "batch_invariance": judge_batch_invariance,
+    "graph_mode": judge_graph_mode,
 }
