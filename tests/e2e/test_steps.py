@@ -49,6 +49,11 @@ def test_graph_mode_and_kernel_shape_prompts(run_suite, repo_config_dir, tmp_pat
     text = (repo_config_dir / "tiny-llama.yaml").read_text()
     text = text.replace("  prompts:\n", "  lengths: [1, 127, 128, 129]\n  prompts:\n", 1)
     text = text.replace("  checks:\n", "  checks:\n    graph_mode: {max_abs_diff: 0.25}\n", 1)
+    # the fixed text is out of the stand-in's training corpus: its KL is above the corpus-calibrated floor
+    # (len-128: up to 4.9e-4 vs a 1e-4 bound); cosine, L2 and max |diff| stay within tiny-llama's bounds
+    kl = "    kl_divergence:\n      - {max: 1.0e-5, reduce: mean}\n      - {max: 1.0e-4, reduce: max}\n"
+    assert kl in text
+    text = text.replace(kl, "    kl_divergence:\n      - {max: 1.0e-4, reduce: mean}\n      - {max: 1.5e-3, reduce: max}\n")
     (configs / "tiny-llama.yaml").write_text(text)
     result, report_dir = run_suite("tiny-llama", config_dir=configs)
     out = result.stdout.str()
