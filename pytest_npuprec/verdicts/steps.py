@@ -17,7 +17,8 @@ def judge_decode(thresholds: tuple[Threshold, ...], measured: Measurements) -> d
     return {t.id: judge_threshold(t, measured, subject=DECODE_SUBJECT) for t in thresholds}
 
 
-def _judge_steps(check_id: str, what: str, check: StepAgreementCheck, measured: list[StepDifference]) -> Verdict:
+def _judge_steps(check_id: str, what: str, check: StepAgreementCheck, measured: list[StepDifference],
+                 against: str) -> Verdict:
     bound = check.logits_bound
     logits = "identical" if check.max_abs_diff == 0 else bound.condition("max |diff|")
     problems, figures = [], []
@@ -28,7 +29,7 @@ def _judge_steps(check_id: str, what: str, check: StepAgreementCheck, measured: 
         elif math.isnan(d.max_abs_diff):
             problems.append(f"{d.name}: logits not finite (prompt {d.worst_prompt}); NaN/Inf never agree")
         elif not bound.holds(d.max_abs_diff):
-            problems.append(f"{d.name} vs batch: logits max |diff| {d.max_abs_diff:.6g} misses "
+            problems.append(f"{d.name} vs {against}: logits max |diff| {d.max_abs_diff:.6g} misses "
                             f"{bound.condition('max |diff|')} at {where} ({d.rows} rows)")
         figures.append(f"{d.name}: max |diff| {d.max_abs_diff:.6g} over {d.rows} rows"
                        + (f", tokens differ on {len(d.token_mismatches)} prompt(s) (first {d.token_mismatches[0][0]} "
@@ -43,9 +44,9 @@ def _judge_steps(check_id: str, what: str, check: StepAgreementCheck, measured: 
 
 def judge_batch_invariance(check: StepAgreementCheck, measured: list[StepDifference]) -> Verdict:
     return _judge_steps("batch_invariance", "batch_invariance: each prompt alone and the batch reversed vs "
-                        "the batch, step logits", check, measured)
+                        "the batch, step logits", check, measured, "batch")
 
 
 def judge_graph_mode(check: StepAgreementCheck, measured: StepDifference) -> Verdict:
     return _judge_steps("graph_mode", "graph_mode: serve.enforce_eager flipped vs as configured, step logits",
-                        check, [measured])
+                        check, [measured], "as configured")

@@ -2,6 +2,7 @@
 rows judged over the agreed prefix only, step agreement (batch_invariance, graph_mode), and their config."""
 from __future__ import annotations
 
+import re
 import types
 
 import numpy as np
@@ -228,3 +229,18 @@ def test_length_prompts_have_exactly_n_tokens_and_ids(tmp_path):
     assert [(p.id, len(p.token_ids), p.index) for p in prompts[1:]] == [
         ("len-1", 1, 1), ("len-127", 127, 2), ("len-128", 128, 3), ("len-129", 129, 4)]
     assert prompts[4].token_ids[:128] == prompts[3].token_ids  # cut from one text
+
+
+def test_graph_mode_compares_the_flipped_engine_within_its_bound(tmp_path):
+    from pytest_npuprec.config.schema import GraphModeCheck
+    from pytest_npuprec.measure.steps import GRAPH_MODE, measure_graph_mode
+    from pytest_npuprec.verdicts.steps import judge_graph_mode
+
+    rows = np.random.default_rng(3).normal(size=(4, VOCAB))
+    tokens = (1, 2, 3, 4)
+    graph = rows + 0.125
+    cap = _capture(tmp_path / "g", tokens, tokens, rows, rows, {GRAPH_MODE: (tokens, graph)})
+    assert judge_graph_mode(GraphModeCheck(max_abs_diff=0.25), measure_graph_mode(cap)).passed
+    v = judge_graph_mode(GraphModeCheck(max_abs_diff=0.1), measure_graph_mode(cap))
+    assert not v.passed and re.search(r"enforce_eager flipped vs as configured: logits max \|diff\| 0.125 misses "
+                                      r"max \|diff\| <= 0.1 at prompt p1 position \d", v.message), v.message
