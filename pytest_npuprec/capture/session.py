@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any, Callable, ContextManager, Protocol, Sequence
 
 from ..config.schema import PositionsMode
+from .records import CaptureWriter, ModelCapture, PromptCapture, PromptInput, repeat_side
 from .steps import batch_passes as step_batch_passes
 from .steps import generate_with_steps
-from .records import CaptureWriter, ModelCapture, PromptCapture, PromptInput, repeat_side
 
 
 class Runner(Protocol):

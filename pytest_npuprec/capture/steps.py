@@ -6,8 +6,9 @@ generated token k, at position len(prompt) - 1 + k of prompt + S's tokens (runne
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -13,7 +13,8 @@ and written as one float32 .npy per request; only paths cross the process bounda
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 

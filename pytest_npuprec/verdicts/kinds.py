@@ -9,6 +9,7 @@ from ..config.schema import (DeterminismCheck, LabelCheck, PerplexityCheck, QatE
                              ThinkingCheck)
 from ..measure.kinds import LabelPair, PerplexityMeasurement, RunDifference, TensorTernary, ThinkingMeasurement
 from ..measure.thresholds import Measurements
+from .steps import judge_batch_invariance, judge_graph_mode
 from .thresholds import judge_threshold
 from .verdict import Verdict, clip, verdict
 
@@ -149,8 +150,6 @@ def _same_answer(device: str, reference: str) -> bool:
     n = min(len(device), len(reference))
     return device[:n] == reference[:n]
 
-
-from .steps import judge_batch_invariance, judge_graph_mode  # noqa: E402
 
 # check kind -> its judge, called as judge(check, measured); qat_equivalence gives one verdict per threshold
 JUDGES = {
