@@ -8,6 +8,8 @@ two layers, random BF16 weights, and measures in one process, side by side, on t
   (b) vLLM's public full-vocab path, SamplingParams(logprobs=-1)   naive_s   (skipped by --quick)
   (c) the suite's device capture (in-engine hook)           capture_s
   (d) the suite's FP32 reference capture (transformers)     reference_s
+  (e) greedy generation with the logits of every step captured (decode phase)   decode_capture_s
+      (best of 3, interleaved with 3 plain generations: decode_capture_over_plain)
 
 plus one long-prompt case (capture of the continuation positions after a long prompt).
 RSS is the sum over this process and the engine's child processes, sampled every 20 ms.
@@ -137,6 +139,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="skip (b), vLLM's logprobs=-1 path (minutes)")
     parser.add_argument("--long-tokens", type=int, default=8192, help="prompt length of the long case (0: skip)")
+    parser.add_argument("--decode-only", action="store_true", help="only (a) and (e): the decode capture cost")
     parser.add_argument("--cache", type=Path, default=Path(os.environ.get("NPUPREC_CACHE_DIR", "~/.cache/pytest-npuprec")).expanduser() / "bench")
     args = parser.parse_args()
     args.cache.mkdir(parents=True, exist_ok=True)
@@ -157,6 +160,8 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="npuprec-bench-"))
 
     # (d) the FP32 reference: generate, then score prompt + continuation
+    if args.decode_only:
+        return decode_cost(model, prompts, tmp, figures)
     with TransformersRunner(model) as ref:
         def reference_capture():
             conts = ref.generate(prompts, MAX_TOKENS)
@@ -179,6 +184,7 @@ def main() -> int:
         with sampler.measure():
             _, figures["plain_s"] = timed(lambda: dev.generate(prompts, MAX_TOKENS))
         plain_peak = sampler.peak
+        measure_decode_capture(dev, prompts, tmp, figures)
 
         def device_capture():
             for i, (p, c) in enumerate(zip(prompts, conts)):
@@ -227,6 +233,36 @@ def main() -> int:
     for key in ("plain_s", "capture_s", "reference_s", "naive_s", "long_plain_s", "long_capture_s", "long_reference_s"):
         if isinstance(figures.get(key), float):
             figures[key] = round(figures[key], 3)
+    print(f"  decode capture / plain generation = {figures['decode_capture_over_plain']} "
+          f"(best of 3: {figures['decode_capture_s']:.3f} s vs {figures['decode_plain_s']:.3f} s)")
+    print(json.dumps(figures))
+    return 0
+
+
+def measure_decode_capture(dev, prompts, tmp: Path, figures: dict) -> None:
+    """(e): the same batched generation with and without every step's logits captured; interleaved, best of 3
+    each, so a busy neighbour on the box does not land on one side only."""
+    plain, captured = [], []
+    for _ in range(3):
+        plain.append(timed(lambda: dev.generate(prompts, MAX_TOKENS))[1])
+        captured.append(timed(lambda: dev.generate(prompts, MAX_TOKENS, logits_out=[
+            tmp / f"steps-{i}.npy" for i in range(len(prompts))]))[1])
+    figures["decode_plain_s"], figures["decode_capture_s"] = round(min(plain), 3), round(min(captured), 3)
+    figures["decode_capture_over_plain"] = round(min(captured) / min(plain), 3)
+    figures["decode_captured_mib"] = sum((tmp / f"steps-{i}.npy").stat().st_size for i in range(len(prompts))) >> 20
+
+
+def decode_cost(model: Path, prompts, tmp: Path, figures: dict) -> int:
+    from pytest_npuprec.config.schema import ServeConfig
+    from pytest_npuprec.runners.device import VllmRunner
+
+    with VllmRunner(model, ServeConfig(max_model_len=4096, enforce_eager=True), device="cpu") as dev:
+        dev.generate(prompts[:1], 4)  # warm-up
+        measure_decode_capture(dev, prompts, tmp, figures)
+    print(f"\nvocab {VOCAB}, hidden {HIDDEN}, {LAYERS} layers; {PROMPTS} prompts x {MAX_TOKENS} greedy tokens")
+    print(f"  decode capture / plain generation = {figures['decode_capture_over_plain']} "
+          f"(best of 3: {figures['decode_capture_s']:.3f} s vs {figures['decode_plain_s']:.3f} s, "
+          f"{figures['decode_captured_mib']} MiB of step logits)")
     print(json.dumps(figures))
     return 0
 

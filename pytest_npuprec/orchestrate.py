@@ -6,6 +6,7 @@ Nothing here imports torch, transformers or vLLM: the runners load them when an 
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,8 +22,11 @@ from .errors import describe
 from .measure import Measured
 from .measure.kinds import (measure_determinism, measure_labels, measure_perplexity, measure_ternary,
                             measure_thinking)
+from .measure.steps import (GRAPH_MODE, decode_summary, measure_batch_invariance, measure_decode,
+                            measure_graph_mode)
 from .measure.thresholds import Measurements, measure
 from .report.document import build_report
+from .report.steps import add_decode
 from .report.write import write_report
 from .runners.converter import convert_checkpoint
 from .runners.device import Fault, VllmRunner
@@ -93,6 +97,8 @@ def _run(config: ModelConfig, options: RunOptions) -> ModelResult:
 
     capture.meta["timings"]["total_s"] = round(time.perf_counter() - started, 2)
     report = build_report(config, measured.thresholds, verdicts, capture.meta, lambda t: decode_token(tokenizer, t))
+    if measured.decode is not None:
+        add_decode(report, measured.decode, decode_summary(capture, measured.decode))
     return ModelResult(config, verdicts, report, write_report(report, options.report_dir))
 
 
@@ -105,6 +111,11 @@ def _capture(config: ModelConfig, options: RunOptions, device: str, model_path: 
     fault = Fault.parse(options.fault) if options.fault else None
     if fault is not None and not fault.applies_to(config.name):
         fault = None
+    variants = {}
+    if checks.graph_mode:  # the same device with enforce_eager flipped: a second engine, started after the first
+        flipped = dataclasses.replace(serve, enforce_eager=not serve.enforce_eager)
+        variants[GRAPH_MODE] = lambda: VllmRunner(model_path, flipped, device, fault, model=config.name,
+                                                  timeout_s=options.timeout_s)
     return capture_model(
         config.name, inputs, precision.max_tokens, precision.positions,
         reference=baseline.reference_factory(lambda: TransformersRunner(model_path, serve.trust_remote_code)),
@@ -112,6 +123,8 @@ def _capture(config: ModelConfig, options: RunOptions, device: str, model_path: 
         folder=options.report_dir / "captures" / config.name,
         meta=meta,
         device_runs=checks.determinism.runs if checks.determinism else 1,
+        steps=bool(config.decode_thresholds or checks.batch_invariance or checks.graph_mode),
+        batch_passes=checks.batch_invariance is not None, variants=variants,
     )
 
 
@@ -121,8 +134,12 @@ def _measure(config: ModelConfig, capture: ModelCapture, tokenizer: Any, model_p
     assert config.precision is not None
     checks = config.checks
     texts = decode_texts(config, capture, tokenizer) if checks.labels or checks.thinking else []
+    prefill = measure(capture, config.precision.tie_margin)
     return Measured(
-        thresholds=measure(capture, config.precision.tie_margin),
+        thresholds=prefill,
+        decode=measure_decode(capture, prefill) if config.decode_thresholds else None,
+        batch_invariance=measure_batch_invariance(capture) if checks.batch_invariance else None,
+        graph_mode=measure_graph_mode(capture) if checks.graph_mode else None,
         qat_equivalence=qat,
         ternary_weights=measure_ternary(model_path, checks.ternary_weights) if checks.ternary_weights else None,
         determinism=measure_determinism(capture) if checks.determinism else None,

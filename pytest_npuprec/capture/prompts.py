@@ -7,6 +7,7 @@ from typing import Any
 
 from ..config.schema import ModelConfig, Prompt
 from ..errors import NpuprecError
+from .lengths import length_prompts
 from .records import ModelCapture, PromptInput
 
 
@@ -35,7 +36,7 @@ def render_prompts(config: ModelConfig, tokenizer: Any) -> list[PromptInput]:
                 f"max_tokens {config.precision.max_tokens} = {needed} exceeds serve.max_model_len "
                 f"{config.serve.max_model_len}")
         out.append(PromptInput(index=index, id=prompt.id, label=prompt.label, token_ids=tuple(ids)))
-    return out
+    return out + length_prompts(config.precision.lengths, tokenizer, len(out))
 
 
 def _token_ids(config: ModelConfig, prompt: Prompt, tokenizer: Any) -> list[int]:
@@ -95,7 +96,7 @@ def decode_texts(config: ModelConfig, capture: ModelCapture, tokenizer: Any) -> 
     decode = lambda ids: tokenizer.decode(list(ids), skip_special_tokens=False)  # noqa: E731
     return [
         PromptText(index=r.prompt.index, id=r.prompt.id, label=r.prompt.label,
-                   is_chat=by_id[r.prompt.id].messages is not None or config.precision.chat_template,
+                   is_chat=(r.prompt.id in by_id and by_id[r.prompt.id].messages is not None) or config.precision.chat_template,
                    prompt=decode(r.prompt.token_ids),
                    outputs={side: decode(tokens) for side, tokens in r.generated.items()})
         for r in capture.compared()

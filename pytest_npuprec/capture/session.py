@@ -13,13 +13,16 @@ from typing import Any, Callable, ContextManager, Protocol, Sequence
 
 from ..config.schema import PositionsMode
 from .records import CaptureWriter, ModelCapture, PromptCapture, PromptInput, repeat_side
+from .steps import batch_passes as step_batch_passes
+from .steps import generate_with_steps
 
 
 class Runner(Protocol):
     side: str
     info: dict[str, Any]
 
-    def generate(self, prompts: Sequence[Sequence[int]], max_tokens: int) -> list[tuple[int, ...]]: ...
+    def generate(self, prompts: Sequence[Sequence[int]], max_tokens: int,
+                 logits_out: Sequence[Path] | None = None) -> list[tuple[int, ...]]: ...
 
     def score(self, tokens: Sequence[int], positions: Sequence[int], out: Path) -> None: ...
 
@@ -35,9 +38,13 @@ def scored_positions(prompt_len: int, scored_len: int, mode: PositionsMode) -> t
 
 def capture_model(model: str, prompts: list[PromptInput], max_tokens: int, positions_mode: PositionsMode,
                   reference: RunnerFactory, device: RunnerFactory, folder: Path,
-                  meta: dict[str, Any] | None = None, device_runs: int = 1) -> ModelCapture:
+                  meta: dict[str, Any] | None = None, device_runs: int = 1, steps: bool = False,
+                  batch_passes: bool = False, variants: dict[str, RunnerFactory] | None = None) -> ModelCapture:
     """Capture both sides. Perplexity prompts are scored at every position and not generated from;
-    with device_runs > 1 the device generates and scores everything again (determinism check)."""
+    with device_runs > 1 the device generates and scores everything again (determinism check).
+    `steps`: the device's generation also writes the logits of each of its steps (capture/steps.py);
+    `batch_passes`: each prompt alone and the batch reversed too; `variants`: more device engines
+    (name -> factory, e.g. enforce_eager flipped), each started after the last closed, generating with steps."""
     writer = CaptureWriter(folder)
     compare = [p for p in prompts if p.kind == "compare"]
     try:
@@ -61,16 +68,26 @@ def capture_model(model: str, prompts: list[PromptInput], max_tokens: int, posit
             for run in range(1, device_runs + 1):
                 side = repeat_side(run)
                 gen_started = time.perf_counter()
-                generated[side] = dict(zip((p.index for p in compare),
-                                           dev.generate([p.token_ids for p in compare], max_tokens)))
+                if run == 1 and steps:
+                    generated[side] = generate_with_steps(dev, compare, max_tokens, side, writer.logits_path)
+                else:
+                    generated[side] = dict(zip((p.index for p in compare),
+                                               dev.generate([p.token_ids for p in compare], max_tokens)))
                 score_started = time.perf_counter()
                 for p in prompts:
                     dev.score(scored[p.index], positions[p.index], writer.logits_path(side, p.index))
                 if run == 1:
                     timings["device_generate_s"] = round(score_started - gen_started, 3)
                     timings["device_score_s"] = round(time.perf_counter() - score_started, 3)
+            if batch_passes:
+                generated.update(step_batch_passes(dev, compare, max_tokens, writer.logits_path))
             dev_info = dev.info
         timings["device_s"] = round(time.perf_counter() - started, 2)
+        variant_info = {}
+        for name, factory in (variants or {}).items():
+            with factory() as dev:
+                generated[name] = generate_with_steps(dev, compare, max_tokens, name, writer.logits_path)
+                variant_info[name] = dev.info
 
         records = [
             PromptCapture(prompt=p, scored=scored[p.index], positions=positions[p.index],
@@ -78,7 +95,8 @@ def capture_model(model: str, prompts: list[PromptInput], max_tokens: int, posit
                           logits_files={})
             for p in prompts
         ]
-        full_meta = dict(meta or {}, reference=ref_info, device=dev_info, timings=timings,
+        full_meta = dict(meta or {}, reference=ref_info, device=dev_info, **({"variants": variant_info} if variants
+                                                                                else {}), timings=timings,
                          positions_mode=positions_mode, max_tokens=max_tokens, device_runs=device_runs)
         return writer.finish(ModelCapture(model=model, prompts=records, meta=full_meta))
     except BaseException:

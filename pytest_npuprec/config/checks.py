@@ -6,7 +6,7 @@ import re
 from typing import Any
 
 from .reader import Reader
-from .schema import (CHECK_KINDS, ChecksConfig, DeterminismCheck, LabelCheck, PerplexityCheck, Prompt,
+from .schema import (CHECK_KINDS, BatchInvarianceCheck, ChecksConfig, GraphModeCheck, DeterminismCheck, LabelCheck, PerplexityCheck, Prompt,
                      QatEquivalenceCheck, TernaryWeightsCheck, ThinkingCheck)
 from .thresholds import parse_thresholds
 
@@ -19,7 +19,8 @@ def parse_checks(r: Reader, raw: Any, prompts: tuple[Prompt, ...]) -> ChecksConf
     r.mapping(raw, KEY, frozenset(CHECK_KINDS))
     parsers = {
         "determinism": _determinism, "perplexity": _perplexity, "labels": _labels, "thinking": _thinking,
-        "ternary_weights": _ternary, "qat_equivalence": _qat,
+        "ternary_weights": _ternary, "qat_equivalence": _qat, "batch_invariance": _batch_invariance,
+        "graph_mode": _graph_mode,
     }
     parsed = {}
     for name, value in raw.items():
@@ -136,3 +137,13 @@ def _qat(r: Reader, raw: Any, key: str, prompts: tuple[Prompt, ...]) -> QatEquiv
         raise r.fail(f"{key}.thresholds", "missing; expected bounds such as {cosine_similarity: {min: 0.9999}}")
     return QatEquivalenceCheck(converter=converter, group_size=_group_size(r, raw, key),
                                thresholds=parse_thresholds(r, raw["thresholds"], f"{key}.thresholds"))
+
+
+def _batch_invariance(r: Reader, raw: Any, key: str, prompts: tuple[Prompt, ...]) -> BatchInvarianceCheck:
+    r.mapping(raw, key, frozenset({"max_abs_diff"}))
+    return BatchInvarianceCheck(max_abs_diff=_number(r, raw, key, "max_abs_diff", 0.0, 0.0))
+
+
+def _graph_mode(r: Reader, raw: Any, key: str, prompts: tuple[Prompt, ...]) -> GraphModeCheck:
+    r.mapping(raw, key, frozenset({"max_abs_diff"}))
+    return GraphModeCheck(max_abs_diff=_number(r, raw, key, "max_abs_diff", None, 0.0))

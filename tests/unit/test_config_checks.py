@@ -27,6 +27,8 @@ ALL_KINDS = """
       thresholds:
         cosine_similarity: {min: 0.9999, reduce: min}
         max_abs_diff: {max: 0.05, reduce: max}
+    batch_invariance: {}
+    graph_mode: {max_abs_diff: 0.5}
 """
 
 
@@ -50,14 +52,16 @@ def test_every_kind_parses_and_becomes_a_check(tmp_path):
     assert k.thinking.open == "<think>" and k.thinking.compare_answer
     assert k.ternary_weights.group_size == 64 and "proj" in k.ternary_weights.include
     assert k.qat_equivalence.converter == "some.module:convert" and k.qat_equivalence.group_size == -1
-    assert c.check_ids == ("finite_logits", "cosine_similarity", "qat_equivalence-cosine_similarity",
-                           "qat_equivalence-max_abs_diff", "ternary_weights", "determinism", "perplexity",
-                           "labels", "thinking")
+    assert k.batch_invariance.max_abs_diff == 0 and k.graph_mode.max_abs_diff == 0.5
+    assert c.check_ids == ("finite_logits", "cosine_similarity", "cosine_similarity-decode",
+                           "qat_equivalence-cosine_similarity", "qat_equivalence-max_abs_diff", "ternary_weights",
+                           "determinism", "perplexity", "labels", "thinking", "batch_invariance", "graph_mode")
 
 
 def test_no_checks_section_means_only_thresholds(tmp_path):
     c = load(tmp_path, "")
-    assert c.checks.enabled() == () and c.check_ids == ("finite_logits", "cosine_similarity")
+    assert c.checks.enabled() == () and c.check_ids == ("finite_logits", "cosine_similarity",
+                                                         "cosine_similarity-decode")
 
 
 def test_converter_command_needs_placeholders(tmp_path):
@@ -73,6 +77,9 @@ def test_converter_command_needs_placeholders(tmp_path):
 @pytest.mark.parametrize("checks, key, expected", [
     ("  checks: {speed: {}}", "precision.checks.speed", "unknown key"),
     ("  checks: {determinism: {runs: 1}}", "precision.checks.determinism.runs", "at least 2 runs"),
+    ("  checks: {graph_mode: {}}", "precision.checks.graph_mode.max_abs_diff", "missing; expected a number"),
+    ("  checks: {batch_invariance: {max_abs_diff: -1}}", "precision.checks.batch_invariance.max_abs_diff", ">= 0"),
+    ("  checks: {batch_invariance: {runs: 2}}", "precision.checks.batch_invariance.runs", "unknown key"),
     ("  checks: {determinism: {max_abs_diff: -1}}", "precision.checks.determinism.max_abs_diff", ">= 0"),
     ("  checks: {perplexity: {max_ratio: 1.1}}", "precision.checks.perplexity.text", "missing"),
     ("  checks: {perplexity: {text: x, max_ratio: 0.9}}", "precision.checks.perplexity.max_ratio", ">= 1"),

@@ -28,6 +28,8 @@ def synthetic_run(config, options):
     from pytest_npuprec.report.document import build_report
     from pytest_npuprec.report.write import write_report
     from pytest_npuprec.measure import Measured
+    from pytest_npuprec.measure.steps import decode_summary, measure_decode
+    from pytest_npuprec.report.steps import add_decode
     from pytest_npuprec.verdicts import judge_checks
 
     rng = np.random.default_rng(len(config.name))
@@ -41,11 +43,14 @@ def synthetic_run(config, options):
         p = PromptInput(index=i, id=prompt.id, label=prompt.label, token_ids=(1, 2, 3))
         np.save(writer.logits_path("reference", i), ref.astype(np.float32))
         np.save(writer.logits_path("device", i), dev.astype(np.float32))
+        np.save(writer.logits_path("device-steps", i), dev.astype(np.float32))  # its own generation, same tokens
         records.append(PromptCapture(p, (1, 2, 3) + tokens, tuple(range(2, 6)), {"reference": tokens, "device": tokens}, {}))
     capture = writer.finish(ModelCapture(config.name, records, {"positions_mode": "continuation", "max_tokens": 4}))
     m = measure(capture)
-    verdicts = judge_checks(config, Measured(m))
+    decode = measure_decode(capture, m)
+    verdicts = judge_checks(config, Measured(m, decode=decode))
     report = build_report(config, m, verdicts, capture.meta, str)
+    add_decode(report, decode, decode_summary(capture, decode))
     return ModelResult(config, verdicts, report, write_report(report, options.report_dir))
 
 
@@ -66,7 +71,7 @@ def test_junit_xml_carries_value_bound_worst_prompt_and_position(repo):
     xml = repo.path / "out.xml"
     result = repo.runpytest("-m", "npu", "--model", "good,bad", f"--junitxml={xml}",
                             "--npuprec-report-dir", "reports")
-    result.assert_outcomes(passed=5, failed=1)
+    result.assert_outcomes(passed=8, failed=2)  # 5 checks each (3 + the 2 logit bounds on decode rows); bad: kl x2
     cases = {c.get("name"): {p.get("name"): p.get("value") for p in c.iter("property")}
              for c in ET.parse(xml).getroot().iter("testcase")}
     kl = cases["test_precision[bad-kl_divergence]"]
@@ -114,7 +119,7 @@ def test_fixture_is_listed_and_returns_verdicts_report_and_arrays(repo):
             assert result.verdicts["cosine_similarity"].passed
             assert result.report["model"] == "good"
             arrays = result.captures["p1"]
-            assert set(arrays) == {"device", "reference"} and arrays["device"].shape == (4, 32)
+            assert set(arrays) == {"device", "reference", "device-steps"} and arrays["device"].shape == (4, 32)
             assert (arrays["device"].argmax(-1) == arrays["reference"].argmax(-1)).all()
             assert npuprec_result("org/good") .report is result.report  # run once per session
 
@@ -138,7 +143,7 @@ def test_invalid_config_is_one_red_item_and_the_others_still_run(repo):
     (repo.path / "configs" / "broken.yaml").write_text(CONFIG.format(name="broken", kl_max=1.0, extra="")
                                                         .replace("max_tokens: 4", "max_tokens: four"))
     result = repo.runpytest("-m", "npu", "--model", "all")
-    result.assert_outcomes(passed=5, failed=2)  # good: 3 pass; bad: kl fails; broken: one config item
+    result.assert_outcomes(passed=8, failed=3)  # good: 5 pass; bad: kl, kl-decode fail; broken: one config item
     result.stdout.fnmatch_lines(["*broken.yaml: precision.max_tokens: expected an integer, got str*"])
     assert "test_precision[broken-finite_logits]" not in result.stdout.str()
 
@@ -265,4 +270,4 @@ def test_a_config_folder_pytest_does_not_walk_is_named(repo):
     result.stdout.fnmatch_lines(["note: --model good was asked for, but pytest did not walk *configs; run from the "
                                  "folder holding it, or pass that folder (or the YAML) as an argument"])
     result = repo.runpytest("configs/good.yaml")  # a YAML given as an argument runs without --model
-    result.assert_outcomes(passed=3)
+    result.assert_outcomes(passed=5)

@@ -10,6 +10,8 @@ from pytest_npuprec.report.document import build_report
 from pytest_npuprec.report.render import render_markdown, render_terminal
 from pytest_npuprec.report.write import atomic_write_text, write_report
 from pytest_npuprec.measure import Measured
+from pytest_npuprec.measure.steps import decode_summary, measure_decode
+from pytest_npuprec.report.steps import add_decode
 from pytest_npuprec.verdicts import judge_checks
 
 CONFIG = """
@@ -29,12 +31,16 @@ def report(tmp_path, make_capture, confident_logits):
     config = load_config(tmp_path / "Toy.yaml")
     device = [r.copy() for r in confident_logits]
     device[1] = -device[1]  # prompt p2 is wrong
-    m = measure(make_capture(confident_logits, device))
-    verdicts = judge_checks(config, Measured(m))
+    capture = make_capture(confident_logits, device)
+    m = measure(capture)
+    decode = measure_decode(capture, m)
+    verdicts = judge_checks(config, Measured(m, decode=decode))
     meta = {"positions_mode": "continuation", "max_tokens": 4, "versions": {"vllm": "0.0-test", "torch_npu": None},
             "device": {"platform": "cpu", "engine_kwargs": {"dtype": "bfloat16"}},
             "reference": {"platform": "cpu", "dtype": "float32"}}
-    return build_report(config, m, verdicts, meta, decode=lambda t: f"<{t}>")
+    report = build_report(config, m, verdicts, meta, decode=lambda t: f"<{t}>")
+    add_decode(report, decode, decode_summary(capture, decode))
+    return report
 
 
 def test_report_has_prompt_rows_and_aggregates(report):
@@ -44,7 +50,7 @@ def test_report_has_prompt_rows_and_aggregates(report):
     assert p2["first_token"] == "mismatch" and p2["metrics"]["cosine_similarity"] == pytest.approx(-1.0)
     assert p2["device_first_token"]["text"].startswith("<")
     checks = {c["check"]: c for c in report["checks"]}
-    assert set(checks) == {"finite_logits", "token_agreement", "cosine_similarity"}
+    assert set(checks) == {"finite_logits", "token_agreement", "cosine_similarity", "cosine_similarity-decode"}
     assert checks["cosine_similarity"]["passed"] is False and checks["cosine_similarity"]["worst"]["prompt_id"] == "p2"
     assert report["run"]["versions"]["vllm"] == "0.0-test"
     assert report["metrics"]["cosine_similarity"]["min"] == pytest.approx(-1.0)
@@ -149,3 +155,17 @@ def test_repeat_runs_and_perplexity_text_are_captured(tmp_path):
     assert sorted(first.logits_files) == ["device", "device-run2", "device-run3", "reference"]
     assert first.generated["device-run3"] == (5, 6, 7)
     assert first.logits("device-run3")[0, 0] != first.logits("device")[0, 0]  # each run wrote its own file
+
+
+def test_decode_rows_are_shown_beside_prefill(report):
+    """Decode steps: their own checks, per-prompt columns and a summary. p2's device diverges at its first
+    token, so none of its decode rows can be judged (only the token checks see it)."""
+    checks = {c["check"]: c for c in report["checks"]}
+    decode = checks["cosine_similarity-decode"]
+    assert decode["passed"] and decode["n_values"] == 2 * 3, decode["message"]  # p1, p3: rows 1..3
+    assert [p["decode"]["rows"] for p in report["prompts"]] == [3, 0, 3]
+    assert report["prompts"][1]["decode"]["cosine_similarity"] is None
+    assert report["decode_metrics"]["cosine_similarity"]["min"] == pytest.approx(1.0)
+    lines = render_terminal(report).splitlines()
+    assert "decode rows" in lines[1] and "dec cosine" in lines[1]
+    assert any(row.startswith("cosine_similarity-decode") and "PASS" in row for row in lines)

@@ -20,7 +20,7 @@ ALL = (COSINE, COSINE_MIN, KL, REL_L2, TOKENS, PREFIX)
 
 def toy_config(thresholds: tuple[Threshold, ...]) -> ModelConfig:
     return ModelConfig(name="toy", path=Path("toy.yaml"), model_name="org/toy", serve=ServeConfig(),
-                       precision=PrecisionConfig(prompts=(), max_tokens=4, thresholds=thresholds))
+                       precision=PrecisionConfig(prompts=(), max_tokens=4, thresholds=thresholds))  # no decode bounds
 
 
 def bf16_round(x: np.ndarray) -> np.ndarray:
