@@ -52,8 +52,9 @@ class StepCapture:
         if self.armed:
             kept = logits.detach().float().cpu()
             for row, (rid, pos, n) in enumerate(zip(req_ids, positions, prompt_lens)):
-                self.rows.setdefault(rid, {})[pos] = kept[row].clone()
                 self.prompt_len[rid] = n
+                if pos >= n - 1:  # a chunk of a chunked prefill samples a row too; vLLM discards it, so do we
+                    self.rows.setdefault(rid, {})[pos] = kept[row].clone()
         return logits
 
     def _map_rows(self, n_rows: int) -> tuple[list[str], list[int], list[int]] | None:

@@ -244,3 +244,18 @@ def test_graph_mode_compares_the_flipped_engine_within_its_bound(tmp_path):
     v = judge_graph_mode(GraphModeCheck(max_abs_diff=0.1), measure_graph_mode(cap))
     assert not v.passed and re.search(r"enforce_eager flipped vs as configured: logits max \|diff\| 0.125 misses "
                                       r"max \|diff\| <= 0.1 at prompt p1 position \d", v.message), v.message
+
+
+def test_a_chunked_prefill_row_is_not_a_step(tmp_path):
+    model = FakeModel()
+    runner = fake_runner(["0-x"], [0], [100], [150])  # the first 100 of 150 prompt tokens
+    capture = StepCapture(model, runner)
+    capture.arm()
+    model.compute_logits(torch.randn(1, VOCAB))  # position 99: sampled by vLLM and thrown away
+    runner.input_batch.num_computed_tokens_cpu = np.array([100])
+    runner.query_start_loc.np = np.array([0, 50], dtype=np.int32)
+    last = torch.randn(1, VOCAB)
+    model.compute_logits(last)  # position 149: predicts the first generated token
+    result = capture.collect({"0": str(tmp_path / "a.npy")}, write=True)
+    assert result == {"requests": {"0": {"first": 149, "rows": 1}}}
+    np.testing.assert_array_equal(np.load(tmp_path / "a.npy"), last.numpy())
