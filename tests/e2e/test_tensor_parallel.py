@@ -28,8 +28,11 @@ def _run(model_path, serve, folder, prompts, tokens):
     return generated, ranks
 
 
-def test_tp2_agrees_with_tp1_and_one_rank_writes(tiny_llama, repo_config_dir, tmp_path):
+def test_tp2_agrees_with_tp1_and_one_rank_writes(tiny_llama, repo_config_dir, tmp_path, monkeypatch):
     from transformers import AutoTokenizer
+
+    # the runner splits the cores per rank; under `./dev.sh test` conftest.py binds this xdist worker to one core
+    monkeypatch.delenv("VLLM_CPU_OMP_THREADS_BIND", raising=False)
 
     config = load_config(repo_config_dir / "tiny-llama.yaml")
     tokenizer = AutoTokenizer.from_pretrained(str(tiny_llama))
