@@ -44,7 +44,9 @@ def test_it_parses_and_has_the_triggers_and_settings_ci_needs(workflow):
     assert str(env["HF_HUB_OFFLINE"]) == "1" and str(env["VLLM_USE_MODELSCOPE"]) == "True"
     assert env["NIGHTLY_MODELS"]
     upload = [s for s in _steps(workflow) if str(s.get("uses", "")).startswith("actions/upload-artifact")]
-    assert len(upload) == 1 and upload[0]["with"]["path"] == env["REPORT_DIR"] and upload[0]["if"] == "always()"
+    assert upload[0]["with"]["path"] == env["REPORT_DIR"] and upload[0]["if"] == "always()"
+    assert upload[1]["with"]["path"] == env["BASELINE_DIR"] and "inputs.update_baselines" in upload[1]["if"]
+    assert triggers["workflow_dispatch"]["inputs"]["update_baselines"]["default"] is False
 
 
 def test_every_pytest_command_uses_options_the_plugin_accepts(workflow, pytester):
@@ -61,6 +63,7 @@ def test_every_pytest_command_uses_options_the_plugin_accepts(workflow, pytester
         config = pytester.parseconfig(*args)
         assert config.getoption("npuprec_device") == "npu", name
         assert config.getoption("npuprec_report_dir") == "X" and config.getoption("npuprec_timeout") == 1800
+        assert config.getoption("npuprec_baseline_dir") == "X" and config.getoption("npuprec_reference") == "auto"
         assert len(config.getoption("npuprec_model_root")) == 2
     gate_step = next(s for s in _steps(workflow) if s["name"].startswith("PR gate"))
     assert gate_step["if"] == "github.event_name == 'pull_request'"
