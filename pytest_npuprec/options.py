@@ -95,7 +95,7 @@ OPTIONS: dict[str, dict[str, Any]] = {
                        help="where JSON/Markdown reports and captures go (default: <rootdir>/reports/npuprec)"),
     "fault": dict(default=None, metavar="NAME[=MAGNITUDE][@MODEL]", type=_fault, dest="npuprec_fault",
                   help="inject a device-side fault (attention_scale, rope_theta, rmsnorm_offset, overflow, "
-                       "nondeterminism, engine_kill, engine_hang, decode_only, batch_only), into MODEL's engine "
+                       "nondeterminism, engine_kill, engine_hang, decode_only, batch_only, graph_only), into MODEL's engine "
                        "only with @MODEL, to prove the checks can fail; for validating the suite itself"),
     "timeout": dict(default=None, metavar="SECONDS|start=S,call=S", type=_timeout, dest="npuprec_timeout",
                     help="bound on each engine phase (start; call: each generate and score), in seconds: one "

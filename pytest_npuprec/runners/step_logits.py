@@ -21,7 +21,7 @@ import numpy as np
 from ..atomic import atomic_file
 
 # device faults that live in compute_logits (names and defaults are merged into vllm_worker.FAULTS)
-STEP_FAULTS = ("decode_only", "batch_only")
+STEP_FAULTS = ("decode_only", "batch_only", "graph_only")
 
 
 class StepCapture:
@@ -148,3 +148,17 @@ def batch_only(capture: StepCapture, magnitude: float) -> str:
     capture.faults.append(lambda logits, decode: _lowered_non_top(logits, [len(decode) > 1] * len(decode),
                                                                   magnitude))
     return f"batches of > 1 request only: every logit but the top one lowered by {magnitude:g} x |z| x mean|logit|"
+
+
+def graph_only(capture: StepCapture, magnitude: float) -> str:
+    """A bug of graph mode alone (a captured decode graph replaying a stale slot_mapping, vllm-ascend #3482): the
+    decode rows of an engine that runs compiled (ACL / CUDA graphs, torch.compile) are wrong; the same
+    engine with enforce_eager is right, so an eager device passes everything but `graph_mode`."""
+    model_config = getattr(capture.runner, "model_config", None)
+    if model_config is None:
+        raise RuntimeError("graph_only fault: the model runner has no model_config (not vLLM V1?)")
+    if model_config.enforce_eager:
+        return "graph mode only: this engine runs eager, nothing injected"
+    capture.faults.append(lambda logits, decode: _lowered_non_top(logits, decode, magnitude))
+    return f"graph mode only (this engine is compiled): decode-step logits but the top one lowered by {magnitude:g} " \
+           "x |z| x mean|logit|"

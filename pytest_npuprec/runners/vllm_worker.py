@@ -236,6 +236,10 @@ def _batch_only(model: Any, magnitude: float) -> str:
     return step_logits.batch_only(model._npuprec_steps, magnitude)
 
 
+def _graph_only(model: Any, magnitude: float) -> str:
+    return step_logits.graph_only(model._npuprec_steps, magnitude)
+
+
 def _rms_norms(model: Any, fault: str) -> list[Any]:
     """The model's RMSNorm layers that carry a weight vector, in module order."""
     import torch
@@ -249,9 +253,10 @@ def _rms_norms(model: Any, fault: str) -> list[Any]:
 
 FAULTS = {"attention_scale": _attention_scale, "rope_theta": _rope_theta, "rmsnorm_offset": _rmsnorm_offset,
           "overflow": _overflow, "nondeterminism": _nondeterminism, "engine_kill": _engine_kill,
-          "engine_hang": _engine_hang, "decode_only": _decode_only, "batch_only": _batch_only}
+          "engine_hang": _engine_hang, "decode_only": _decode_only, "batch_only": _batch_only,
+          "graph_only": _graph_only}
 # magnitudes when --npuprec-fault gives none: each clearly outside BF16 noise on tiny-llama; for
 # engine_kill / engine_hang the forward passes let through first (0: the first one, in generate)
 DEFAULT_MAGNITUDES = {"attention_scale": 1.25, "rope_theta": 0.01, "rmsnorm_offset": 0.1, "overflow": 1,
                       "nondeterminism": 0.01, "engine_kill": 0, "engine_hang": 0,
-                      "decode_only": 0.05, "batch_only": 0.05}
+                      "decode_only": 0.05, "batch_only": 0.05, "graph_only": 0.05}

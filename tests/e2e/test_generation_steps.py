@@ -67,3 +67,26 @@ def test_graph_mode_and_kernel_shape_prompts(run_suite, repo_config_dir, tmp_pat
     print(f"graph vs eager max |diff| {graph['value']}; checks failed: "
           f"{[c['check'] for c in report['checks'] if not c['passed']]}")
     assert result.ret == pytest.ExitCode.OK, out[-4000:]
+
+
+def test_graph_only_fault_fails_graph_mode_alone(run_suite, failed_checks, repo_config_dir, tmp_path):
+    """An eager device (`enforce_eager: true`) whose graph mode alone is wrong (`graph_only`: decode rows of a
+    compiled engine): every check of the eager engine passes, `graph_mode` (the flipped, compiled engine) fails."""
+    configs = tmp_path / "eager"
+    configs.mkdir()
+    text = (repo_config_dir / "tiny-llama.yaml").read_text()
+    assert "  enforce_eager: false\n" in text and "  drift:\n" in text
+    text = text.replace("  enforce_eager: false\n", "  enforce_eager: true\n", 1)
+    # the device record under baselines/ is the compiled engine's: drift is not what this test is about
+    text = re.sub(r"  drift:\n(    .*\n)+", "", text)
+    text = text.replace("  checks:\n", "  checks:\n    graph_mode: {max_abs_diff: 0.25}\n", 1)
+    (configs / "tiny-llama.yaml").write_text(text)
+    result, report_dir = run_suite("tiny-llama", "--npuprec-fault", "graph_only", config_dir=configs)
+    out = result.stdout.str()
+    assert result.ret == pytest.ExitCode.TESTS_FAILED, out[-3000:]
+    assert failed_checks(result, "tiny-llama") == {"graph_mode"}, out[-3000:]
+    assert re.search(r"tiny-llama: graph_mode: .*FAILED", out), out[-3000:]
+    report = json.loads((report_dir / "tiny-llama.json").read_text())
+    assert report["run"]["device"]["engine_kwargs"]["enforce_eager"] is True
+    assert "nothing injected" in report["run"]["device"]["fault"]
+    assert report["run"]["variants"]["device-graph-flipped"]["engine_kwargs"]["enforce_eager"] is False
