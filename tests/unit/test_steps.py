@@ -15,7 +15,7 @@ from pytest_npuprec.config.loader import ConfigError, load_config
 from pytest_npuprec.config.schema import BatchInvarianceCheck
 from pytest_npuprec.measure.steps import decode_rows, measure_batch_invariance, measure_decode
 from pytest_npuprec.measure.thresholds import measure
-from pytest_npuprec.runners.step_logits import StepCapture, batch_only, decode_only
+from pytest_npuprec.runners.step_logits import StepCapture, batch_only, decode_only, graph_only
 from pytest_npuprec.verdicts.steps import judge_batch_invariance, judge_decode
 
 VOCAB = 16
@@ -77,6 +77,18 @@ def test_decode_fault_touches_decode_rows_only_and_keeps_the_top_token():
     out = model.compute_logits(hidden)
     assert torch.equal(out[1], hidden[1]) and not torch.equal(out[0], hidden[0])
     assert out[0].argmax() == hidden[0].argmax()
+
+
+def test_graph_fault_touches_a_compiled_engines_decode_rows_and_nothing_of_an_eager_one():
+    for eager in (True, False):
+        model = FakeModel()
+        runner = fake_runner(["0-x"], [5], [1], [5])  # one decode row
+        runner.model_config = types.SimpleNamespace(enforce_eager=eager)
+        said = graph_only(StepCapture(model, runner), 0.05)
+        hidden = torch.randn(1, VOCAB)
+        out = model.compute_logits(hidden)
+        assert torch.equal(out, hidden) == eager and ("nothing injected" in said) == eager, said
+        assert out.argmax() == hidden.argmax()
 
 
 def test_batch_fault_leaves_a_request_alone_untouched():
