@@ -148,6 +148,7 @@ def main() -> int:
     from pytest_npuprec.config.schema import ServeConfig
     from pytest_npuprec.runners.device import VllmRunner
     from pytest_npuprec.runners.reference import TransformersRunner
+    from pytest_npuprec.runners.scoring import ScoreRequest
 
     model, build_s = timed(lambda: wide_standin(args.cache))
     rng = np.random.default_rng(0)
@@ -165,9 +166,8 @@ def main() -> int:
     with TransformersRunner(model) as ref:
         def reference_capture():
             conts = ref.generate(prompts, MAX_TOKENS)
-            for i, (p, c) in enumerate(zip(prompts, conts)):
-                seq = p + c
-                ref.score(seq, scored_positions(len(p), len(seq), "continuation"), tmp / f"ref-{i}.npy")
+            ref.score([ScoreRequest(p + c, scored_positions(len(p), len(p + c), "continuation"), tmp / f"ref-{i}.npy")
+                       for i, (p, c) in enumerate(zip(prompts, conts))])
             return conts
         with sampler.measure():
             conts, figures["reference_s"] = timed(reference_capture)
@@ -175,8 +175,8 @@ def main() -> int:
         if long_prompt:
             long_cont = ref.generate([long_prompt], MAX_TOKENS)[0]
             seq = long_prompt + long_cont
-            _, figures["long_reference_s"] = timed(lambda: ref.score(
-                seq, scored_positions(len(long_prompt), len(seq), "continuation"), tmp / "ref-long.npy"))
+            _, figures["long_reference_s"] = timed(lambda: ref.score([ScoreRequest(
+                seq, scored_positions(len(long_prompt), len(seq), "continuation"), tmp / "ref-long.npy")]))
 
     serve = ServeConfig(max_model_len=32768, enforce_eager=True, extra={"max_logprobs": -1})
     with VllmRunner(model, serve, device="cpu") as dev:
@@ -187,9 +187,8 @@ def main() -> int:
         measure_decode_capture(dev, prompts, tmp, figures)
 
         def device_capture():
-            for i, (p, c) in enumerate(zip(prompts, conts)):
-                seq = p + c
-                dev.score(seq, scored_positions(len(p), len(seq), "continuation"), tmp / f"dev-{i}.npy")
+            dev.score([ScoreRequest(p + c, scored_positions(len(p), len(p + c), "continuation"), tmp / f"dev-{i}.npy")
+                       for i, (p, c) in enumerate(zip(prompts, conts))])
         with sampler.measure():
             _, figures["capture_s"] = timed(device_capture)
         figures["peak_rss_delta_mib"] = max(0, sampler.peak - plain_peak) >> 20
@@ -200,7 +199,7 @@ def main() -> int:
             positions = scored_positions(len(long_prompt), len(seq), "continuation")
             _, figures["long_plain_s"] = timed(lambda: dev.generate([long_prompt], MAX_TOKENS))
             with sampler.measure():
-                _, figures["long_capture_s"] = timed(lambda: dev.score(seq, positions, tmp / "dev-long.npy"))
+                _, figures["long_capture_s"] = timed(lambda: dev.score([ScoreRequest(seq, positions, tmp / "dev-long.npy")]))
             figures["long_captured_rows"] = len(positions)
 
         if not args.quick:

@@ -10,14 +10,14 @@ import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .capture.prompts import decode_texts, decode_token, load_tokenizer, perplexity_input, render_prompts
 from .capture.records import ModelCapture, PromptInput
 from .baselines import session as baselines
 from .capture.session import capture_model
 from .checkpoints.locate import locate_weights
-from .config.schema import ModelConfig
+from .config.schema import ModelConfig, ServeConfig
 from .errors import describe
 from .measure import Measured
 from .measure.kinds import (measure_determinism, measure_labels, measure_perplexity, measure_ternary,
@@ -29,7 +29,7 @@ from .report.document import build_report
 from .report.steps import add_decode
 from .report.write import write_report
 from .runners.converter import convert_checkpoint
-from .runners.device import Fault, VllmRunner
+from .runners.device import Fault, VllmRunner, finish_closing
 from .runners.environment import host_description, package_versions, resolve_device
 from .runners.reference import TransformersRunner
 from .verdicts import Verdict, judge_checks
@@ -68,6 +68,8 @@ def run_model(config: ModelConfig, options: RunOptions) -> ModelResult:
         return _run(config, options)
     except Exception as exc:  # kept and reported per check, so every check of the model is red
         return ModelResult(config, error=exc)
+    finally:
+        finish_closing()  # the device engines shut down while the model was measured; none outlives its model
 
 
 def _run(config: ModelConfig, options: RunOptions) -> ModelResult:
@@ -111,15 +113,18 @@ def _capture(config: ModelConfig, options: RunOptions, device: str, model_path: 
     fault = Fault.parse(options.fault) if options.fault else None
     if fault is not None and not fault.applies_to(config.name):
         fault = None
+
+    def engine(serve_as: ServeConfig) -> Callable[[], VllmRunner]:
+        return lambda: VllmRunner(model_path, serve_as, device, fault, model=config.name,
+                                  timeout_s=options.timeout_s, close_in_background=True)
+
     variants = {}
     if checks.graph_mode:  # the same device with enforce_eager flipped: a second engine, started after the first
-        flipped = dataclasses.replace(serve, enforce_eager=not serve.enforce_eager)
-        variants[GRAPH_MODE] = lambda: VllmRunner(model_path, flipped, device, fault, model=config.name,
-                                                  timeout_s=options.timeout_s)
+        variants[GRAPH_MODE] = engine(dataclasses.replace(serve, enforce_eager=not serve.enforce_eager))
     return capture_model(
         config.name, inputs, precision.max_tokens, precision.positions,
         reference=baseline.reference_factory(lambda: TransformersRunner(model_path, serve.trust_remote_code)),
-        device=lambda: VllmRunner(model_path, serve, device, fault, model=config.name, timeout_s=options.timeout_s),
+        device=engine(serve),
         folder=options.report_dir / "captures" / config.name,
         meta=meta,
         device_runs=checks.determinism.runs if checks.determinism else 1,

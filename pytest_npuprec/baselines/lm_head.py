@@ -20,6 +20,7 @@ import numpy as np
 
 from ..checkpoints.tensors import _header, safetensors_files, tensor_names
 from . import BaselineError
+from .digests import remembered
 
 TOP_K = 5  # top ids kept per row as a checksum
 _POSTPROCESS_KEYS = ("logit_scale", "logits_scaling", "final_logit_softcapping")
@@ -77,12 +78,17 @@ def read_weight(model_path: Path, key: str) -> tuple[np.ndarray, str]:
             fh.seek(offset + start)
             if fh.readinto(data) != len(data):
                 raise BaselineError(f"{path}: truncated file, tensor {key} is cut short")
-        digest = hashlib.sha256(f"{dtype}{info['shape']}".encode())
-        digest.update(data)
+        digest = remembered(path, f"tensor {key}", lambda: _tensor_digest(dtype, info["shape"], data))
         stored = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}[dtype]
         weight = torch.frombuffer(data, dtype=stored).float().numpy()  # BF16 and F16 widen exactly
-        return weight.reshape(info["shape"]), digest.hexdigest()
+        return weight.reshape(info["shape"]), digest
     raise BaselineError(f"{model_path}: no tensor {key!r} in its safetensors files (the baseline's lm_head)")
+
+
+def _tensor_digest(dtype: str, shape: list[int], data: bytearray) -> str:
+    digest = hashlib.sha256(f"{dtype}{shape}".encode())
+    digest.update(data)
+    return digest.hexdigest()
 
 
 def rebuild(rows: np.ndarray, weight: Any, post: dict[str, float]) -> np.ndarray:

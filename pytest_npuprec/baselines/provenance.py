@@ -16,6 +16,7 @@ from typing import Any, Iterable
 
 from ..capture.records import PromptInput
 from ..config.schema import ModelConfig
+from .digests import sha256_file
 
 # which files of a checkpoint folder count as what (anything else, e.g. a README, is ignored)
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
@@ -25,14 +26,6 @@ _MODEL_FILES = ("config.json", "generation_config.json")
 _WEIGHT_SUFFIXES = (".safetensors", ".safetensors.index.json", ".bin", ".bin.index.json")
 # the keys compared to decide validity, in the order changes are named
 VALIDITY_KEYS = ("prompts", "precision", "weights", "model_files", "tokenizer", "lm_head")
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def sha256_json(value: Any) -> str:

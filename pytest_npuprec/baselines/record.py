@@ -8,6 +8,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..runners.scoring import ScoreRequest
 from . import BaselineError
 from .lm_head import checksums, find_key, postprocess_of, read_weight, rebuild
 
@@ -59,12 +60,16 @@ class RecordingReference:
         self.generated.update({tuple(p): tuple(g) for p, g in zip(prompts, out)})
         return out
 
-    def score(self, tokens: Sequence[int], positions: Sequence[int], out: Path) -> None:
+    def score(self, requests: Sequence[ScoreRequest]) -> None:
+        for request in requests:
+            self._score_one(*request)
+
+    def _score_one(self, tokens: Sequence[int], positions: Sequence[int], out: Path) -> None:
         head = self.inner.model.get_output_embeddings()
         seen: list[Any] = []
         hook = head.register_forward_hook(lambda module, args, output: seen.append(args[0].detach()))
         try:
-            self.inner.score(tokens, positions, out)
+            self.inner.score([ScoreRequest(tokens, positions, out)])
         finally:
             hook.remove()
         if not seen:

@@ -11,6 +11,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..runners.scoring import ScoreRequest
 from . import BaselineError, update_command
 from .lm_head import checksum_mismatch, rebuild
 from .store import ReferenceBaseline
@@ -58,7 +59,11 @@ class BaselineReference:
             out.append(found.generated)
         return out
 
-    def score(self, tokens: Sequence[int], positions: Sequence[int], out: Path) -> None:
+    def score(self, requests: Sequence[ScoreRequest]) -> None:
+        for request in requests:
+            self._score_one(*request)
+
+    def _score_one(self, tokens: Sequence[int], positions: Sequence[int], out: Path) -> None:
         found = self._by_scored.get((tuple(tokens), tuple(positions)))
         if found is None:
             raise self._stale(f"no recorded rows for a sequence of {len(tokens)} tokens at {len(positions)} positions")

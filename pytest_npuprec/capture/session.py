@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, ContextManager, Protocol, Sequence
 
 from ..config.schema import PositionsMode
+from ..runners.scoring import ScoreRequest
 from .records import CaptureWriter, ModelCapture, PromptCapture, PromptInput, repeat_side
 from .steps import batch_passes as step_batch_passes
 from .steps import generate_with_steps
@@ -24,7 +25,7 @@ class Runner(Protocol):
     def generate(self, prompts: Sequence[Sequence[int]], max_tokens: int,
                  logits_out: Sequence[Path] | None = None) -> list[tuple[int, ...]]: ...
 
-    def score(self, tokens: Sequence[int], positions: Sequence[int], out: Path) -> None: ...
+    def score(self, requests: Sequence[ScoreRequest]) -> None: ...
 
 
 RunnerFactory = Callable[[], ContextManager[Runner]]
@@ -59,7 +60,12 @@ def capture_model(model: str, prompts: list[PromptInput], max_tokens: int, posit
                 scored[p.index] = p.token_ids + continuation
                 mode = positions_mode if p.kind == "compare" else "all"
                 positions[p.index] = scored_positions(len(p.token_ids), len(scored[p.index]), mode)
-                ref.score(scored[p.index], positions[p.index], writer.logits_path("reference", p.index))
+
+            def requests(side: str) -> list[ScoreRequest]:
+                return [ScoreRequest(scored[p.index], positions[p.index], writer.logits_path(side, p.index))
+                        for p in prompts]
+
+            ref.score(requests("reference"))
             ref_info = ref.info
         timings["reference_s"] = round(time.perf_counter() - started, 2)
 
@@ -74,8 +80,7 @@ def capture_model(model: str, prompts: list[PromptInput], max_tokens: int, posit
                     generated[side] = dict(zip((p.index for p in compare),
                                                dev.generate([p.token_ids for p in compare], max_tokens)))
                 score_started = time.perf_counter()
-                for p in prompts:
-                    dev.score(scored[p.index], positions[p.index], writer.logits_path(side, p.index))
+                dev.score(requests(side))
                 if run == 1:
                     timings["device_generate_s"] = round(score_started - gen_started, 3)
                     timings["device_score_s"] = round(time.perf_counter() - score_started, 3)

@@ -13,6 +13,7 @@ import math
 import multiprocessing
 import os
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Any, Sequence
 from ..config.schema import ServeConfig
 from ..env_vars import temporary_env
 from ..errors import NpuprecError
+from .scoring import SCORE_KEY, ScoreRequest
 from .watchdog import PhaseError, ProcessTree, phase_timeouts, run_bounded
 
 WORKER_EXTENSION = "pytest_npuprec.runners.vllm_worker.CaptureWorkerExtension"
@@ -105,13 +107,16 @@ class VllmRunner:
     side = "device"
 
     def __init__(self, model_path: Path, serve: ServeConfig, device: str, fault: Fault | None = None, *,
-                 model: str | None = None, timeout_s: float | dict[str, float] | None = None):
+                 model: str | None = None, timeout_s: float | dict[str, float] | None = None,
+                 close_in_background: bool = False):
         self.model_path = Path(model_path)
         self.serve = serve
         self.device = device
         self.fault = fault
         self.model = model or self.model_path.name  # names the model in failure messages
         self.timeouts = phase_timeouts(timeout_s)  # seconds per phase; watchdog.DEFAULT_TIMEOUTS_S for None
+        # a clean exit from the `with` block leaves the shutdown to a thread (_close_in_background)
+        self.close_in_background = close_in_background
         self.llm: Any = None
         self.info: dict[str, Any] = {}
         self._tree: ProcessTree | None = None
@@ -128,6 +133,7 @@ class VllmRunner:
         return kwargs
 
     def __enter__(self) -> "VllmRunner":
+        finish_closing()  # the engine before this one must be gone first
         env: dict[str, str] = dict(self.serve.env)  # the config's envs: this engine's environment only
 
         def unset(name: str) -> bool:  # the user's environment and the config's envs win over our defaults
@@ -237,31 +243,40 @@ class VllmRunner:
             if hasattr(future, "done") and not future.done():
                 future.set_exception(EngineDeadError())
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if self.close_in_background and exc_type is None:
+            self._close_in_background()
+        else:
+            self.close()
 
     def close(self, graceful: bool = True) -> None:
         """Shut the engine down (bounded); then no process it started may be left: the rest are killed."""
-        llm, self.llm = self.llm, None
-        engine_core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
-        if engine_core is not None:
-            try:
-                run_bounded(engine_core.shutdown, 60.0 if graceful else 15.0, phase="shutdown")
-            except PhaseError:
-                pass  # whatever is left is killed below
-        del llm, engine_core
-        if self._tree is not None:
-            self._tree.kill()
-            if not self._tree.alive():
-                self._tree = None
-        multiprocessing.active_children()  # reaps the engine's exited children (never the watchdog's job)
-        gc.collect()
+        held, self.llm = [self.llm], None
+        tree, self._tree = self._tree, None
+        self._tree = _shut_down(held, tree, graceful)
 
-    def _run(self, prompts: Sequence[Sequence[int]], max_tokens: int, raw: bool = False) -> list[Any]:
+    def _close_in_background(self) -> None:
+        """Hand the engine to a thread that shuts it down: vLLM's shutdown waits seconds for processes to exit
+        (5 s for an idle CPU EngineCore), time the caller can spend measuring. `finish_closing()` waits for it;
+        the next engine's start does so first, so two engines are never resident at once."""
+        held, self.llm = [self.llm], None
+        tree, self._tree = self._tree, None
+        thread = threading.Thread(target=_shut_down, args=(held, tree, True), name=f"npuprec-close-{self.model}",
+                                  daemon=True)
+        with _closing_lock:
+            _closing.append(thread)
+        thread.start()
+
+    def _run(self, prompts: Sequence[Sequence[int]], max_tokens: int, raw: bool = False,
+             extra_args: Sequence[dict[str, Any]] | None = None) -> list[Any]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        params = SamplingParams(temperature=0.0, max_tokens=max_tokens, seed=self.serve.seed)
+        params: Any = SamplingParams(temperature=0.0, max_tokens=max_tokens, seed=self.serve.seed)
+        if extra_args is not None:  # one SamplingParams per prompt, each carrying its own extra_args
+            params = [params.clone() for _ in prompts]
+            for one, extra in zip(params, extra_args):
+                one.extra_args = extra
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params,
                                     use_tqdm=False)
         return outputs if raw else [tuple(out.outputs[0].token_ids) for out in outputs]
@@ -295,18 +310,59 @@ class VllmRunner:
                     f"{got['first']}; expected {len(tokens)} (one per generated token) from {len(prompt) - 1}")
         return generated
 
-    def score(self, tokens: Sequence[int], positions: Sequence[int], out: Path) -> None:
-        """Write the logits at `positions` of `tokens` (teacher forcing) to `out` as float32 [P x vocab]."""
+    def score(self, requests: Sequence[ScoreRequest]) -> None:
+        """Write the logits at each request's positions of its tokens (teacher forcing) to its `out` as float32
+        [P x vocab]. All requests run in one batch, as a server would run them."""
+        if not requests:
+            return
+
         def call() -> dict[str, Any]:
-            self.llm.collective_rpc("npuprec_arm", args=(list(positions),))
-            self._run([tokens[: max(positions) + 1]], max_tokens=1)
-            return self.llm.collective_rpc("npuprec_collect", args=(str(out),))[0]
+            self.llm.collective_rpc("npuprec_arm", args=({k: list(r.positions) for k, r in enumerate(requests)},))
+            self._run([r.tokens[: max(r.positions) + 1] for r in requests], max_tokens=1,
+                      extra_args=[{SCORE_KEY: k} for k in range(len(requests))])
+            return self.llm.collective_rpc("npuprec_collect", args=({k: str(r.out) for k, r in enumerate(requests)},))[0]
 
         result = self._bounded("score", call)
+        if "problem" in result:
+            raise DeviceRunError(f"{self.model}: the teacher-forced logits could not be captured: {result['problem']}")
         if "missing" in result:
             raise DeviceRunError(
-                f"the device forward pass never computed {result['n_missing']} requested positions "
-                f"(first: {result['missing'][:5]}); is prefix caching forced on by the platform?")
+                f"{self.model}: the device forward pass never computed {result['n_missing']} requested positions of "
+                f"scored sequence {result['request'] + 1} of {len(requests)} (first: {result['missing'][:5]}); is "
+                "prefix caching forced on by the platform?")
+
+
+_closing: list[threading.Thread] = []  # engines being shut down in the background (VllmRunner.close_in_background)
+_closing_lock = threading.Lock()
+
+
+def finish_closing() -> None:
+    """Wait until every engine handed to a background close is shut down and its processes are gone."""
+    with _closing_lock:
+        threads = list(_closing)
+        _closing.clear()
+    for thread in threads:
+        thread.join()
+
+
+def _shut_down(held: list[Any], tree: ProcessTree | None, graceful: bool) -> ProcessTree | None:
+    """Shut the engine down (bounded), kill what is left of its processes; return the tree if any survived.
+    `held` is a list holding the LLM, emptied here so the collection below can free it."""
+    llm = held.pop()
+    engine_core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+    if engine_core is not None:
+        try:
+            run_bounded(engine_core.shutdown, 60.0 if graceful else 15.0, phase="shutdown")
+        except PhaseError:
+            pass  # whatever is left is killed below
+    del llm, engine_core
+    if tree is not None:
+        tree.kill()
+        if not tree.alive():
+            tree = None
+    multiprocessing.active_children()  # reaps the engine's exited children (never the watchdog's job)
+    gc.collect()
+    return tree
 
 
 def _is_engine_dead_error(exc: BaseException) -> bool:

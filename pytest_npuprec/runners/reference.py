@@ -9,6 +9,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .scoring import ScoreRequest
+
 
 class TransformersRunner:
     """Start with `with TransformersRunner(...) as ref:`; verbs: generate, score."""
@@ -58,8 +60,13 @@ class TransformersRunner:
         eos = cfg.eos_token_id
         return cfg.pad_token_id if cfg.pad_token_id is not None else (eos[0] if isinstance(eos, list) else eos)
 
-    def score(self, tokens: Sequence[int], positions: Sequence[int], out: Path) -> None:
-        """Write the logits at `positions` of `tokens` to `out` as float32 [P x vocab]."""
+    def score(self, requests: Sequence[ScoreRequest]) -> None:
+        """Write the logits at each request's positions of its tokens to its `out` as float32 [P x vocab], one
+        sequence at a time (no padding to perturb the reference)."""
+        for request in requests:
+            self._score_one(*request)
+
+    def _score_one(self, tokens: Sequence[int], positions: Sequence[int], out: Path) -> None:
         import torch
 
         ids = torch.tensor([list(tokens[: max(positions) + 1])], dtype=torch.long)

@@ -18,12 +18,36 @@ import numpy as np
 
 from ..atomic import atomic_file
 from . import step_logits
+from .scoring import SCORE_KEY
 
 
 class _CaptureState:
     def __init__(self) -> None:
-        self.wanted: set[int] | None = None  # None: not capturing
-        self.rows: dict[int, Any] = {}
+        self.wanted: dict[int, set[int]] | None = None  # scoring request -> positions; None: not capturing
+        self.rows: dict[tuple[int, int], Any] = {}  # (scoring request, position) -> logits row
+        self.problem: str | None = None
+
+
+def _request_segments(runner: Any, state: _CaptureState, n_tokens: int) -> list[tuple[int, int, int]]:
+    """(scoring request, first token row, end) of each request in this forward pass.
+
+    One request alone owns every row. Several are told apart by the runner's persistent batch (vLLM V1 and
+    vllm-ascend: `input_batch.req_ids` in `query_start_loc` order) and the SamplingParams each carries."""
+    assert state.wanted is not None
+    if len(state.wanted) == 1:
+        return [(next(iter(state.wanted)), 0, n_tokens)]
+    batch = getattr(runner, "input_batch", None)
+    qsl = getattr(getattr(runner, "query_start_loc", None), "np", None)
+    requests = getattr(runner, "requests", None)
+    if batch is None or qsl is None or requests is None:
+        raise RuntimeError("the model runner has no input_batch / query_start_loc / requests (not vLLM V1?)")
+    segments = []
+    for i, req_id in enumerate(batch.req_ids):
+        params = getattr(requests.get(req_id), "sampling_params", None)
+        key = (getattr(params, "extra_args", None) or {}).get(SCORE_KEY)
+        if key is not None:
+            segments.append((int(key), int(qsl[i]), int(qsl[i + 1])))
+    return segments
 
 
 def _hidden_and_positions(args: tuple, kwargs: dict, output: Any) -> tuple[Any, Any]:
@@ -53,7 +77,7 @@ class CaptureWorkerExtension:
         model._npuprec_steps = step  # where the compute_logits faults find it
 
         def hook(module: Any, args: tuple, kwargs: dict, output: Any) -> None:
-            if state.wanted is None:
+            if state.wanted is None or state.problem:
                 return
             hidden, positions = _hidden_and_positions(args, kwargs, output)
             if positions is None or not hasattr(hidden, "shape"):
@@ -61,42 +85,62 @@ class CaptureWorkerExtension:
             import torch
 
             pos = positions[: hidden.shape[0]]
-            wanted = torch.tensor(sorted(state.wanted - state.rows.keys()), dtype=pos.dtype, device=pos.device)
-            if wanted.numel() == 0:
+            try:
+                segments = _request_segments(self.model_runner, state, pos.shape[0])
+            except RuntimeError as exc:
+                state.problem = str(exc)
                 return
-            rows = torch.nonzero(torch.isin(pos, wanted)).flatten()
-            if rows.numel() == 0:
+            picked, keys = [], []
+            for key, start, end in segments:
+                wanted = torch.tensor(sorted(p for p in state.wanted.get(key, ()) if (key, p) not in state.rows),
+                                      dtype=pos.dtype, device=pos.device)
+                if wanted.numel() == 0:
+                    continue
+                rows = start + torch.nonzero(torch.isin(pos[start:end], wanted)).flatten()
+                picked.append(rows)
+                keys += [key] * rows.numel()
+            rows = torch.cat(picked) if picked else None
+            if rows is None or rows.numel() == 0:
                 return
-            logits = step.original(hidden.index_select(0, rows))
+            logits = step.original(hidden.index_select(0, rows))  # every request's rows in one lm_head call
             if logits is None:
                 return
             logits = logits.float().cpu()
-            for row, p in zip(range(logits.shape[0]), pos.index_select(0, rows).tolist()):
-                state.rows.setdefault(int(p), logits[row])
+            for row, (key, p) in enumerate(zip(keys, pos.index_select(0, rows).tolist())):
+                state.rows.setdefault((key, int(p)), logits[row])
 
         model.register_forward_hook(hook, with_kwargs=True)
         return type(model).__name__
 
-    def npuprec_arm(self, positions: list[int]) -> None:
-        self._npuprec_state.wanted = set(int(p) for p in positions)
-        self._npuprec_state.rows = {}
-
-    def npuprec_collect(self, path: str) -> dict[str, Any]:
-        """Write the captured rows, in position order, to `path` (.npy); report what was captured."""
+    def npuprec_arm(self, positions: dict[int, list[int]]) -> None:
+        """Capture, for each scoring request (SamplingParams.extra_args[SCORE_KEY]), the rows at its positions."""
         state = self._npuprec_state
-        wanted, rows = sorted(state.wanted or ()), state.rows
-        state.wanted, state.rows = None, {}
+        state.wanted = {int(key): {int(p) for p in wanted} for key, wanted in positions.items()}
+        state.rows, state.problem = {}, None
+
+    def npuprec_collect(self, paths: dict[int, str]) -> dict[str, Any]:
+        """Write each scoring request's rows, in position order, to paths[request] (.npy); report what was
+        captured."""
+        state = self._npuprec_state
+        wanted, rows, problem = state.wanted or {}, state.rows, state.problem
+        state.wanted, state.rows, state.problem = None, {}, None
         if getattr(self, "rank", 0) != 0:
             return {"rank": getattr(self, "rank", 0)}
-        missing = [p for p in wanted if p not in rows]
-        if missing:
-            return {"missing": missing[:20], "n_missing": len(missing)}
+        if problem:
+            return {"problem": problem}
+        for key in wanted:
+            missing = [p for p in sorted(wanted[key]) if (key, p) not in rows]
+            if missing:
+                return {"missing": missing[:20], "n_missing": len(missing), "request": key}
         import torch
 
-        array = torch.stack([rows[p] for p in wanted]).numpy()
-        with atomic_file(path, "wb") as f:
-            np.save(f, array)
-        return {"shape": list(array.shape)}
+        shapes = {}
+        for key, path in paths.items():
+            array = torch.stack([rows[(int(key), p)] for p in sorted(wanted[int(key)])]).numpy()
+            with atomic_file(path, "wb") as f:
+                np.save(f, array)
+            shapes[key] = list(array.shape)
+        return {"shapes": shapes}
 
     def npuprec_arm_steps(self) -> None:
         self._npuprec_steps.arm()

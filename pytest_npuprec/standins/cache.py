@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 from ..atomic import atomic_write_text, staged_dir
-from ..env_vars import CACHE_DIR_ENV, STANDINS_SOURCE_ENV, temporary_env
+from ..env_vars import STANDINS_SOURCE_ENV, cache_root, temporary_env
 from .registry import get_spec
 from .spec import BUILDER_VERSION, StandinSpec, requirements, standin_key
 
@@ -49,12 +49,6 @@ REQUIRED_FILES = (
 )
 SHIPPED_ROOT = Path(__file__).with_name("shipped")
 _verified: set[tuple[str, int, int]] = set()  # (path, size, mtime_ns) whose sha256 matched this process
-
-
-def cache_root() -> Path:
-    """``$NPUPREC_CACHE_DIR`` or ``~/.cache/pytest-npuprec``."""
-    env = os.environ.get(CACHE_DIR_ENV)
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "pytest-npuprec"
 
 
 def standin_dir(name: str, cache_dir: Path | str | None = None) -> Path:

@@ -18,6 +18,7 @@ from pytest_npuprec.baselines import session as bl
 from pytest_npuprec.capture.records import load_capture
 from pytest_npuprec.config.loader import load_config
 from pytest_npuprec.measure.thresholds import measure
+from pytest_npuprec.runners.scoring import ScoreRequest
 
 # a softmax scale off by 1 %: inside every tiny-llama bound (KL mean 3.3e-6 <= 1e-5, max |diff| 0.13 <= 0.25),
 # outside its drift tolerance (KL mean +74 % > 50 %, relative L2 mean +50 % > 25 %); 2 % already fails max |diff|
@@ -75,8 +76,7 @@ def test_update_then_baseline_equals_live_and_drift_catches_a_small_fault(run_su
     with session.reference_factory(lambda: pytest.fail("live reference"))() as ref:
         generated = ref.generate([p.prompt.token_ids for p in capture.compared()], config.precision.max_tokens)
         assert generated == [p.generated["reference"] for p in capture.compared()]
-        for p in capture.prompts:
-            ref.score(p.scored, p.positions, p.logits_files["reference"])
+        ref.score([ScoreRequest(p.scored, p.positions, p.logits_files["reference"]) for p in capture.prompts])
     m_live, m_base = measure(load_capture(report_dir / "captures" / "tiny-llama")), measure(load_capture(capture_dir))
     for metric, cells in m_live.cells.items():
         for stat, value in cells.summary().items():

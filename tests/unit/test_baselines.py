@@ -18,6 +18,7 @@ from pytest_npuprec.capture.session import capture_model
 from pytest_npuprec.config.loader import ConfigError, load_config
 from pytest_npuprec.measure.thresholds import measure
 from pytest_npuprec.runners.reference import TransformersRunner
+from pytest_npuprec.runners.scoring import ScoreRequest
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "tests" / "e2e" / "models" / "configs"
@@ -287,9 +288,9 @@ def test_committed_baseline_matches_today_and_the_live_reference(model, tmp_path
     out = tmp_path / "replay.npy"
     with s.reference_factory(lambda: None)() as ref:
         assert ref.generate([prompts[0].token_ids], config.precision.max_tokens) == [first.generated]
-        ref.score(first.scored, first.positions, out)
+        ref.score([ScoreRequest(first.scored, first.positions, out)])
     with TransformersRunner(path, config.serve.trust_remote_code) as live:
-        live.score(first.scored, first.positions, tmp_path / "live.npy")
+        live.score([ScoreRequest(first.scored, first.positions, tmp_path / "live.npy")])
     np.testing.assert_array_equal(np.load(out), np.load(tmp_path / "live.npy"))
     vocab, hidden = baseline.lm_head["shape"]
     _within_size_budget(REPO / "baselines" / model, sum(len(p.positions) for p in baseline.prompts), hidden, vocab)

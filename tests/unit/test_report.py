@@ -101,10 +101,11 @@ class FakeRunner:
         self.events.append(f"{self.side} generate {len(prompts)}")
         return [(5, 6, 7)[:max_tokens] for _ in prompts]
 
-    def score(self, tokens, positions, out):
-        self.events.append(f"{self.side} score")
-        self.calls += 1
-        np.save(out, np.full((len(positions), 11), self.calls, dtype=np.float32))
+    def score(self, requests):
+        self.events.append(f"{self.side} score {len(requests)}")
+        for _, positions, out in requests:
+            self.calls += 1
+            np.save(out, np.full((len(positions), 11), self.calls, dtype=np.float32))
 
 
 def fake_factory(side, events):
@@ -127,9 +128,8 @@ def test_reference_is_released_before_the_device_engine_starts(tmp_path):
     prompts = [PromptInput(0, "p1", "a", (1, 2)), PromptInput(1, "p2", "b", (3,))]
     capture = capture_model("toy", prompts, 3, "continuation", fake_factory("reference", events),
                             fake_factory("device", events), tmp_path / "cap")
-    assert events == ["reference start", "reference generate 2", "reference score", "reference score",
-                      "reference stop", "device start", "device generate 2", "device score", "device score",
-                      "device stop"]
+    assert events == ["reference start", "reference generate 2", "reference score 2", "reference stop",
+                      "device start", "device generate 2", "device score 2", "device stop"]
     assert capture.prompts[0].scored == (1, 2, 5, 6, 7) and capture.prompts[0].positions == (1, 2, 3)
     assert capture.prompts[1].positions == (0, 1, 2)
 
@@ -145,7 +145,7 @@ def test_repeat_runs_and_perplexity_text_are_captured(tmp_path):
     capture = capture_model("toy", prompts, 3, "continuation", fake_factory("reference", events),
                             fake_factory("device", events), tmp_path / "cap", device_runs=3)
     assert events.count("device generate 1") == 3 and events.count("reference generate 1") == 1
-    assert events.count("device score") == 6
+    assert events.count("device score 2") == 3  # the prompt and the perplexity text, one call per run
     [text] = capture.perplexity()
     assert text.scored == (3, 4, 5, 6) and text.positions == (0, 1, 2) and text.generated["device"] == ()
     assert [p.prompt.id for p in capture.compared()] == ["p1"]

@@ -333,10 +333,11 @@ def test_chat_answer(hf, question, answer, assert_decisive):
 
 def test_reference_runner_scores_and_generates(built, tmp_path):
     from pytest_npuprec.runners.reference import TransformersRunner
+    from pytest_npuprec.runners.scoring import ScoreRequest
 
     with TransformersRunner(built, trust_remote_code=True) as ref:
         tok_ids = [int(t) for t in np.arange(10, 30)]
-        ref.score(tok_ids, [3, 10, 19], tmp_path / "rows.npy")
+        ref.score([ScoreRequest(tok_ids, [3, 10, 19], tmp_path / "rows.npy")])
         (cont,) = ref.generate([tok_ids], max_tokens=5)
         full = _logits(ref.model, tok_ids)
     rows = np.load(tmp_path / "rows.npy")

@@ -1,5 +1,6 @@
-"""Step logits without an engine: rows of a compute_logits call mapped to requests and positions, the decode
-rows judged over the agreed prefix only, step agreement (batch_invariance, graph_mode), and their config."""
+"""Step logits without an engine: rows of a compute_logits call mapped to requests and positions (and the rows of a
+teacher-forced scoring batch), the decode rows judged over the agreed prefix only, step agreement (batch_invariance,
+graph_mode), and their config."""
 from __future__ import annotations
 
 import re
@@ -271,3 +272,23 @@ def test_a_chunked_prefill_row_is_not_a_step(tmp_path):
     result = capture.collect({"0": str(tmp_path / "a.npy")}, write=True)
     assert result == {"requests": {"0": {"first": 149, "rows": 1}}}
     np.testing.assert_array_equal(np.load(tmp_path / "a.npy"), last.numpy())
+
+
+def test_the_rows_of_a_scoring_batch_are_told_apart_by_each_request_s_sampling_params():
+    from types import SimpleNamespace
+
+    from pytest_npuprec.runners.scoring import SCORE_KEY
+    from pytest_npuprec.runners.vllm_worker import _CaptureState, _request_segments
+
+    params = lambda key: SimpleNamespace(sampling_params=SimpleNamespace(extra_args={SCORE_KEY: key}))
+    runner = SimpleNamespace(input_batch=SimpleNamespace(req_ids=["7-ab", "5-cd", "6-ef"]),
+                             query_start_loc=SimpleNamespace(np=np.array([0, 4, 9, 12, 12])),
+                             requests={"7-ab": params(2), "5-cd": params(0), "6-ef": params(1)})
+    state = _CaptureState()
+    state.wanted = {0: {1}, 1: {2}, 2: {3}}
+    assert _request_segments(runner, state, 12) == [(2, 0, 4), (0, 4, 9), (1, 9, 12)]
+    state.wanted = {0: {1}}  # one request alone owns every row, whatever the runner holds
+    assert _request_segments(SimpleNamespace(), state, 12) == [(0, 0, 12)]
+    state.wanted = {0: {1}, 1: {2}}
+    with pytest.raises(RuntimeError, match="input_batch / query_start_loc / requests"):
+        _request_segments(SimpleNamespace(), state, 12)

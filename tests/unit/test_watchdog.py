@@ -291,3 +291,44 @@ def test_engine_hang_never_returns_from_the_chosen_forward_pass():
         proc.kill()
         rest = proc.communicate(timeout=10)[0]
     assert "pass 1 done" not in rest
+
+
+class SlowShutdownLLM:
+    """An LLM whose engine takes `seconds` to shut down, as vLLM's waits for its EngineCore to exit."""
+
+    def __init__(self, seconds: float, done: list):
+        core = type("Core", (), {"shutdown": lambda _: (time.sleep(seconds), done.append(time.monotonic()))})()
+        self.llm_engine = type("Engine", (), {"engine_core": core})()
+
+
+def test_a_background_close_returns_at_once_and_the_next_engine_waits_for_it(reap, monkeypatch):
+    from pytest_npuprec.runners import device
+
+    runner, core, worker = runner_with_fake_engine(reap, timeout_s=600)
+    runner.close_in_background, done = True, []
+    runner.llm = SlowShutdownLLM(1.5, done)
+    started = time.monotonic()
+    runner.__exit__(None, None, None)
+    assert time.monotonic() - started < 1.0 and runner.llm is None and runner._tree is None
+    assert core.is_alive() and worker.is_alive()  # still shutting down, in the background
+
+    # the next engine's start first waits for it: two engines are never resident at once
+    monkeypatch.setattr(device, "temporary_env", lambda env: (_ for _ in ()).throw(RuntimeError("started")))
+    with pytest.raises(RuntimeError, match="started"):
+        VllmRunner("/nonexistent/tiny-llama", ServeConfig(), "npu").__enter__()
+    assert done and time.monotonic() - started >= 1.5
+    assert exit_code(core) == -signal.SIGKILL and exit_code(worker) == -signal.SIGKILL  # killed after shutdown
+    device.finish_closing()  # nothing left to wait for
+
+
+def test_a_failed_block_closes_at_once_even_with_background_close(reap):
+    from pytest_npuprec.runners import device
+
+    runner, core, worker = runner_with_fake_engine(reap, timeout_s=600)
+    runner.close_in_background, done = True, []
+    runner.llm = SlowShutdownLLM(0.5, done)
+    runner.__exit__(RuntimeError, RuntimeError("boom"), None)
+    assert done and runner.llm is None  # shut down before __exit__ returned
+    assert exit_code(core) == -signal.SIGKILL and exit_code(worker) == -signal.SIGKILL
+    assert device._closing == []
+

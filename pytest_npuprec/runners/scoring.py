@@ -1,0 +1,17 @@
+"""What a runner's `score` verb takes: sequences to run teacher-forced, and which rows of each to keep."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import NamedTuple, Sequence
+
+# the SamplingParams.extra_args key that tells the worker (vllm_worker.py) which request of a scoring batch it sees
+SCORE_KEY = "npuprec_score"
+
+
+class ScoreRequest(NamedTuple):
+    """Run `tokens` through the model; write the logits at `positions` to `out` as float32 [P x vocab]
+    (position p predicts tokens[p + 1])."""
+
+    tokens: Sequence[int]
+    positions: Sequence[int]
+    out: Path
