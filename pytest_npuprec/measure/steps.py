@@ -36,15 +36,24 @@ def measure_decode(capture: ModelCapture, prefill: Measurements) -> Measurements
         device = np.asarray(record.logits(steps_side("device"))[rows])
         ref_positions = np.asarray(record.positions)
         reference = np.asarray(record.logits("reference"))[np.searchsorted(ref_positions, positions)]
+        comparison = _compare_decode_rows(device, reference)
         nonfinite += [NonFinite(side, index, int(positions[r]), int(np.count_nonzero(~np.isfinite(arr[r]))),
                                 arr.shape[1])
-                      for side, arr in (("device decode", device), ("reference", reference))
-                      for r in logit_metrics.nonfinite_rows(arr)]
-        for name, fn in logit_metrics.ROW_METRICS.items():
-            values = fn(device, reference) if len(rows) else np.zeros(0)
+                      for side, arr, bad in (("device decode", device, comparison.device_nonfinite),
+                                             ("reference", reference, comparison.reference_nonfinite))
+                      for r in bad]
+        for name, values in comparison.metrics.items():
             acc[name].append((values, np.full(len(rows), index, dtype=np.int64), positions))
     cells = {name: Cells(*(np.concatenate(parts) for parts in zip(*chunks))) for name, chunks in acc.items()}
     return Measurements(capture.model, cells, prefill.prompts, nonfinite, prefill.vocab_size)
+
+
+def _compare_decode_rows(device: np.ndarray, reference: np.ndarray) -> logit_metrics.RowComparison:
+    """compare_rows, or empty values without decode rows (whatever shape the empty sides have)."""
+    if len(device):
+        return logit_metrics.compare_rows(device, reference)
+    none = np.zeros(0, dtype=np.int64)
+    return logit_metrics.RowComparison({name: np.zeros(0) for name in logit_metrics.ROW_METRICS}, none, none)
 
 
 def decode_summary(capture: ModelCapture, decode: Measurements) -> dict[str, dict[str, float | int | None]]:

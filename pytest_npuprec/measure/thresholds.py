@@ -91,13 +91,14 @@ def _measure_prompt(record: PromptCapture, acc: dict, tie_margin: float | None):
     index = record.prompt.index
     positions = np.asarray(record.positions, dtype=np.int64)
     prompt_ids = np.full(len(positions), index, dtype=np.int64)
+    comparison = logit_metrics.compare_rows(device, reference)
     bad = [NonFinite(side, index, int(positions[row]), int(np.count_nonzero(~np.isfinite(arr[row]))), arr.shape[1])
-           for side, arr in (("device", device), ("reference", reference))
-           for row in logit_metrics.nonfinite_rows(arr)]
+           for side, arr, bad_rows in (("device", device, comparison.device_nonfinite),
+                                       ("reference", reference, comparison.reference_nonfinite))
+           for row in bad_rows]
 
     summary_metrics = {}
-    for name, fn in logit_metrics.ROW_METRICS.items():
-        values = fn(device, reference)
+    for name, values in comparison.metrics.items():
         acc[name].append((values, prompt_ids, positions))
         summary_metrics[name] = float(np.mean(values)) if len(values) else float("nan")
 

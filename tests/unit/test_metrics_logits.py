@@ -17,8 +17,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from pytest_npuprec.metrics import logits
 from pytest_npuprec.metrics.logits import (
+    CHUNK_ROWS,
     ROW_METRICS,
+    compare_rows,
     cosine_similarity,
     count_nonfinite,
     kl_divergence,
@@ -311,3 +314,171 @@ def test_nonfinite_rows_rejects_non_2d():
 def test_count_nonfinite():
     assert count_nonfinite([1.0, np.nan, np.inf, -np.inf, 0.0]) == 3
     assert count_nonfinite(np.zeros(7, dtype=np.float32)) == 0
+
+
+# ---------------------------------------------------------------- compare_rows: every metric in one pass
+
+
+def _same_bits(actual: np.ndarray, expected: np.ndarray, what: str) -> None:
+    assert actual.dtype == expected.dtype == np.float64, what
+    np.testing.assert_array_equal(actual.view(np.uint64), expected.view(np.uint64), err_msg=what)
+
+
+def _awkward_rows(n_rows: int, vocab: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """normal(0, 3) reference, device = reference + noise, and rows that take every special path."""
+    rng = np.random.default_rng(seed)
+    reference = (3 * rng.standard_normal((n_rows, vocab))).astype(np.float32)
+    device = (reference + 0.01 * rng.standard_normal((n_rows, vocab))).astype(np.float32)
+    device[1, 5] = np.nan
+    reference[2, 0] = np.inf
+    device[3, -1] = -np.inf
+    device[4, 7] = reference[4, 9] = np.nan  # both sides bad in one row
+    device[5] = reference[5] = 0.0  # zero rows: cosine and Pearson NaN, relative_l2 0
+    device[6] = 0.1  # constant device row: Pearson NaN
+    reference[7] = -2.5  # constant reference row
+    device[8] = reference[8]  # identical rows: relative_l2, KL, abs diffs 0
+    reference[9] = 0.0  # zero reference, non-zero device: relative_l2 inf
+    device[-1, 0] = np.nan  # the last row, alone in its chunk for some chunk_rows
+    return device, reference
+
+
+def _assert_fused_equals_per_metric(device, reference, chunk_rows: int) -> None:
+    fused = compare_rows(device, reference, chunk_rows=chunk_rows)
+    assert list(fused.metrics) == list(ROW_METRICS)
+    for name, metric in ROW_METRICS.items():
+        expected = metric(device, reference, chunk_rows=chunk_rows)
+        _same_bits(fused.metrics[name], expected, f"{name}, chunk_rows {chunk_rows}")
+    np.testing.assert_array_equal(fused.device_nonfinite, nonfinite_rows(device))
+    np.testing.assert_array_equal(fused.reference_nonfinite, nonfinite_rows(reference))
+    assert fused.device_nonfinite.dtype == fused.reference_nonfinite.dtype == np.int64
+
+
+@pytest.mark.parametrize("block_values", [2 * 300, 3 * 300, 10**6], ids=["2-row", "3-row", "whole-chunk"])
+@pytest.mark.parametrize("chunk_rows", [1, 2, 4, 7, 32, 1000])
+def test_compare_rows_is_bitwise_each_metric_with_special_rows(monkeypatch, chunk_rows, block_values):
+    # 41 rows: chunks of 4 and 7 end in a lone row, and 3-row blocks leave lone rows inside chunks.
+    monkeypatch.setattr(logits, "BLOCK_VALUES", block_values)
+    device, reference = _awkward_rows(41, 300, seed=chunk_rows)
+    _assert_fused_equals_per_metric(device, reference, chunk_rows)
+    fused = compare_rows(device, reference, chunk_rows=chunk_rows)
+    np.testing.assert_array_equal(fused.device_nonfinite, [1, 3, 4, 40])
+    np.testing.assert_array_equal(fused.reference_nonfinite, [2, 4])
+    for values in fused.metrics.values():
+        assert np.isnan(values[[1, 2, 3, 4, 40]]).all()
+    assert fused.metrics["relative_l2"][5] == fused.metrics["relative_l2"][8] == 0.0
+    assert np.isinf(fused.metrics["relative_l2"][9])
+    assert np.isnan(fused.metrics["pearson_correlation"][[5, 6, 7]]).all()
+
+
+@pytest.mark.parametrize("chunk_rows", [4, 32])
+def test_compare_rows_is_bitwise_each_metric_at_a_real_vocab(chunk_rows):
+    # Rows longer than einsum's 8192-element buffer are where a 1-row block would sum differently.
+    device, reference = _awkward_rows(13, 151_936, seed=10)
+    _assert_fused_equals_per_metric(device, reference, chunk_rows)
+
+
+def test_compare_rows_is_bitwise_each_metric_on_tiny_kl():
+    # device = reference + 1e-4 noise: KL ~1e-8 comes out of heavy cancellation; it must not move a bit.
+    rng = np.random.default_rng(11)
+    reference = (3 * rng.standard_normal((9, 151_936))).astype(np.float32)
+    device = (reference + 1e-4 * rng.standard_normal(reference.shape)).astype(np.float32)
+    fused = compare_rows(device, reference, chunk_rows=4)
+    assert (fused.metrics["kl_divergence"] < 1e-7).all()
+    _same_bits(fused.metrics["kl_divergence"], kl_divergence(device, reference, chunk_rows=4), "kl_divergence")
+
+
+def test_compare_rows_reads_a_memmap(tmp_path):
+    device, reference = _awkward_rows(37, 2000, seed=12)
+    np.save(tmp_path / "device.npy", device)
+    np.save(tmp_path / "reference.npy", reference)
+    device_map = np.load(tmp_path / "device.npy", mmap_mode="r")
+    reference_map = np.load(tmp_path / "reference.npy", mmap_mode="r")
+    assert isinstance(device_map, np.memmap)
+    fused = compare_rows(device_map, reference_map, chunk_rows=8)
+    for name, metric in ROW_METRICS.items():
+        _same_bits(fused.metrics[name], metric(device, reference, chunk_rows=8), name)
+    np.testing.assert_array_equal(fused.device_nonfinite, nonfinite_rows(device))
+
+
+def test_compare_rows_on_float64_and_small_inputs():
+    device = rows([1, 2, 3], [4, 6, 2], [0, 0, 0]).astype(np.float64)
+    reference = rows([1, 3, 2], [3, 4, 0], [1, 1, 1]).astype(np.float64)
+    _assert_fused_equals_per_metric(device, reference, CHUNK_ROWS)
+    empty = compare_rows(np.zeros((0, 5)), np.zeros((0, 5)))
+    assert all(v.shape == (0,) and v.dtype == np.float64 for v in empty.metrics.values())
+    assert empty.device_nonfinite.size == empty.reference_nonfinite.size == 0
+
+
+@pytest.mark.parametrize(
+    ("device_shape", "reference_shape"),
+    [((2, 3), (2, 4)), ((2, 3), (3, 3)), ((3,), (3,)), ((2, 0), (2, 0))],
+)
+def test_compare_rows_shape_errors_name_both_shapes(device_shape, reference_shape):
+    with pytest.raises(ValueError) as excinfo:
+        compare_rows(np.zeros(device_shape), np.ones(reference_shape))
+    assert str(device_shape) in str(excinfo.value) and str(reference_shape) in str(excinfo.value)
+
+
+def test_compare_rows_rejects_chunk_rows_below_one():
+    with pytest.raises(ValueError, match="chunk_rows"):
+        compare_rows(np.zeros((3, 4)), np.zeros((3, 4)), chunk_rows=0)
+
+
+def test_compare_rows_warns_about_nothing():
+    device, reference = _awkward_rows(12, 50, seed=13)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        compare_rows(device, reference)
+
+
+def test_compare_rows_peak_memory_is_a_few_rows():
+    positions, vocab = 256, 4096
+    device = np.ones((positions, vocab), dtype=np.float32)
+    reference = np.full((positions, vocab), 2.0, dtype=np.float32)
+    full_float64 = positions * vocab * 8
+    tracemalloc.start()
+    try:
+        compare_rows(device, reference)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # Five float64 buffers of at most CHUNK_ROWS rows: 5 * 32 / 256 of one full copy.
+    assert peak < full_float64 * 0.7, f"peak {peak} bytes vs one full float64 copy {full_float64}"
+
+
+def _two_prompts() -> tuple[list[np.ndarray], list[np.ndarray], list[tuple[int, ...]]]:
+    devices, references = zip(*(_awkward_rows(12, 64, seed) for seed in (20, 21)))
+    tokens = [tuple(range(1, 13))] * 2  # both sides agree: every step row is a decode row to judge
+    return list(devices), list(references), tokens
+
+
+def _old_style_cells_and_nonfinite(devices, references, capture, first_row: int, device_side: str):
+    """What measure() stored before compare_rows: each metric's values, then each side's non-finite rows."""
+    cells, nonfinite = {name: [] for name in ROW_METRICS}, []
+    for index, (device, reference) in enumerate(zip(devices, references)):
+        device, reference = device[first_row:], reference[first_row:]
+        positions = capture.prompts[index].positions[first_row:]
+        for name, metric in ROW_METRICS.items():
+            cells[name].append(metric(device, reference))
+        nonfinite += [(side, index, positions[row], int(np.count_nonzero(~np.isfinite(array[row]))))
+                      for side, array in ((device_side, device), ("reference", reference))
+                      for row in nonfinite_rows(array)]
+    return {name: np.concatenate(parts) for name, parts in cells.items()}, nonfinite
+
+
+@pytest.mark.parametrize("phase", ["prefill", "decode"])
+def test_measure_cells_and_nonfinite_are_the_per_metric_ones(make_capture, phase):
+    from pytest_npuprec.measure.steps import measure_decode
+    from pytest_npuprec.measure.thresholds import measure
+
+    devices, references, tokens = _two_prompts()
+    capture = make_capture(references, devices, ref_tokens=tokens, dev_tokens=tokens)
+    measured = measure(capture)
+    if phase == "decode":
+        measured = measure_decode(capture, measured)
+    first_row, side = (0, "device") if phase == "prefill" else (1, "device decode")  # step row 0 is the prefill
+    cells, nonfinite = _old_style_cells_and_nonfinite(devices, references, capture, first_row, side)
+    for name, values in cells.items():
+        _same_bits(measured.cells[name].values, values, name)
+    assert [(n.side, n.prompt, n.position, n.count) for n in measured.nonfinite] == nonfinite
+    assert all(n.vocab == 64 for n in measured.nonfinite)
