@@ -51,7 +51,23 @@ llm.generate([TokensPrompt(prompt_token_ids=p) for p in args["prompts"]],
 """
 
 
+def settle(limit_s: float = 120.0) -> None:
+    """Wait until no vLLM process is left from the last run: a process that exits leaves its EngineCore and
+    worker to finish exiting on their own, and their last seconds of CPU must not land in the next timing."""
+    import psutil
+
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        left = [p for p in psutil.process_iter(["name", "cmdline"])
+                if (p.info["name"] or "").startswith("VLLM::") or " ".join(p.info["cmdline"] or []).startswith("VLLM::")]
+        if not left:
+            return
+        time.sleep(0.5)
+    sys.exit(f"vLLM processes still running after {limit_s:.0f} s: {[p.pid for p in left]}")
+
+
 def run(cmd: list[str], env: dict[str, str], log: Path) -> float:
+    settle()
     started = time.perf_counter()
     with open(log, "w") as out:
         proc = subprocess.run(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)

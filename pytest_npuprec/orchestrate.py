@@ -64,12 +64,13 @@ class ModelResult:
 
 
 def run_model(config: ModelConfig, options: RunOptions) -> ModelResult:
+    # the last model's engine shut down in the background while it was measured and reported (VllmRunner's
+    # close_in_background); it must be gone before this model loads anything
+    finish_closing()
     try:
         return _run(config, options)
     except Exception as exc:  # kept and reported per check, so every check of the model is red
         return ModelResult(config, error=exc)
-    finally:
-        finish_closing()  # the device engines shut down while the model was measured; none outlives its model
 
 
 def _run(config: ModelConfig, options: RunOptions) -> ModelResult:

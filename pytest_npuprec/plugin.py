@@ -8,6 +8,7 @@ itself (collect.py) and runs one test per check, `test_precision[NAME-<check>]`.
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -90,6 +91,12 @@ def npuprec_result(pytestconfig: pytest.Config) -> Callable[["str | ModelConfig"
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if session.exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED and collect.nothing_affected(session.config):
         session.exitstatus = pytest.ExitCode.OK  # a PR gate with nothing to gate passed
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    device = sys.modules.get("pytest_npuprec.runners.device")  # imported only once an engine ran
+    if device is not None:
+        device.finish_closing()  # the last engine shuts down behind the reports; none outlives the session
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:

@@ -257,12 +257,13 @@ class VllmRunner:
 
     def _close_in_background(self) -> None:
         """Hand the engine to a thread that shuts it down: vLLM's shutdown waits seconds for processes to exit
-        (5 s for an idle CPU EngineCore), time the caller can spend measuring. `finish_closing()` waits for it;
-        the next engine's start does so first, so two engines are never resident at once."""
+        (5 s for an idle CPU EngineCore), time the caller can spend measuring and reporting. `finish_closing()`
+        waits for it: the next engine's start, the next model's run and the end of the pytest session call it, so
+        two engines are never resident at once."""
         held, self.llm = [self.llm], None
         tree, self._tree = self._tree, None
-        thread = threading.Thread(target=_shut_down, args=(held, tree, True), name=f"npuprec-close-{self.model}",
-                                  daemon=True)
+        # not a daemon: an interpreter that exits first waits for it, so no engine process outlives this one
+        thread = threading.Thread(target=_shut_down, args=(held, tree, True), name=f"npuprec-close-{self.model}")
         with _closing_lock:
             _closing.append(thread)
         thread.start()

@@ -332,3 +332,20 @@ def test_a_failed_block_closes_at_once_even_with_background_close(reap):
     assert exit_code(core) == -signal.SIGKILL and exit_code(worker) == -signal.SIGKILL
     assert device._closing == []
 
+
+
+def test_the_next_model_waits_for_the_last_engine_to_be_gone_before_it_loads_anything(reap, tmp_path):
+    from pytest_npuprec.config.loader import load_config
+    from pytest_npuprec.orchestrate import RunOptions, run_model
+
+    runner, core, worker = runner_with_fake_engine(reap, timeout_s=600)
+    runner.close_in_background, done = True, []
+    runner.llm = SlowShutdownLLM(1.0, done)
+    runner.__exit__(None, None, None)
+    assert not done
+    config = tmp_path / "m.yaml"
+    config.write_text('model_name: "org/absent-model"\nprecision:\n  prompts: ["hi"]\n  max_tokens: 4\n'
+                      '  thresholds: {cosine_similarity: {min: 0.99}}\n')
+    result = run_model(load_config(config), RunOptions(device="cpu", model_roots=[tmp_path], report_dir=tmp_path / "r"))
+    assert result.error is not None  # its weights are missing: it fails, but only after the engine was gone
+    assert done and exit_code(core) == -signal.SIGKILL
