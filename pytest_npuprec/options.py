@@ -26,6 +26,8 @@ from typing import Any
 
 import pytest
 
+from .runners.fault_names import FAULT_NAMES
+
 DEFAULT_MODEL = "tiny-llama"
 DEFAULT_CONFIG_DIR = "tests/e2e/models/configs"
 DEVICES = ("auto", "npu", "cuda", "cpu")
@@ -94,9 +96,8 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "report-dir": dict(default=None, metavar="DIR", dest="npuprec_report_dir",
                        help="where JSON/Markdown reports and captures go (default: <rootdir>/reports/npuprec)"),
     "fault": dict(default=None, metavar="NAME[=MAGNITUDE][@MODEL]", type=_fault, dest="npuprec_fault",
-                  help="inject a device-side fault (attention_scale, rope_theta, rmsnorm_offset, overflow, "
-                       "nondeterminism, engine_kill, engine_hang, decode_only, batch_only, graph_only), into MODEL's engine "
-                       "only with @MODEL, to prove the checks can fail; for validating the suite itself"),
+                  help=f"inject a device-side fault ({', '.join(FAULT_NAMES)}), into MODEL's engine only with @MODEL, "
+                       "to prove the checks can fail; for validating the suite itself"),
     "timeout": dict(default=None, metavar="SECONDS|start=S,call=S", type=_timeout, dest="npuprec_timeout",
                     help="bound on each engine phase (start; call: each generate and score), in seconds: one "
                          "number for all, or per phase; overrides precision.timeout_s"),

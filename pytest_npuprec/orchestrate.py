@@ -12,18 +12,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from .baselines import session as baselines
 from .capture.prompts import decode_texts, decode_token, load_tokenizer, perplexity_input, render_prompts
 from .capture.records import ModelCapture, PromptInput
-from .baselines import session as baselines
 from .capture.session import capture_model
 from .checkpoints.locate import locate_weights
 from .config.schema import ModelConfig, ServeConfig
 from .errors import describe
 from .measure import Measured
-from .measure.kinds import (measure_determinism, measure_labels, measure_perplexity, measure_ternary,
-                            measure_thinking)
-from .measure.steps import (GRAPH_MODE, decode_summary, measure_batch_invariance, measure_decode,
-                            measure_graph_mode)
+from .measure.kinds import measure_determinism, measure_labels, measure_perplexity, measure_ternary, measure_thinking
+from .measure.steps import GRAPH_MODE, decode_summary, measure_batch_invariance, measure_decode, measure_graph_mode
 from .measure.thresholds import Measurements, measure
 from .report.document import build_report
 from .report.steps import add_decode

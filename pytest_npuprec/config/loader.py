@@ -7,11 +7,11 @@ from typing import Any, Callable
 import yaml
 
 from .checks import parse_checks
-from .drift import parse_drift
-from .reader import ConfigError, Reader
 from .decode import decode_thresholds
+from .drift import parse_drift
 from .lengths import check_lengths_fit, parse_lengths
-from .schema import Message, ModelConfig, Prompt, PrecisionConfig, ServeConfig
+from .reader import ConfigError, Reader
+from .schema import Message, ModelConfig, PrecisionConfig, Prompt, ServeConfig
 from .thresholds import parse_thresholds
 
 __all__ = ["ConfigError", "discover_configs", "load_config", "select_configs"]

@@ -11,7 +11,6 @@ from ..metrics import tokens as token_metrics
 from ..metrics.registry import METRICS
 from ..metrics.tokens import TokenStatus
 
-
 REDUCERS = {"mean": np.mean, "min": np.min, "max": np.max}
 
 

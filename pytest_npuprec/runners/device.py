@@ -22,6 +22,7 @@ from typing import Any, Sequence
 from ..config.schema import ServeConfig
 from ..env_vars import temporary_env
 from ..errors import NpuprecError
+from .fault_names import DEFAULT_MAGNITUDES, FAULT_NAMES
 from .scoring import SCORE_KEY, ScoreRequest
 from .watchdog import PhaseError, ProcessTree, phase_timeouts, run_bounded
 
@@ -55,15 +56,13 @@ class Fault:
 
     @classmethod
     def parse(cls, text: str) -> "Fault":
-        from .vllm_worker import DEFAULT_MAGNITUDES, FAULTS
-
         spec, at, model = text.partition("@")
         if at and not model.strip():
             raise ValueError(f"--npuprec-fault {text}: expected a model name after '@'")
         name, _, value = spec.partition("=")
-        if name not in FAULTS:
+        if name not in DEFAULT_MAGNITUDES:
             raise ValueError(f"--npuprec-fault {text}: unknown fault {name!r}; expected one of "
-                             f"{', '.join(FAULTS)} (optionally =MAGNITUDE, @MODEL)")
+                             f"{', '.join(FAULT_NAMES)} (optionally =MAGNITUDE, @MODEL)")
         try:
             magnitude = float(value) if value else DEFAULT_MAGNITUDES[name]
         except ValueError:

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..atomic import atomic_file
 
-# device faults that live in compute_logits (names and defaults are merged into vllm_worker.FAULTS)
+# device faults that live in compute_logits (vllm_worker.FAULTS maps them here; defaults in fault_names.py)
 STEP_FAULTS = ("decode_only", "batch_only", "graph_only")
 
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from ..atomic import atomic_file
 from . import step_logits
+from .fault_names import FAULT_NAMES
 from .scoring import SCORE_KEY
 
 
@@ -299,8 +300,5 @@ FAULTS = {"attention_scale": _attention_scale, "rope_theta": _rope_theta, "rmsno
           "overflow": _overflow, "nondeterminism": _nondeterminism, "engine_kill": _engine_kill,
           "engine_hang": _engine_hang, "decode_only": _decode_only, "batch_only": _batch_only,
           "graph_only": _graph_only}
-# magnitudes when --npuprec-fault gives none: each clearly outside BF16 noise on tiny-llama; for
-# engine_kill / engine_hang the forward passes let through first (0: the first one, in generate)
-DEFAULT_MAGNITUDES = {"attention_scale": 1.25, "rope_theta": 0.01, "rmsnorm_offset": 0.1, "overflow": 1,
-                      "nondeterminism": 0.01, "engine_kill": 0, "engine_hang": 0,
-                      "decode_only": 0.05, "batch_only": 0.05, "graph_only": 0.05}
+if tuple(FAULTS) != FAULT_NAMES:  # one list of names: fault_names.py, which option parsing reads
+    raise ImportError(f"vllm_worker.FAULTS {tuple(FAULTS)} differ from fault_names.FAULT_NAMES {FAULT_NAMES}")

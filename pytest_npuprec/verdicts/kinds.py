@@ -5,8 +5,14 @@ from __future__ import annotations
 
 import math
 
-from ..config.schema import (DeterminismCheck, LabelCheck, PerplexityCheck, QatEquivalenceCheck, TernaryWeightsCheck,
-                             ThinkingCheck)
+from ..config.schema import (
+    DeterminismCheck,
+    LabelCheck,
+    PerplexityCheck,
+    QatEquivalenceCheck,
+    TernaryWeightsCheck,
+    ThinkingCheck,
+)
 from ..measure.kinds import LabelPair, PerplexityMeasurement, RunDifference, TensorTernary, ThinkingMeasurement
 from ..measure.thresholds import Measurements
 from .steps import judge_batch_invariance, judge_graph_mode

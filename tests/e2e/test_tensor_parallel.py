@@ -8,6 +8,7 @@ import pytest
 from pytest_npuprec.config.loader import load_config
 from pytest_npuprec.metrics.tokens import agreed_prefix_length
 from pytest_npuprec.runners.device import VllmRunner, cpu_threads_bind
+from pytest_npuprec.runners.scoring import SCORE_KEY
 
 
 def test_threads_bind_splits_the_cores_per_rank():
@@ -21,10 +22,12 @@ def _run(model_path, serve, folder, prompts, tokens):
     folder.mkdir()
     with VllmRunner(model_path, serve, device="cpu", model="tiny-llama") as dev:
         generated = dev.generate(prompts, 16, logits_out=[folder / f"steps-{i}.npy" for i in range(len(prompts))])
-        positions = list(range(len(tokens) - 1))
-        dev.llm.collective_rpc("npuprec_arm", args=(positions,))
-        dev._run([tokens], max_tokens=1)
-        ranks = dev.llm.collective_rpc("npuprec_collect", args=(str(folder / "scored.npy"),))
+        # what VllmRunner.score does, with every rank's answer kept: two sequences scored in one batch
+        sequences = [tokens, prompts[0]]
+        dev.llm.collective_rpc("npuprec_arm", args=({k: list(range(len(s) - 1)) for k, s in enumerate(sequences)},))
+        dev._run(sequences, max_tokens=1, extra_args=[{SCORE_KEY: k} for k in range(len(sequences))])
+        ranks = dev.llm.collective_rpc("npuprec_collect", args=({k: str(folder / f"scored-{k}.npy")
+                                                                 for k in range(len(sequences))},))
     return generated, ranks
 
 
@@ -42,12 +45,14 @@ def test_tp2_agrees_with_tp1_and_one_rank_writes(tiny_llama, repo_config_dir, tm
     one, _ = _run(tiny_llama, serve, tmp_path / "tp1", prompts, tokens)
     two, ranks2 = _run(tiny_llama, dataclasses.replace(serve, tensor_parallel_size=2), tmp_path / "tp2", prompts,
                        tokens)
-    assert len(ranks2) == 2 and "shape" in ranks2[0] and ranks2[1] == {"rank": 1}, ranks2  # rank 1 wrote nothing
-    assert sorted(p.name for p in (tmp_path / "tp2").iterdir()) == ["scored.npy", "steps-0.npy", "steps-1.npy"]
+    assert len(ranks2) == 2 and "shapes" in ranks2[0] and ranks2[1] == {"rank": 1}, ranks2  # rank 1 wrote nothing
+    assert sorted(p.name for p in (tmp_path / "tp2").iterdir()) == ["scored-0.npy", "scored-1.npy", "steps-0.npy",
+                                                                    "steps-1.npy"]
     bound = next(t.value for t in config.thresholds if t.metric == "max_abs_diff")  # the BF16 noise floor x 3
     worst = 0.0
     agreed = [agreed_prefix_length(a, b) for a, b in zip(one, two)]
-    for name, n in (("scored.npy", len(tokens) - 1), ("steps-0.npy", agreed[0] + 1), ("steps-1.npy", agreed[1] + 1)):
+    for name, n in (("scored-0.npy", len(tokens) - 1), ("scored-1.npy", len(prompts[0]) - 1),
+                    ("steps-0.npy", agreed[0] + 1), ("steps-1.npy", agreed[1] + 1)):
         a, b = np.load(tmp_path / "tp1" / name), np.load(tmp_path / "tp2" / name)
         n = min(n, len(a), len(b))  # a step row is computed from the tokens before it: compare while they agree
         assert np.isfinite(a).all() and np.isfinite(b).all()

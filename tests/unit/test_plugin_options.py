@@ -194,3 +194,11 @@ def test_conftest_scan_only_counts_addoption_calls(pytester):
 
     assert options.short_forms_taken(config) == []
     assert config.getoption("npuprec_model") is None
+
+
+def test_the_fault_help_names_every_fault_the_worker_can_inject(pytester):
+    from pytest_npuprec.runners.vllm_worker import FAULTS
+
+    help_text = " ".join(pytester.runpytest("--help").stdout.lines).replace(" ", "")
+    listed = help_text.split("injectadevice-sidefault(")[1].split(")")[0].split(",")
+    assert listed == list(FAULTS)

@@ -1,0 +1,10 @@
+"""The device faults `--npuprec-fault` can inject (vllm_worker.FAULTS implements them), with their default
+magnitudes. Nothing imported: option parsing and `pytest --help` read this in every pytest run."""
+from __future__ import annotations
+
+# magnitudes when --npuprec-fault gives none: each clearly outside BF16 noise on tiny-llama; for
+# engine_kill / engine_hang the forward passes let through first (0: the first one, in generate)
+DEFAULT_MAGNITUDES = {"attention_scale": 1.25, "rope_theta": 0.01, "rmsnorm_offset": 0.1, "overflow": 1,
+                      "nondeterminism": 0.01, "engine_kill": 0, "engine_hang": 0,
+                      "decode_only": 0.05, "batch_only": 0.05, "graph_only": 0.05}
+FAULT_NAMES = tuple(DEFAULT_MAGNITUDES)
