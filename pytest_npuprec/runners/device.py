@@ -250,17 +250,20 @@ class VllmRunner:
 
     def close(self, graceful: bool = True) -> None:
         """Shut the engine down (bounded); then no process it started may be left: the rest are killed."""
-        held, self.llm = [self.llm], None
-        tree, self._tree = self._tree, None
-        self._tree = _shut_down(held, tree, graceful)
+        self._tree = _shut_down(*self._hand_off(), graceful)
+
+    def _hand_off(self) -> tuple[list[Any], ProcessTree | None]:
+        """The engine (in a list _shut_down empties) and its process tree, which this runner no longer holds."""
+        held, tree = [self.llm], self._tree
+        self.llm, self._tree = None, None
+        return held, tree
 
     def _close_in_background(self) -> None:
         """Hand the engine to a thread that shuts it down: vLLM's shutdown waits seconds for processes to exit
         (5 s for an idle CPU EngineCore), time the caller can spend measuring and reporting. `finish_closing()`
         waits for it: the next engine's start, the next model's run and the end of the pytest session call it, so
         two engines are never resident at once."""
-        held, self.llm = [self.llm], None
-        tree, self._tree = self._tree, None
+        held, tree = self._hand_off()
         # not a daemon: an interpreter that exits first waits for it, so no engine process outlives this one
         thread = threading.Thread(target=_shut_down, args=(held, tree, True), name=f"npuprec-close-{self.model}")
         with _closing_lock:
