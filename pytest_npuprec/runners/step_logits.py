@@ -58,10 +58,10 @@ class StepCapture:
         return logits
 
     def _map_rows(self, n_rows: int) -> tuple[list[str], list[int], list[int]] | None:
-        batch = getattr(self.runner, "input_batch", None)
-        qsl = getattr(getattr(self.runner, "query_start_loc", None), "np", None)
-        if batch is None or qsl is None:
-            self.problem = "the model runner has no input_batch / query_start_loc (not vLLM V1?)"
+        try:
+            batch, qsl = persistent_batch(self.runner)
+        except RuntimeError as exc:
+            self.problem = str(exc)
             return None
         req_ids = list(batch.req_ids)
         if len(req_ids) != n_rows:
@@ -106,6 +106,16 @@ class StepCapture:
                     np.save(f, torch.stack([kept[p] for p in positions]).numpy())
             out[external] = {"first": first, "rows": len(positions)}
         return {"requests": out}
+
+
+def persistent_batch(runner: Any) -> tuple[Any, Any]:
+    """The model runner's `input_batch` and `query_start_loc` (numpy): request i of the running step is
+    `input_batch.req_ids[i]`, its tokens rows qsl[i]:qsl[i + 1] (vLLM V1 and vllm-ascend's runners)."""
+    batch = getattr(runner, "input_batch", None)
+    qsl = getattr(getattr(runner, "query_start_loc", None), "np", None)
+    if batch is None or qsl is None:
+        raise RuntimeError("the model runner has no input_batch / query_start_loc (not vLLM V1?)")
+    return batch, qsl
 
 
 def _external_id(internal: str, paths: dict[str, str]) -> str | None:

@@ -37,11 +37,10 @@ def _request_segments(runner: Any, state: _CaptureState, n_tokens: int) -> list[
     assert state.wanted is not None
     if len(state.wanted) == 1:
         return [(next(iter(state.wanted)), 0, n_tokens)]
-    batch = getattr(runner, "input_batch", None)
-    qsl = getattr(getattr(runner, "query_start_loc", None), "np", None)
+    batch, qsl = step_logits.persistent_batch(runner)
     requests = getattr(runner, "requests", None)
-    if batch is None or qsl is None or requests is None:
-        raise RuntimeError("the model runner has no input_batch / query_start_loc / requests (not vLLM V1?)")
+    if requests is None:
+        raise RuntimeError("the model runner has no `requests` (not vLLM V1?)")
     segments = []
     for i, req_id in enumerate(batch.req_ids):
         params = getattr(requests.get(req_id), "sampling_params", None)

@@ -290,5 +290,8 @@ def test_the_rows_of_a_scoring_batch_are_told_apart_by_each_request_s_sampling_p
     state.wanted = {0: {1}}  # one request alone owns every row, whatever the runner holds
     assert _request_segments(SimpleNamespace(), state, 12) == [(0, 0, 12)]
     state.wanted = {0: {1}, 1: {2}}
-    with pytest.raises(RuntimeError, match="input_batch / query_start_loc / requests"):
+    with pytest.raises(RuntimeError, match="no input_batch / query_start_loc"):
         _request_segments(SimpleNamespace(), state, 12)
+    with pytest.raises(RuntimeError, match="no `requests`"):
+        _request_segments(SimpleNamespace(input_batch=runner.input_batch, query_start_loc=runner.query_start_loc),
+                          state, 12)
