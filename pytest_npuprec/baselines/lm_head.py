@@ -108,6 +108,28 @@ def rebuild(rows: np.ndarray, weight: Any, post: dict[str, float]) -> np.ndarray
     return logits.float().numpy()
 
 
+FP32_UNIT_ROUNDOFF = 2.0 ** -24
+
+
+def reorder_bound(rows: np.ndarray, weight: np.ndarray, layers: int) -> np.ndarray:
+    """float64 [P x vocab]: how far an FP32 logit may move when the same network runs with other summation orders
+    (another CPU's MKL kernels: AVX-512 vs AVX2 paths), the tolerance between a replay recorded on one CPU and a
+    live reference on another.
+
+    The rounding error of a dot product z_j = h . W_j scales with sum |h_i W_ji| <= |h| |W_j|, not with |z_j|
+    (near-zero logits come from cancellation: 2% relative there is still FP32 rounding). A reduction of length n
+    evaluated in another order moves by about sqrt(n) u relative (u = 2^-24; probabilistic rounding error analysis,
+    Higham & Mary 2019), the hidden row passes `layers` layers that each add their own, and lm_head one more; x2
+    for the two machines: 2 (layers + 1) sqrt(hidden) u |h| |W_j|. Measured on the stand-ins (Intel AVX-512
+    recording, AMD EPYC live): at most 8.8 u |h| |W_j|, against 96 u here (2 layers, hidden 256); a BF16-sized
+    error is 2^16 u."""
+    rows64 = np.asarray(rows, dtype=np.float64)
+    weight64 = np.asarray(weight, dtype=np.float64)
+    hidden = rows64.shape[1]
+    factor = 2.0 * (layers + 1) * np.sqrt(hidden) * FP32_UNIT_ROUNDOFF
+    return factor * np.linalg.norm(rows64, axis=1)[:, None] * np.linalg.norm(weight64, axis=1)[None, :]
+
+
 def checksums(logits: np.ndarray) -> dict[str, list]:
     """Per row: logsumexp (float64) and the top-k ids; what a replay must reproduce."""
     x = np.asarray(logits, dtype=np.float64)
