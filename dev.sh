@@ -25,6 +25,12 @@ if leftover:
     sys.exit(f"dev.sh: {', '.join(leftover)} still installed; they break transformers on CPU torch")
 import transformers, vllm  # noqa: F401  (fail the setup now rather than in the middle of a test)
 PY
+  # a real browser for the HTML report's test (tests/unit/test_report_html.py); Debian's package, as root only
+  if ! command -v chromium >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "dev.sh: installing Debian's chromium for the HTML report test" >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null \
+      || echo "dev.sh: chromium could not be installed; the browser test will skip" >&2
+  fi
   rm -f "$venv"/.npuprec-setup-*
   touch "$stamp"
 }

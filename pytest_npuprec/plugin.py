@@ -112,7 +112,8 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     for result in results.values():
         if result.report is not None:
             terminalreporter.write_line(render_terminal(result.report))
-            terminalreporter.write_line(f"report: {result.report_paths.get('json')}")
+            terminalreporter.write_line(f"report: {result.report_paths.get('json')} (plots: "
+                                        f"{result.report_paths.get('html')})")
         else:
             terminalreporter.write_line(f"{result.config.name}: not run: {result.error}")
         terminalreporter.write_line("")

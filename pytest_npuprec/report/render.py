@@ -99,4 +99,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines.append("")
     lines += _md_table(*check_rows(report))
     lines += ["", f"**Overall: {'PASS' if report['passed'] else 'FAIL'}**", ""]
+    if report.get("html"):
+        lines += [f"Plots (KL and cosine along the positions, the |diff| distribution, the top tokens where the two "
+                  f"sides part most): [{report['html']}]({report['html']})", ""]
     return "\n".join(lines)

@@ -70,7 +70,7 @@ def test_written_json_is_valid_and_complete(report, tmp_path):
     loaded = json.loads(paths["json"].read_text())
     assert loaded["checks"] == report["checks"]
     assert paths["markdown"].read_text().startswith("# Toy precision report")
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["Toy.json", "Toy.md"]  # no temp files left
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["Toy.html", "Toy.json", "Toy.md"]  # no temp files left
 
 
 def test_atomic_write_leaves_old_file_when_writing_fails(tmp_path):
