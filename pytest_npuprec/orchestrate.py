@@ -24,6 +24,7 @@ from .measure.figures import figures
 from .measure.kinds import measure_determinism, measure_labels, measure_perplexity, measure_ternary, measure_thinking
 from .measure.steps import GRAPH_MODE, decode_summary, measure_batch_invariance, measure_decode, measure_graph_mode
 from .measure.thresholds import Measurements, measure
+from .progress import announced, phase
 from .report.document import build_report
 from .report.steps import add_decode
 from .report.write import write_report
@@ -92,7 +93,8 @@ def _run(config: ModelConfig, options: RunOptions) -> ModelResult:
     meta["reference_source"] = baseline.source_doc()
     capture = _capture(config, options, device, device_path, inputs, meta, baseline)
 
-    measured = _measure(config, capture, tokenizer, device_path, qat)
+    with phase(config.name, "measure"):
+        measured = _measure(config, capture, tokenizer, device_path, qat)
     verdicts = judge_checks(config, measured, baselines.judge_drift(baseline, measured.thresholds, capture))
     if options.baselines.update:
         capture.meta["baseline_update"] = baselines.update(baseline, capture, measured.thresholds, verdicts)
@@ -121,11 +123,13 @@ def _capture(config: ModelConfig, options: RunOptions, device: str, model_path: 
 
     variants = {}
     if checks.graph_mode:  # the same device with enforce_eager flipped: a second engine, started after the first
-        variants[GRAPH_MODE] = engine(dataclasses.replace(serve, enforce_eager=not serve.enforce_eager))
+        variants[GRAPH_MODE] = announced(engine(dataclasses.replace(serve, enforce_eager=not serve.enforce_eager)),
+                                         config.name, f"device ({GRAPH_MODE})")
     return capture_model(
         config.name, inputs, precision.max_tokens, precision.positions,
-        reference=baseline.reference_factory(lambda: TransformersRunner(model_path, serve.trust_remote_code)),
-        device=engine(serve),
+        reference=announced(baseline.reference_factory(lambda: TransformersRunner(model_path, serve.trust_remote_code)),
+                            config.name, "reference", one_at_a_time=True),
+        device=announced(engine(serve), config.name, "device"),
         folder=options.report_dir / "captures" / config.name,
         meta=meta,
         device_runs=checks.determinism.runs if checks.determinism else 1,

@@ -47,6 +47,11 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
+    from . import progress
+
+    terminal = session.config.pluginmanager.get_plugin("terminalreporter")
+    quiet = session.config.get_verbosity() < 0
+    progress.set_writer(progress.Writer(terminal) if terminal is not None and not quiet else None)
     if options.device(session.config) == "npu":
         from .runners.environment import npu_stack_missing
 
