@@ -134,6 +134,31 @@ def test_reference_is_released_before_the_device_engine_starts(tmp_path):
     assert capture.prompts[1].positions == (0, 1, 2)
 
 
+@pytest.mark.parametrize("side", ["reference", "device"])
+def test_a_prompt_without_an_output_is_an_error_not_an_empty_continuation(tmp_path, side):
+    from pytest_npuprec.capture.records import CaptureError, PromptInput
+    from pytest_npuprec.capture.session import capture_model
+
+    class Short(FakeRunner):
+        def generate(self, prompts, max_tokens):
+            return super().generate(prompts, max_tokens)[:-1]  # the last prompt's output went missing
+
+    def short_factory(name, events):
+        import contextlib
+
+        @contextlib.contextmanager
+        def run():
+            yield Short(name, events)
+        return run
+
+    events = []
+    factories = {s: (short_factory if s == side else fake_factory)(s, events) for s in ("reference", "device")}
+    prompts = [PromptInput(0, "p1", "a", (1, 2)), PromptInput(1, "p2", "b", (3,))]
+    with pytest.raises(CaptureError, match=rf"the {side} generation: 1 outputs for 2 prompts; prompt p2 \(index 1\)"):
+        capture_model("toy", prompts, 3, "continuation", factories["reference"], factories["device"], tmp_path / "cap")
+    assert not (tmp_path / "cap").exists()  # nothing half-written
+
+
 def test_repeat_runs_and_perplexity_text_are_captured(tmp_path):
     """Determinism: the device generates and scores again per run; the perplexity text is scored at
     every position, never generated from, and stays out of the compared prompts."""
