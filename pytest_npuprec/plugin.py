@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import pytest
 
-from . import collect, options
+from . import collect, early_args, options
 from .options import DEFAULT_CONFIG_DIR, DEFAULT_MODEL  # noqa: F401  (public names)
 
 if TYPE_CHECKING:
@@ -30,6 +30,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Parser, args: list[str]) -> Any:
     # `--npuprec-changed-files -` reads stdin now, before pytest's output capture takes it away.
     collect.read_stdin_early(early_config)
+    # `--npuprec-config-dir /x`: pytest took /x for a path to test and may have moved its rootdir there
+    early_args.repair(early_config, parser, args)
     # Short forms (--model, --device, ...) only after the root conftests and those of the command-line
     # paths had their say, and only where nobody holds them (vllm-ascend's conftests define --model and
     # --report-dir themselves; claiming one first would crash them).
@@ -62,6 +64,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection(session: pytest.Session) -> None:
     collect.prepare(session.config)
+    collect.add_config_dir(session.config)
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
