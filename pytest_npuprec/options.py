@@ -110,6 +110,10 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "update-baselines": dict(action="store_true", default=False, dest="npuprec_update_baselines",
                              help="run the live FP32 reference and record it as the baseline of each model run, and "
                                   "the device's metrics for this hardware when every check passed"),
+    "require-records": dict(action="store_true", default=False, dest="npuprec_require_records",
+                            help="a drift check with nothing to compare with (no baseline folder, no device record "
+                                 "for this hardware, a record of other inputs, a device whose name cannot be read) "
+                                 "is red instead of skipped; for the nightly"),
     "changed-files": dict(default=None, metavar="FILE", type=_changed_files, dest="npuprec_changed_files",
                           help="keep only the models a change touches: FILE lists changed paths one a line ('-' = "
                                "stdin, e.g. from `git diff --name-only`); a changed config selects its model, and "
