@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import pytest
 
-from . import collect, early_args, options
+from . import closing, collect, early_args, options
 from .options import DEFAULT_CONFIG_DIR, DEFAULT_MODEL  # noqa: F401  (public names)
 
 if TYPE_CHECKING:
@@ -94,6 +94,9 @@ def npuprec_result(pytestconfig: pytest.Config) -> Callable[["str | ModelConfig"
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if session.exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED and collect.nothing_affected(session.config):
         session.exitstatus = pytest.ExitCode.OK  # a PR gate with nothing to gate passed
+    # the last engine's background close ends here, before the summary: what outlived any close is an error
+    if closing.settle(session.config) and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -105,7 +108,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     from .results import runs
 
-    lines = collect.summary_lines(config)
+    lines = collect.summary_lines(config) + closing.summary_lines(config)
     results = runs(config).results
     if not results and not lines:
         return

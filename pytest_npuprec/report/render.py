@@ -93,10 +93,16 @@ def _title(report: dict[str, Any]) -> str:
             + (f"; FAULT INJECTED: {device['fault']}" if device.get("fault") else ""))
 
 
+def survivors(processes: list[str]) -> str:
+    return f"engine process(es) still alive after the engine was shut down and killed: {', '.join(processes)}"
+
+
 def _reference_source(report: dict[str, Any]) -> list[str]:
     run = report.get("run", {})
     source = run.get("reference_source")
     lines = [f"reference: {source['source']}: {source['reason']}"] if source else []
+    if run.get("engine_survivors"):
+        lines.append(f"ERROR: {survivors(run['engine_survivors'])}")
     return lines + list(run.get("baseline_update", []))
 
 

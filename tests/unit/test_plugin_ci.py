@@ -315,3 +315,26 @@ def test_a_drift_check_that_compared_nothing_is_a_skip_everywhere_ci_looks(repo,
     result.assert_outcomes(passed=5, failed=1)
     result.stdout.fnmatch_lines([f"good: drift of mean kl_divergence * Test CPU: FAILED: {reason}*; "
                                  "--npuprec-require-records: a check that compared nothing is red"])
+
+
+def test_engine_processes_that_outlive_the_close_are_an_error_in_the_report_and_the_session(repo, monkeypatch):
+    from pytest_npuprec.runners import device
+
+    class StuckTree:
+        def kill(self, wait_s=10.0):
+            return ["VLLM::EngineCore (pid 4242)"], ["VLLM::EngineCore (pid 4242)"]
+
+    def run_and_close(config, options):
+        result = synthetic_run(config, options)
+        device._shut_down([None], StuckTree(), True, config.name)  # the engine's close, SIGKILL not obeyed
+        return result
+
+    monkeypatch.setattr("pytest_npuprec.orchestrate.run_model", run_and_close)
+    result = repo.runpytest("-m", "npu", "--model", "good", "--npuprec-report-dir", "reports")
+    result.assert_outcomes(passed=5)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED  # every check passed, the session did not
+    said = "engine process(es) still alive after the engine was shut down and killed: VLLM::EngineCore (pid 4242)"
+    result.stdout.fnmatch_lines([f"ERROR: {said}", "overall: PASS", f"ERROR: good: {said}"])
+    report = json.loads((repo.path / "reports" / "good.json").read_text())
+    assert report["run"]["engine_survivors"] == ["VLLM::EngineCore (pid 4242)"]
+    assert f"ERROR: {said}" in (repo.path / "reports" / "good.md").read_text()
