@@ -8,7 +8,8 @@ non-top-level one ("Defining 'pytest_plugins' in a non-top-level conftest is no 
 `repair` runs first in pytest_load_initial_conftests, when the plugin's options are known: it drops
 those values from the free arguments and, when they moved the rootdir, sets rootdir and ini back to
 what the command line without them gives (the ini's addopts too; a `-p` plugin named only there is not
-loaded). The `--opt=value` form never had the problem.
+loaded). That takes pytest 9's internals; under another pytest, write `--opt=value`, which never had the
+problem.
 """
 from __future__ import annotations
 
@@ -53,19 +54,19 @@ def repair(config: pytest.Config, parser: pytest.Parser, args: list[str]) -> Non
         return
     cleaned = _without(list(getattr(ns, "file_or_dir", None) or []), values)
     ns.file_or_dir = cleaned  # the initial conftests are looked up from these (pytest's own hook, after ours)
-    from _pytest.config.findpaths import determine_setup
+    try:  # pytest 9's internals; another pytest keeps its own rootdir choice (write --option=VALUE there)
+        from _pytest.config.findpaths import determine_setup
 
-    rootpath, inipath, inicfg, ignored = determine_setup(
-        inifile=ns.inifilename, override_ini=ns.override_ini, args=cleaned, rootdir_cmd_arg=ns.rootdir or None,
-        invocation_dir=config.invocation_params.dir)
-    if rootpath == config.rootpath and inipath == config.inipath:
+        rootpath, inipath, inicfg, ignored = determine_setup(
+            inifile=ns.inifilename, override_ini=ns.override_ini, args=cleaned, rootdir_cmd_arg=ns.rootdir or None,
+            invocation_dir=config.invocation_params.dir)
+    except (ImportError, TypeError, ValueError):
         return
-    if not all(hasattr(config, a) for a in ("_rootpath", "_inipath", "_inicfg", "_inicache")):
-        raise pytest.UsageError(f"pytest took {', '.join(values)} (the value of a pytest-npuprec option) for a path "
-                                f"and moved its rootdir to {config.rootpath}; write the option as --option=VALUE")
+    if (rootpath, inipath) == (config.rootpath, config.inipath) or not all(
+            hasattr(config, a) for a in ("_rootpath", "_inipath", "_inicfg", "_inicache", "_ignored_config_files")):
+        return
     config._rootpath, config._inipath, config._inicfg = rootpath, inipath, inicfg
-    if hasattr(config, "_ignored_config_files"):
-        config._ignored_config_files = ignored
+    config._ignored_config_files = ignored
     config._inicache.clear()
     parser.extra_info.update(rootdir=str(rootpath), inifile=str(inipath))
     addopts = config.getini("addopts")

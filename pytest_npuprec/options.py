@@ -259,3 +259,14 @@ def reference(config: pytest.Config) -> str:
         raise pytest.UsageError("--npuprec-update-baselines records the live reference; it cannot run with "
                                 "--npuprec-reference baseline (leave --npuprec-reference out, or set it to live)")
     return value
+
+
+def require_records(config: pytest.Config) -> bool:
+    """--npuprec-require-records; refused together with --npuprec-update-baselines (the run that writes a model's
+    first record would be red for lack of it)."""
+    value = bool(config.getoption("npuprec_require_records"))
+    if value and config.getoption("npuprec_update_baselines"):
+        raise pytest.UsageError("--npuprec-require-records makes a drift check without a device record red; it "
+                                "cannot run with --npuprec-update-baselines, which records them (run the update "
+                                "without it)")
+    return value

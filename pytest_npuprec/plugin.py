@@ -46,6 +46,7 @@ def pytest_configure(config: pytest.Config) -> None:
     # pytest-xdist's own; registered here too so --strict-markers never trips on it without xdist installed
     config.addinivalue_line("markers", "xdist_group(name): keep these tests on one pytest-xdist worker")
     options.reference(config)  # a contradictory --npuprec-reference / --npuprec-update-baselines: usage error
+    options.require_records(config)  # likewise --npuprec-require-records with --npuprec-update-baselines
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

@@ -82,7 +82,7 @@ class Runs:
                           timeout_s=timeout,
                           baselines=BaselineOptions(options.reference(self.config), options.baseline_dir(self.config),
                                                     self.config.getoption("npuprec_update_baselines"),
-                                                    self.config.getoption("npuprec_require_records")))
+                                                    options.require_records(self.config)))
 
     def get(self, model: "ModelConfig") -> "ModelResult":
         if model.name not in self.results:

@@ -436,6 +436,14 @@ def test_update_with_a_baseline_reference_is_a_usage_error(pytester):
                                  "--npuprec-reference baseline*"])
 
 
+def test_require_records_with_an_update_is_a_usage_error(pytester):
+    result = pytester.runpytest("--npuprec-update-baselines", "--npuprec-require-records", "--collect-only")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--npuprec-require-records makes a drift check without a device record red; it "
+                                 "cannot run with --npuprec-update-baselines*"])
+    assert pytester.runpytest("--npuprec-require-records", "--collect-only").ret == pytest.ExitCode.NO_TESTS_COLLECTED
+
+
 def test_baseline_dir_default_and_env(pytester, monkeypatch, tmp_path):
     from pytest_npuprec import options
 
