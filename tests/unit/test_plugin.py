@@ -174,8 +174,7 @@ def _tiny_llama_ids() -> list[str]:
     return [f"tests/e2e/models/configs/tiny-llama.yaml::test_precision[tiny-llama-{c}]" for c in config.check_ids]
 
 
-@pytest.mark.parametrize("option", ["--npuprec-config-dir", "--config-dir"])
-def test_a_config_folder_outside_the_repository_runs_from_its_root(tmp_path, option):
+def test_a_config_folder_outside_the_repository_runs_from_its_root(tmp_path):
     """A copy of a config in a temporary folder, run from the repository root with its conftest and ini as they
     are: pytest must not take the folder for its rootdir, and the plugin collects the folder's configs itself
     (tests/e2e/test_wrong_device.py runs a copied tiny-llama config so, green)."""
@@ -184,7 +183,7 @@ def test_a_config_folder_outside_the_repository_runs_from_its_root(tmp_path, opt
     (outside / "Absent-Model-1B.yaml").write_text(CONFIG)
     (outside / "Broken.yaml").write_text(CONFIG.replace("max_tokens: 4", "max_tokens: many"))
 
-    def run(*args):
+    def run(option, *args):
         done = subprocess.run([sys.executable, "-m", "pytest", "-m", "npu", "-p", "no:cacheprovider", option,
                                str(outside), *args], cwd=REPO, capture_output=True, text=True, timeout=600)
         out = done.stdout + done.stderr
@@ -192,12 +191,12 @@ def test_a_config_folder_outside_the_repository_runs_from_its_root(tmp_path, opt
         assert "Traceback" not in out and "non-top-level conftest" not in out, out[-3000:]
         return done.returncode, out
 
-    code, out = run("--collect-only", "-q", "--npuprec-model", "Absent-Model-1B")
+    code, out = run("--npuprec-config-dir", "--collect-only", "-q", "--npuprec-model", "Absent-Model-1B")
     assert code == pytest.ExitCode.OK, out[-3000:]
     assert [line for line in out.splitlines() if "::" in line] == [
         f"{outside / 'Absent-Model-1B.yaml'}::test_precision[Absent-Model-1B-{check}]"
         for check in ("finite_logits", "cosine_similarity", "kl_divergence")]
-    code, out = run("--npuprec-model", "Broken")  # the usual one red item, naming file and key
+    code, out = run("--config-dir", "--npuprec-model", "Broken")  # the usual one red item, naming file and key
     assert code == pytest.ExitCode.TESTS_FAILED and re.search(r"\b1 failed\b", out), out[-3000:]
     assert f"pytest-npuprec: invalid config: {outside / 'Broken.yaml'}: precision.max_tokens: " in out, out[-3000:]
     assert f"FAILED {outside / 'Broken.yaml'}::test_precision[Broken-config]" in out, out[-3000:]
