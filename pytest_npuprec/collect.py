@@ -61,6 +61,25 @@ def prepare(config: pytest.Config) -> None:
             raise pytest.UsageError(f"pytest-npuprec: {exc}") from None
 
 
+def add_config_dir(config: pytest.Config) -> None:
+    """`--npuprec-config-dir DIR` outside every path pytest walks (a copy of a config in /tmp): the selected
+    configs of DIR become collection arguments too, so they run wherever DIR is; rootdir, conftests and ini
+    stay the project's (early_args.py keeps pytest from taking DIR for the rootdir)."""
+    if config.getoption("npuprec_config_dir") is None:
+        return
+    sel = selection(config)
+    if any(_walks(config, arg, sel.config_dir) for arg in config.args):
+        return
+    entries = scan(sel.config_dir)
+    config.args.extend(str(entries[name].path) for name in sel.names if name in entries)
+
+
+def _walks(config: pytest.Config, arg: str, config_dir: Path) -> bool:
+    """Does collecting `arg` (a path, maybe with ::node) reach the configs directly in `config_dir`?"""
+    path = (config.invocation_params.dir / arg.split("::")[0]).resolve()
+    return path == config_dir or (path.is_dir() and path in config_dir.parents) or path.parent == config_dir
+
+
 def collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
     if file_path.suffix not in CONFIG_SUFFIXES:
         return None
@@ -70,8 +89,18 @@ def collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector 
     sel.visited = True
     given = not sel.explicit and parent.session.isinitpath(file_path)  # `pytest configs/X.yaml` runs X
     if file_path.stem in sel.names or given:
-        return ConfigFile.from_parent(parent, path=file_path)
+        return ConfigFile.from_parent(parent, path=file_path, **_outside_nodeid(parent.config, file_path))
     return None
+
+
+def _outside_nodeid(config: pytest.Config, file_path: Path) -> dict[str, str]:
+    """A config outside the rootdir (add_config_dir) is named by its absolute path, so that its node ids say where
+    it is and can be run again as given; pytest would name it by nothing ("::test_precision[...]")."""
+    try:
+        file_path.relative_to(config.rootpath)
+    except ValueError:
+        return {"nodeid": file_path.as_posix()}
+    return {}
 
 
 class ConfigFile(pytest.File):
@@ -101,7 +130,7 @@ class _NpuItem(pytest.Item):
         self.add_marker(pytest.mark.npu)
 
     def reportinfo(self) -> tuple[Path, int | None, str]:
-        return self.path, None, self.name
+        return self.path, 0, self.name  # line 0: a skip is reported at the config (`-rs`: <config>.yaml:1)
 
 
 class PrecisionItem(_NpuItem):
@@ -123,6 +152,8 @@ class PrecisionItem(_NpuItem):
             pytest.fail(f"{self.model.name}: could not run: {result.describe_error()}", pytrace=False)
         verdict = result.verdicts[self.check_id]
         record_verdict(self.user_properties, verdict)
+        if verdict.skipped is not None:  # compared nothing: counted as skipped, with the reason, at the config
+            raise pytest.skip.Exception(verdict.message, _use_item_location=True)
         if not verdict.passed:
             pytest.fail(verdict.message, pytrace=False)
 
@@ -169,4 +200,4 @@ def nothing_affected(config: pytest.Config) -> bool:
     return sel is not None and sel.changed is not None and not sel.names
 
 
-__all__ = ["collect_file", "prepare", "selection", "summary_lines", "nothing_affected", "read_changed_files"]
+__all__ = ["add_config_dir", "collect_file", "prepare", "selection", "summary_lines", "nothing_affected", "read_changed_files"]

@@ -110,6 +110,10 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "update-baselines": dict(action="store_true", default=False, dest="npuprec_update_baselines",
                              help="run the live FP32 reference and record it as the baseline of each model run, and "
                                   "the device's metrics for this hardware when every check passed"),
+    "require-records": dict(action="store_true", default=False, dest="npuprec_require_records",
+                            help="a drift check with nothing to compare with (no baseline folder, no device record "
+                                 "for this hardware, a record of other inputs, a device whose name cannot be read) "
+                                 "is red instead of skipped; for the nightly"),
     "changed-files": dict(default=None, metavar="FILE", type=_changed_files, dest="npuprec_changed_files",
                           help="keep only the models a change touches: FILE lists changed paths one a line ('-' = "
                                "stdin, e.g. from `git diff --name-only`); a changed config selects its model, and "
@@ -254,4 +258,15 @@ def reference(config: pytest.Config) -> str:
     if config.getoption("npuprec_update_baselines") and value == "baseline":
         raise pytest.UsageError("--npuprec-update-baselines records the live reference; it cannot run with "
                                 "--npuprec-reference baseline (leave --npuprec-reference out, or set it to live)")
+    return value
+
+
+def require_records(config: pytest.Config) -> bool:
+    """--npuprec-require-records; refused together with --npuprec-update-baselines (the run that writes a model's
+    first record would be red for lack of it)."""
+    value = bool(config.getoption("npuprec_require_records"))
+    if value and config.getoption("npuprec_update_baselines"):
+        raise pytest.UsageError("--npuprec-require-records makes a drift check without a device record red; it "
+                                "cannot run with --npuprec-update-baselines, which records them (run the update "
+                                "without it)")
     return value

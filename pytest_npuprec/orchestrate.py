@@ -20,12 +20,12 @@ from .checkpoints.locate import locate_weights
 from .config.schema import ModelConfig, ServeConfig
 from .errors import describe
 from .measure import Measured
-from .measure.figures import figures
 from .measure.kinds import measure_determinism, measure_labels, measure_perplexity, measure_ternary, measure_thinking
 from .measure.steps import GRAPH_MODE, decode_summary, measure_batch_invariance, measure_decode, measure_graph_mode
 from .measure.thresholds import Measurements, measure
 from .progress import announced, phase
 from .report.document import build_report
+from .report.figures import figures
 from .report.steps import add_decode
 from .report.write import write_report
 from .runners.converter import convert_checkpoint
@@ -103,8 +103,8 @@ def _run(config: ModelConfig, options: RunOptions) -> ModelResult:
     report = build_report(config, measured.thresholds, verdicts, capture.meta, lambda t: decode_token(tokenizer, t))
     if measured.decode is not None:
         add_decode(report, measured.decode, decode_summary(capture, measured.decode))
-    drawn = figures(capture, measured.thresholds, measured.decode, lambda t: decode_token(tokenizer, t))
-    return ModelResult(config, verdicts, report, write_report(report, options.report_dir, drawn))
+    report["figures"] = figures(capture, measured.thresholds, measured.decode, lambda t: decode_token(tokenizer, t))
+    return ModelResult(config, verdicts, report, write_report(report, options.report_dir))
 
 
 def _capture(config: ModelConfig, options: RunOptions, device: str, model_path: Path, inputs: list[PromptInput],

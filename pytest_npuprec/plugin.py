@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import pytest
 
-from . import collect, options
+from . import closing, collect, early_args, options
 from .options import DEFAULT_CONFIG_DIR, DEFAULT_MODEL  # noqa: F401  (public names)
 
 if TYPE_CHECKING:
@@ -30,6 +30,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Parser, args: list[str]) -> Any:
     # `--npuprec-changed-files -` reads stdin now, before pytest's output capture takes it away.
     collect.read_stdin_early(early_config)
+    # `--npuprec-config-dir /x`: pytest took /x for a path to test and may have moved its rootdir there
+    early_args.repair(early_config, parser, args)
     # Short forms (--model, --device, ...) only after the root conftests and those of the command-line
     # paths had their say, and only where nobody holds them (vllm-ascend's conftests define --model and
     # --report-dir themselves; claiming one first would crash them).
@@ -44,6 +46,7 @@ def pytest_configure(config: pytest.Config) -> None:
     # pytest-xdist's own; registered here too so --strict-markers never trips on it without xdist installed
     config.addinivalue_line("markers", "xdist_group(name): keep these tests on one pytest-xdist worker")
     options.reference(config)  # a contradictory --npuprec-reference / --npuprec-update-baselines: usage error
+    options.require_records(config)  # likewise --npuprec-require-records with --npuprec-update-baselines
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -67,6 +70,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection(session: pytest.Session) -> None:
     collect.prepare(session.config)
+    collect.add_config_dir(session.config)
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
@@ -96,6 +100,9 @@ def npuprec_result(pytestconfig: pytest.Config) -> Callable[["str | ModelConfig"
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if session.exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED and collect.nothing_affected(session.config):
         session.exitstatus = pytest.ExitCode.OK  # a PR gate with nothing to gate passed
+    # the last engine's background close ends here, before the summary: what outlived any close is an error
+    if closing.settle(session.config) and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -107,7 +114,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     from .results import runs
 
-    lines = collect.summary_lines(config)
+    lines = collect.summary_lines(config) + closing.summary_lines(config)
     results = runs(config).results
     if not results and not lines:
         return

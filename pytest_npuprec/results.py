@@ -5,7 +5,6 @@ Nothing heavy is imported at module level: vLLM and torch load only when a model
 """
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,7 +43,8 @@ class PrecisionResult:
 
     @property
     def passed(self) -> bool:
-        return self.error is None and all(v.passed for v in self.verdicts.values())
+        """The model ran and no check failed (a skipped check, one that compared nothing, is no failure)."""
+        return self.error is None and not any(v.failed for v in self.verdicts.values())
 
     @property
     def capture(self) -> "ModelCapture":
@@ -81,7 +81,8 @@ class Runs:
                           report_dir=options.report_dir(self.config), fault=self.config.getoption("npuprec_fault"),
                           timeout_s=timeout,
                           baselines=BaselineOptions(options.reference(self.config), options.baseline_dir(self.config),
-                                                    self.config.getoption("npuprec_update_baselines")))
+                                                    self.config.getoption("npuprec_update_baselines"),
+                                                    options.require_records(self.config)))
 
     def get(self, model: "ModelConfig") -> "ModelResult":
         if model.name not in self.results:
@@ -132,15 +133,17 @@ def append_step_summary(result: "ModelResult") -> None:
 
 
 def _number(value: Any) -> str:
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    return f"{value:.9g}" if isinstance(value, float) else str(value)
+    from .report.numbers import words
+
+    return words(value) if isinstance(value, float) or value is None else str(value)
 
 
 def record_verdict(properties: list[tuple[str, object]], verdict: "Verdict") -> None:
     """The check's numbers as JUnit properties: measured value, bound, worst prompt and position."""
     t = verdict.threshold
     properties.append(("passed", str(verdict.passed).lower()))
+    if verdict.skipped is not None:
+        properties.append(("skipped", verdict.skipped))
     if verdict.value is not None:
         properties.append(("value", _number(verdict.value)))
     if t is not None:

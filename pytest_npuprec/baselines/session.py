@@ -26,6 +26,7 @@ class BaselineOptions:
     reference: ReferenceMode = "auto"
     folder: Path | None = None  # the baseline dir (holding <model>/); None: no baselines
     update: bool = False
+    require_records: bool = False  # --npuprec-require-records: a drift check with nothing to compare with is red
 
 
 @dataclass
@@ -141,14 +142,15 @@ def judge_drift(s: BaselineSession, measured: Measurements, capture: ModelCaptur
     checks = s.config.precision.drift  # type: ignore[union-attr]
     if not checks:
         return {}
-    from .device_records import hardware, load_records
+    from .device_records import hardware, read_records
     from .drift import judge_drift as judge
 
     hw = hardware(capture.meta["device"]["platform"], capture.meta.get("versions", {}))
     capture.meta["hardware"] = hw
-    records = load_records(s.folder) if s.folder is not None else []  # no folder: nothing to compare with
+    records, broken = read_records(s.folder) if s.folder is not None else ([], [])  # no folder: nothing to compare
     digest = inputs_digest(s.today)
-    return {c.id: judge(c, s.config.name, float(measured.cells[c.metric].summary()["mean"]), hw, digest, records)
+    return {c.id: judge(c, s.config.name, float(measured.cells[c.metric].summary()["mean"]), hw, digest, records,
+                        folder=s.folder, broken=broken, require=s.options.require_records)
             for c in checks}
 
 
@@ -179,7 +181,7 @@ def update(s: BaselineSession, capture: ModelCapture, measured: Measurements, ve
                      "reference_s": meta.get("timings", {}).get("reference_s"),
                      "rebuild_max_abs_diff": rec.max_rebuild_diff},
     }
-    failed = [k for k, v in verdicts.items() if not v.passed and not k.startswith("drift-")]
+    failed = [k for k, v in verdicts.items() if v.failed and not k.startswith("drift-")]
     if meta.get("device", {}).get("fault"):
         failed.append(f"a fault was injected ({meta['device']['fault']})")
     hw = meta.get("hardware") or hardware(meta["device"]["platform"], meta.get("versions", {}))

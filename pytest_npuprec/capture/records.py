@@ -9,14 +9,19 @@ import json
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Sequence
 
 import numpy as np
 
 from ..atomic import publish_dir, temp_sibling
+from ..errors import NpuprecError
 
 FORMAT_VERSION = 2
 PromptKind = Literal["compare", "perplexity"]
+
+
+class CaptureError(NpuprecError, RuntimeError):
+    """A capture that does not hold what was asked: a prompt without its output, a row at another position."""
 
 
 def repeat_side(run: int) -> str:
@@ -32,6 +37,20 @@ class PromptInput:
     token_ids: tuple[int, ...]
     # compare: generate, then score the continuation; perplexity: a fixed text scored at every position
     kind: PromptKind = "compare"
+
+
+def outputs_by_prompt(prompts: Sequence[PromptInput], outputs: Sequence[Sequence[int]],
+                      what: str) -> dict[int, tuple[int, ...]]:
+    """prompt index -> its greedy output; a runner that answered another number of prompts than it was given is
+    an error naming the first prompt left without an output (never an empty continuation)."""
+    outputs = list(outputs)
+    if len(outputs) < len(prompts):
+        p = prompts[len(outputs)]
+        raise CaptureError(f"{what}: {len(outputs)} outputs for {len(prompts)} prompts; prompt {p.id} (index "
+                           f"{p.index}) and those after it got no output")
+    if len(outputs) > len(prompts):
+        raise CaptureError(f"{what}: {len(outputs)} outputs for {len(prompts)} prompts; expected one per prompt")
+    return {p.index: tuple(out) for p, out in zip(prompts, outputs, strict=True)}
 
 
 @dataclass

@@ -13,7 +13,7 @@ from typing import Any, Callable, ContextManager, Protocol, Sequence
 
 from ..config.schema import PositionsMode
 from ..runners.scoring import ScoreRequest
-from .records import CaptureWriter, ModelCapture, PromptCapture, PromptInput, repeat_side
+from .records import CaptureWriter, ModelCapture, PromptCapture, PromptInput, outputs_by_prompt, repeat_side
 from .steps import batch_passes as step_batch_passes
 from .steps import generate_with_steps
 
@@ -52,11 +52,11 @@ def capture_model(model: str, prompts: list[PromptInput], max_tokens: int, posit
         timings: dict[str, float] = {}
         started = time.perf_counter()
         with reference() as ref:
-            generated = {"reference": dict(zip((p.index for p in compare),
-                                               ref.generate([p.token_ids for p in compare], max_tokens)))}
+            generated = {"reference": outputs_by_prompt(compare, ref.generate([p.token_ids for p in compare],
+                                                                              max_tokens), "the reference generation")}
             scored, positions = {}, {}
             for p in prompts:
-                continuation = generated["reference"].get(p.index, ())
+                continuation = generated["reference"][p.index] if p.kind == "compare" else ()
                 scored[p.index] = p.token_ids + continuation
                 mode = positions_mode if p.kind == "compare" else "all"
                 positions[p.index] = scored_positions(len(p.token_ids), len(scored[p.index]), mode)
@@ -77,8 +77,8 @@ def capture_model(model: str, prompts: list[PromptInput], max_tokens: int, posit
                 if run == 1 and steps:
                     generated[side] = generate_with_steps(dev, compare, max_tokens, side, writer.logits_path)
                 else:
-                    generated[side] = dict(zip((p.index for p in compare),
-                                               dev.generate([p.token_ids for p in compare], max_tokens)))
+                    generated[side] = outputs_by_prompt(compare, dev.generate([p.token_ids for p in compare],
+                                                                              max_tokens), f"the {side} generation")
                 score_started = time.perf_counter()
                 dev.score(requests(side))
                 if run == 1:
@@ -96,7 +96,8 @@ def capture_model(model: str, prompts: list[PromptInput], max_tokens: int, posit
 
         records = [
             PromptCapture(prompt=p, scored=scored[p.index], positions=positions[p.index],
-                          generated={side: by_index.get(p.index, ()) for side, by_index in generated.items()},
+                          generated={side: by_index[p.index] if p.kind == "compare" else ()
+                                     for side, by_index in generated.items()},
                           logits_files={})
             for p in prompts
         ]

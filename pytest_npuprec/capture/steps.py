@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .records import PromptCapture, PromptInput
+from .records import PromptCapture, PromptInput, outputs_by_prompt
 
 ALONE, REVERSED = "device-alone", "device-reversed"  # batch_invariance's generations
 
@@ -23,7 +23,7 @@ def steps_side(generation: str) -> str:
 
 def step_positions(record: PromptCapture, generation: str = "device") -> np.ndarray:
     """The position of each step-logits row of `generation` (row k predicts generated token k)."""
-    n = len(record.generated.get(generation, ()))
+    n = len(record.generated[generation])
     return np.arange(n, dtype=np.int64) + len(record.prompt.token_ids) - 1
 
 
@@ -32,7 +32,7 @@ def generate_with_steps(dev: Any, prompts: Sequence[PromptInput], max_tokens: in
     """One batched greedy generation of `prompts` in the given order; step logits to side's files."""
     out = dev.generate([p.token_ids for p in prompts], max_tokens,
                        logits_out=[path_of(steps_side(side), p.index) for p in prompts])
-    return dict(zip((p.index for p in prompts), out))
+    return outputs_by_prompt(prompts, out, f"the {side} generation")
 
 
 def batch_passes(dev: Any, prompts: Sequence[PromptInput], max_tokens: int,

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..capture.records import ModelCapture, PromptCapture
+from ..capture.records import CaptureError, ModelCapture, PromptCapture
 from ..capture.steps import ALONE, REVERSED, step_positions, steps_side
 from ..metrics import logits as logit_metrics
 from ..metrics.tokens import agreed_prefix_length as agreed_prefix
@@ -34,8 +34,7 @@ def measure_decode(capture: ModelCapture, prefill: Measurements) -> Measurements
         index = record.prompt.index
         positions = step_positions(record)[rows]
         device = np.asarray(record.logits(steps_side("device"))[rows])
-        ref_positions = np.asarray(record.positions)
-        reference = np.asarray(record.logits("reference"))[np.searchsorted(ref_positions, positions)]
+        reference = np.asarray(record.logits("reference"))[_reference_rows(record, positions)]
         comparison = _compare_decode_rows(device, reference)
         nonfinite += [NonFinite(side, index, int(positions[r]), int(np.count_nonzero(~np.isfinite(arr[r]))),
                                 arr.shape[1])
@@ -46,6 +45,25 @@ def measure_decode(capture: ModelCapture, prefill: Measurements) -> Measurements
             acc[name].append((values, np.full(len(rows), index, dtype=np.int64), positions))
     cells = {name: Cells(*(np.concatenate(parts) for parts in zip(*chunks))) for name, chunks in acc.items()}
     return Measurements(capture.model, cells, prefill.prompts, nonfinite, prefill.vocab_size)
+
+
+def _reference_rows(record: PromptCapture, positions: np.ndarray) -> np.ndarray:
+    """The reference's teacher-forced rows at `positions`; a position the reference did not score is an error
+    (a row found next to it would compare two different positions)."""
+    scored = np.asarray(record.positions, dtype=np.int64)
+    rows = np.searchsorted(scored, positions)
+    found = rows < len(scored)
+    found[found] = scored[rows[found]] == positions[found]
+    if not found.all():
+        missing = int(positions[np.argmin(found)])
+        raise CaptureError(f"prompt {record.prompt.id}: decode step at position {missing} has no reference row at "
+                           f"that position (the reference scored positions {_span(scored)}); expected every decode "
+                           "position of the agreed prefix to be scored")
+    return rows
+
+
+def _span(positions: np.ndarray) -> str:
+    return f"{positions[0]}..{positions[-1]}" if len(positions) else "none"
 
 
 def _compare_decode_rows(device: np.ndarray, reference: np.ndarray) -> logit_metrics.RowComparison:

@@ -7,14 +7,16 @@ from typing import Any, Callable
 from ..config.schema import ModelConfig
 from ..measure.thresholds import Measurements
 from ..verdicts import Verdict
+from .numbers import encode
 
 REPORT_FORMAT = 1
 
 
-def _finite_or_none(value: float | None) -> float | None:
-    if value is None or value != value or value in (float("inf"), float("-inf")):
-        return None
-    return value
+def _check(v: Verdict) -> dict[str, Any]:
+    doc = dict(v.as_dict(), value=encode(v.value))
+    if doc.get("worst"):
+        doc["worst"] = {k: encode(x) for k, x in doc["worst"].items()}
+    return doc
 
 
 def build_report(config: ModelConfig, measurements: Measurements, verdicts: dict[str, Verdict],
@@ -38,7 +40,7 @@ def build_report(config: ModelConfig, measurements: Measurements, verdicts: dict
             "continuation": p.prefix_status,
             "device_text": "".join(decode(t) for t in p.device_tokens),
             "reference_text": "".join(decode(t) for t in p.reference_tokens),
-            "metrics": {k: _finite_or_none(v) for k, v in p.metrics.items()},
+            "metrics": {k: encode(v) for k, v in p.metrics.items()},
         })
     return {
         "format": REPORT_FORMAT,
@@ -47,12 +49,13 @@ def build_report(config: ModelConfig, measurements: Measurements, verdicts: dict
         "config": str(config.path),
         "hardware": config.hardware,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "passed": all(v.passed for v in verdicts.values()),
+        "passed": not any(v.failed for v in verdicts.values()),  # skipped checks (nothing compared) are listed
+        "skipped": [v.check_id for v in verdicts.values() if v.skipped is not None],
         "vocab_size": measurements.vocab_size,
         "positions": meta.get("positions_mode"),
         "max_tokens": meta.get("max_tokens"),
-        "checks": [dict(v.as_dict(), value=_finite_or_none(v.value)) for v in verdicts.values()],
-        "metrics": {name: {stat: _finite_or_none(v) for stat, v in cells.summary().items()}
+        "checks": [_check(v) for v in verdicts.values()],
+        "metrics": {name: {stat: encode(v) for stat, v in cells.summary().items()}
                     for name, cells in measurements.cells.items()},
         "prompts": prompts,
         "nonfinite": [vars(b) for b in measurements.nonfinite[:100]],

@@ -1,4 +1,4 @@
-"""Report dict + figures (measure/figures.py) -> one self-contained HTML page: no script, no network, no CDN.
+"""Report dict (its `figures`: report/figures.py) -> one self-contained HTML page: no script, no network, no CDN.
 
 Plots are hand-written SVG: a few polylines and bars need no plotting library (matplotlib would add ~40 MB and
 a font cache to every CI box for four charts), the output is deterministic text, and the page opens anywhere."""
@@ -24,12 +24,15 @@ svg text{font-size:11px;font-family:system-ui,sans-serif}
 """
 
 
-def render_html(report: dict[str, Any], figures: dict[str, Any] | None) -> str:
-    figures = figures or {}
+def render_html(report: dict[str, Any]) -> str:
+    figures = report.get("figures") or {}
     passed = report["passed"]
     parts = [f"<h1>{_e(report['model'])} precision report</h1>",
              f'<div class="banner {"pass" if passed else "fail"}">{"PASS" if passed else "FAIL"}</div>',
              f'<p class="meta">{_e(_meta_line(report))}</p>',
+             *([f'<p class="fail">engine processes still alive after the close: '
+                f'{_e(", ".join(map(str, report["run"]["engine_survivors"])))}</p>']
+               if report.get("run", {}).get("engine_survivors") else []),
              "<h2>Checks</h2>", _table(*check_rows(report), verdict_column=3),
              "<h2>Prompts</h2>", _table(*prompt_rows(report))]
     if figures.get("worst"):
@@ -69,7 +72,7 @@ def _table(header: list[str], rows: list[list[str]], verdict_column: int | None 
     for row in rows:
         cells = []
         for i, cell in enumerate(row):
-            cls = {"PASS": "pass", "FAIL": "fail"}.get(cell, "skip" if str(cell).startswith("SKIP") else "")
+            cls = {"PASS": "pass", "FAIL": "fail"}.get(cell, "skip" if str(cell).lower().startswith("skip") else "")
             attr = f' class="{cls}"' if i == verdict_column and cls else ""
             cells.append(f"<td{attr}>{_e(cell)}</td>")
         out.append("<tr>" + "".join(cells) + "</tr>")

@@ -4,12 +4,30 @@ from __future__ import annotations
 from typing import Any
 
 from ..verdicts.verdict import clip
+from .numbers import scaled, words
 
 _MARK = {"match": "yes", "tie": "tie", "mismatch": "NO", "nonfinite": "NaN"}
 
 
-def _num(value: float | None, fmt: str) -> str:
-    return "nan" if value is None else format(value, fmt)
+def _num(value: float | str | None, fmt: str) -> str:
+    """A number of the report: formatted, or NaN / +Inf / -Inf / missing as what it is."""
+    return words(value, fmt)
+
+
+def _percent(value: float | str | None) -> str:
+    text = _num(scaled(value, 100), ".2f")
+    return text + "%" if text[-1].isdigit() else text
+
+
+def _verdict(check: dict[str, Any]) -> str:
+    if check.get("skipped") is not None:
+        return f"skipped ({clip(check['skipped'], 80)})"
+    return "PASS" if check["passed"] else "FAIL"
+
+
+def _overall(report: dict[str, Any]) -> str:
+    skipped = len(report.get("skipped", []))
+    return ("PASS" if report["passed"] else "FAIL") + (f" ({skipped} skipped: compared nothing)" if skipped else "")
 
 
 def _clip(text: str, width: int) -> str:
@@ -31,10 +49,10 @@ def prompt_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
             _MARK.get(p["first_token"], p["first_token"]),
             f"{p['agreed_prefix']}/{p['continuation_tokens']}",
             _num(m.get("cosine_similarity"), ".6f"),
-            _num(m.get("relative_l2") and m["relative_l2"] * 100, ".2f") + "%",
+            _percent(m.get("relative_l2")),
             _num(m.get("kl_divergence"), ".2e"),
         ] + ([str(d.get("rows", 0)), _num(d.get("cosine_similarity"), ".6f"),
-              _num(d.get("relative_l2") and d["relative_l2"] * 100, ".2f") + "%",
+              _percent(d.get("relative_l2")),
               _num(d.get("kl_divergence"), ".2e")] if decode else []))
     return header, rows
 
@@ -44,7 +62,7 @@ def check_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     rows = []
     for c in report["checks"]:
         threshold = c.get("bound_text") or "all finite"  # a metric bound in Threshold's words: "mean >= 0.999"
-        rows.append([c["check"], _num(c["value"], ".6g"), threshold, "PASS" if c["passed"] else "FAIL"])
+        rows.append([c["check"], _num(c["value"], ".6g"), threshold, _verdict(c)])
     checked = {c["metric"] for c in report["checks"] if not c["check"].endswith("-decode")}
     for name, stats in report.get("metrics", {}).items():
         if name not in checked:
@@ -75,10 +93,16 @@ def _title(report: dict[str, Any]) -> str:
             + (f"; FAULT INJECTED: {device['fault']}" if device.get("fault") else ""))
 
 
+def survivors(processes: list[str]) -> str:
+    return f"engine process(es) still alive after the engine was shut down and killed: {', '.join(processes)}"
+
+
 def _reference_source(report: dict[str, Any]) -> list[str]:
     run = report.get("run", {})
     source = run.get("reference_source")
     lines = [f"reference: {source['source']}: {source['reason']}"] if source else []
+    if run.get("engine_survivors"):
+        lines.append(f"ERROR: {survivors(run['engine_survivors'])}")
     return lines + list(run.get("baseline_update", []))
 
 
@@ -87,7 +111,7 @@ def render_terminal(report: dict[str, Any]) -> str:
     lines += _text_table(*prompt_rows(report))
     lines.append("")
     lines += _text_table(*check_rows(report))
-    lines.append(f"overall: {'PASS' if report['passed'] else 'FAIL'}")
+    lines.append(f"overall: {_overall(report)}")
     return "\n".join(lines)
 
 
@@ -98,7 +122,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines += _md_table(*prompt_rows(report))
     lines.append("")
     lines += _md_table(*check_rows(report))
-    lines += ["", f"**Overall: {'PASS' if report['passed'] else 'FAIL'}**", ""]
+    lines += ["", f"**Overall: {_overall(report)}**", ""]
     if report.get("html"):
         lines += [f"Plots (KL and cosine along the positions, the |diff| distribution, the top tokens where the two "
                   f"sides part most): [{report['html']}]({report['html']})", ""]

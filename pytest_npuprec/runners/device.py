@@ -249,8 +249,9 @@ class VllmRunner:
             self.close()
 
     def close(self, graceful: bool = True) -> None:
-        """Shut the engine down (bounded); then no process it started may be left: the rest are killed."""
-        self._tree = _shut_down(*self._hand_off(), graceful)
+        """Shut the engine down (bounded); then no process it started may be left: the rest are killed (what
+        outlives that is kept for `take_survivors`)."""
+        _shut_down(*self._hand_off(), graceful, self.model)
 
     def _hand_off(self) -> tuple[list[Any], ProcessTree | None]:
         """The engine (in a list _shut_down empties) and its process tree, which this runner no longer holds."""
@@ -265,7 +266,8 @@ class VllmRunner:
         two engines are never resident at once."""
         held, tree = self._hand_off()
         # not a daemon: an interpreter that exits first waits for it, so no engine process outlives this one
-        thread = threading.Thread(target=_shut_down, args=(held, tree, True), name=f"npuprec-close-{self.model}")
+        thread = threading.Thread(target=_shut_down, args=(held, tree, True, self.model),
+                                  name=f"npuprec-close-{self.model}")
         with _closing_lock:
             _closing.append(thread)
         thread.start()
@@ -337,6 +339,7 @@ class VllmRunner:
 
 _closing: list[threading.Thread] = []  # engines being shut down in the background (VllmRunner.close_in_background)
 _closing_lock = threading.Lock()
+_survivors: list[tuple[str, list[str]]] = []  # (model, its engine's processes alive after the close killed them)
 
 
 def finish_closing() -> None:
@@ -348,9 +351,18 @@ def finish_closing() -> None:
         thread.join()
 
 
-def _shut_down(held: list[Any], tree: ProcessTree | None, graceful: bool) -> ProcessTree | None:
-    """Shut the engine down (bounded), kill what is left of its processes; return the tree if any survived.
-    `held` is a list holding the LLM, emptied here so the collection below can free it."""
+def take_survivors() -> list[tuple[str, list[str]]]:
+    """(model, processes) for each engine close since the last call that left processes alive even after SIGKILL
+    (a process stuck in the kernel, e.g. on a device driver): the caller reports them (closing.py)."""
+    with _closing_lock:
+        taken = list(_survivors)
+        _survivors.clear()
+    return taken
+
+
+def _shut_down(held: list[Any], tree: ProcessTree | None, graceful: bool, model: str) -> list[str]:
+    """Shut the engine down (bounded), kill what is left of its processes; return (and keep for `take_survivors`)
+    those still alive. `held` is a list holding the LLM, emptied here so the collection below can free it."""
     llm = held.pop()
     engine_core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
     if engine_core is not None:
@@ -359,13 +371,13 @@ def _shut_down(held: list[Any], tree: ProcessTree | None, graceful: bool) -> Pro
         except PhaseError:
             pass  # whatever is left is killed below
     del llm, engine_core
-    if tree is not None:
-        tree.kill()
-        if not tree.alive():
-            tree = None
+    left = tree.kill()[1] if tree is not None else []
     multiprocessing.active_children()  # reaps the engine's exited children (never the watchdog's job)
     gc.collect()
-    return tree
+    if left:
+        with _closing_lock:
+            _survivors.append((model, left))
+    return left
 
 
 def _is_engine_dead_error(exc: BaseException) -> bool:

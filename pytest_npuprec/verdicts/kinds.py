@@ -136,8 +136,12 @@ def judge_thinking(check: ThinkingCheck, measured: ThinkingMeasurement) -> Verdi
                         f"(device thinking {_clip(p.device.thinking)})")
     if answer_differs:
         p = answer_differs[0]
+        empty = [side for side, split in (("device", p.device), ("reference", p.reference)) if not split.answer]
+        why = (f" ({' and '.join(empty)} answer empty after {check.close}: an empty answer matches nothing; raise "
+               "max_tokens if the output was cut off there)" if empty else "")
         problems.append(f"{len(answer_differs)} answer(s) after the thinking section differ, first prompt "
-                        f"{p.prompt_id}: device {_clip(p.device.answer)} vs reference {_clip(p.reference.answer)}")
+                        f"{p.prompt_id}: device {_clip(p.device.answer)} vs reference {_clip(p.reference.answer)}"
+                        + why)
     n_bad = len(bad_reference) + len(bad_device) + len(answer_differs)
     return _per_prompt("thinking", f"thinking ({want}) agrees", len(pairs), n_bad, problems, f"every prompt: {want}")
 
@@ -152,7 +156,10 @@ def _per_prompt(check_id: str, what: str, n: int, n_bad: int, problems: list[str
 
 
 def _same_answer(device: str, reference: str) -> bool:
-    """Equal up to the shorter one: max_tokens may cut either answer off."""
+    """Equal up to the shorter one: max_tokens may cut either answer off. An empty answer compared nothing, so
+    it matches nothing (not even another empty one)."""
+    if not device or not reference:
+        return False
     n = min(len(device), len(reference))
     return device[:n] == reference[:n]
 

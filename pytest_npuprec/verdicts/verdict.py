@@ -1,8 +1,11 @@
 """One check's outcome, and the one helper that writes its sentence.
 
 Every judge builds its Verdict with `verdict(...)` (keyword arguments only), so every message reads
-`<what was compared>: passed|FAILED[: <details>]`; the caller that judges a model adds the model name
-once (`Verdict.of_model`). Bounds in words come from `Threshold` (config/schema.py).
+`<what was compared>: passed|FAILED|skipped (<why>)[: <details>]`; the caller that judges a model adds the
+model name once (`Verdict.of_model`). Bounds in words come from `Threshold` (config/schema.py).
+
+A check that compared nothing is neither passed nor failed: it is skipped, with its reason (`not_compared`),
+and the plugin's test item turns it into pytest's skip; with `required` (--npuprec-require-records) it is red.
 """
 from __future__ import annotations
 
@@ -31,6 +34,16 @@ class Verdict:
     n_values: int = 0  # values (or prompts, runs, tensors) the check looked at
     n_failing: int = 0  # of them, those that miss the bound
     model: str | None = None  # set by `of_model`
+    skipped: str | None = None  # why nothing was compared (then passed is False, and it is no failure either)
+
+    @property
+    def failed(self) -> bool:
+        return not self.passed and self.skipped is None
+
+    @property
+    def outcome(self) -> str:
+        """passed | failed | skipped"""
+        return "skipped" if self.skipped is not None else "passed" if self.passed else "failed"
 
     def of_model(self, model: str) -> Verdict:
         """This verdict of `model`, its message starting with the model name."""
@@ -47,6 +60,7 @@ class Verdict:
             "value": self.value,
             "value_of": self.value_of,
             "passed": self.passed,
+            "skipped": self.skipped,
             "n_values": self.n_values,
             "n_failing": self.n_failing,
             "worst": self.worst,
@@ -57,10 +71,29 @@ class Verdict:
 
 def verdict(*, check_id: str, what: str, passed: bool, details: Sequence[str] = (), value: float | None,
             value_of: str, threshold: Threshold | None = None, bound_text: str | None = None,
-            worst: dict[str, Any] | None = None, n_values: int = 0, n_failing: int = 0) -> Verdict:
-    """The Verdict, with its sentence: `<what>: passed|FAILED[: <details joined by '; '>]`."""
-    message = f"{what}: {'passed' if passed else 'FAILED'}" + (": " + "; ".join(details) if details else "")
+            worst: dict[str, Any] | None = None, n_values: int = 0, n_failing: int = 0,
+            skipped: str | None = None) -> Verdict:
+    """The Verdict, with its sentence: `<what>: passed|FAILED|skipped (<skipped>)[: <details joined by '; '>]`."""
+    said = f"skipped ({skipped})" if skipped is not None else "passed" if passed else "FAILED"
+    message = f"{what}: {said}" + (": " + "; ".join(details) if details else "")
     if bound_text is None and threshold is not None:
         bound_text = threshold.condition(threshold.reduce)
-    return Verdict(check_id=check_id, passed=passed, message=message, value=value, value_of=value_of,
-                   threshold=threshold, bound_text=bound_text, worst=worst, n_values=n_values, n_failing=n_failing)
+    return Verdict(check_id=check_id, passed=passed and skipped is None, message=message, value=value,
+                   value_of=value_of, threshold=threshold, bound_text=bound_text, worst=worst, n_values=n_values,
+                   n_failing=n_failing, skipped=skipped)
+
+
+REQUIRE_RECORDS = "--npuprec-require-records"
+
+
+def not_compared(*, check_id: str, what: str, reason: str, required: bool, details: Sequence[str] = (),
+                 value: float | None, value_of: str, bound_text: str | None = None) -> Verdict:
+    """A check that had nothing to compare with: skipped with `reason`; red when a comparison was `required`
+    (--npuprec-require-records)."""
+    if required:
+        return verdict(check_id=check_id, what=what, passed=False, value=value, value_of=value_of,
+                       bound_text=bound_text, n_values=1, n_failing=1,
+                       details=[f"not compared: {reason}", f"{REQUIRE_RECORDS}: a check that compared nothing is red",
+                                *details])
+    return verdict(check_id=check_id, what=what, passed=False, skipped=f"not compared: {reason}", details=details,
+                   value=value, value_of=value_of, bound_text=bound_text)

@@ -27,15 +27,17 @@ def run_suite(pytester, tmp_path, repo_config_dir):
     The reference comes from the committed baselines (REPO/baselines) when they match, as in CI's own runs;
     pass --npuprec-baseline-dir to use another folder."""
 
-    def run(model, *args, config_dir=repo_config_dir):
-        # a repository holding nothing but the configs: the plugin collects the YAML itself
-        configs = pytester.path / "configs"
+    def run(model, *args, config_dir=repo_config_dir, outside=False):
+        # a repository holding nothing but the configs: the plugin collects the YAML itself; `outside`: the configs
+        # are a copy in a folder outside the repository, named by its absolute path
+        configs = tmp_path / "configs-outside" if outside else pytester.path / "configs"
         configs.mkdir(exist_ok=True)
         for path in Path(config_dir).glob("*.yaml"):
             shutil.copy(path, configs / path.name)
         report_dir = tmp_path / "reports"
         baseline_args = [] if "--npuprec-baseline-dir" in args else ["--npuprec-baseline-dir", str(REPO / "baselines")]
-        result = pytester.runpytest_subprocess("-m", "npu", "--model", model, "--npuprec-config-dir", "configs",
+        result = pytester.runpytest_subprocess("-m", "npu", "--model", model, "--npuprec-config-dir",
+                                               str(configs) if outside else "configs",
                                                "--npuprec-report-dir", str(report_dir), "-p", "no:cacheprovider",
                                                *baseline_args, *args)
         return result, report_dir

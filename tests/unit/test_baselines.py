@@ -322,12 +322,12 @@ def _record_doc(hw=HW, kl=2e-6, cos=0.99999, digest="d"):
             "metrics": {"kl_divergence": {"mean": kl}, "cosine_similarity": {"mean": cos}}}
 
 
-def _judge(metric, today, tolerance=0.5, records=None, digest="d"):
+def _judge(metric, today, tolerance=0.5, records=None, digest="d", hw=HW, folder=Path("baselines/m"), **kwargs):
     from pytest_npuprec.baselines.drift import judge_drift
     from pytest_npuprec.config.drift import DriftTolerance
 
     records = [(Path("cpu-test.json"), _record_doc())] if records is None else records
-    return judge_drift(DriftTolerance(metric, tolerance), "m", today, HW, digest, records)
+    return judge_drift(DriftTolerance(metric, tolerance), "m", today, hw, digest, records, folder=folder, **kwargs)
 
 
 def test_clean_repeat_passes_and_drift_fails():
@@ -359,13 +359,64 @@ def test_floor_keeps_a_zero_record_from_tripping():
 def test_other_hardware_is_listed_not_compared():
     other = dict(HW, device_name="Ascend910B2", platform="npu")
     v = _judge("kl_divergence", 1.0, records=[(Path("npu.json"), _record_doc(hw=other))])
-    assert v.passed and "not compared: no device record for this hardware" in v.message
+    assert v.outcome == "skipped" and not v.passed and not v.failed, v.message
+    assert "skipped (not compared: no device record for cpu Test CPU under baselines/m/device" in v.message
     assert "records for other hardware, listed not compared: npu Ascend910B2 (mean 2e-06)" in v.message
 
 
 def test_record_of_other_inputs_is_not_compared():
     v = _judge("kl_divergence", 1.0, digest="other")
-    assert v.passed and "made on other inputs" in v.message
+    assert v.outcome == "skipped" and "made on other inputs" in v.skipped, v.message
+
+
+def test_a_drift_check_that_compared_nothing_is_skipped_with_its_reason_or_red_when_records_are_required():
+    """No baseline folder, no record for this device, a record of other inputs, a device name that could not be
+    read: each compared nothing, so none may pass; --npuprec-require-records makes each red."""
+    unknown = dict(HW, device_name="unknown npu (RuntimeError)")
+    cases = {"no baseline folder is set (--npuprec-baseline-dir)": dict(folder=None),
+             "no device record for cpu Test CPU under baselines/m/device": dict(records=[]),
+             "the record cpu-test.json was made on other inputs": dict(digest="other"),
+             "the device's name could not be read (unknown npu (RuntimeError))": dict(hw=unknown)}
+    for reason, kwargs in cases.items():
+        v = _judge("kl_divergence", 2e-6, **kwargs)
+        assert v.outcome == "skipped" and v.skipped.startswith(f"not compared: {reason}"), (reason, v.message)
+        assert v.as_dict()["skipped"] == v.skipped and v.value == 2e-6  # today's mean is still reported
+        red = _judge("kl_divergence", 2e-6, require=True, **kwargs)
+        assert red.outcome == "failed" and f"FAILED: not compared: {reason}" in red.message, red.message
+        assert "--npuprec-require-records: a check that compared nothing is red" in red.message
+
+
+@pytest.mark.parametrize("entry, said", [({}, "missing"), ({"mean": None}, "None"), ({"mean": float("nan")}, "nan"),
+                                         ({"mean": "2e-6"}, "'2e-6'")])
+def test_a_record_without_the_metric_is_red_naming_the_file(entry, said):
+    """A device record missing the metric gave NaN, and `bad > nan` is false: the check passed comparing nothing."""
+    doc = _record_doc()
+    doc["metrics"]["kl_divergence"] = entry
+    if not entry:
+        del doc["metrics"]["kl_divergence"]
+    for today in (2e-6, 1.0):
+        v = _judge("kl_divergence", today, records=[(Path("baselines/m/device/cpu-test.json"), doc)])
+        assert v.outcome == "failed", v.message
+        assert (f"device record baselines/m/device/cpu-test.json: metrics.kl_divergence.mean is {said}; expected the "
+                "finite mean") in v.message, v.message
+    assert _judge("cosine_similarity", 0.99999, records=[(Path("cpu-test.json"), doc)]).passed  # the other metric
+
+
+def test_an_unreadable_record_is_red_naming_the_file(tmp_path):
+    from pytest_npuprec.baselines.device_records import read_records
+
+    device = tmp_path / "m" / "device"
+    device.mkdir(parents=True)
+    (device / "cpu-test.json").write_text(json.dumps(_record_doc()))
+    (device / "cpu-half.json").write_text('{"hardware": {"platform": "cpu"')  # cut off mid-write by hand
+    (device / "cpu-list.json").write_text("[]")
+    records, broken = read_records(tmp_path / "m")
+    assert [p.name for p, _ in records] == ["cpu-test.json"]
+    assert [p.name for p, _ in broken] == ["cpu-half.json", "cpu-list.json"]
+    v = _judge("kl_divergence", 2e-6, records=records, broken=broken, folder=tmp_path / "m")
+    assert v.outcome == "failed", v.message
+    assert f"device record {device / 'cpu-half.json'} cannot be read (JSONDecodeError: " in v.message, v.message
+    assert f"device record {device / 'cpu-list.json'} cannot be read (ValueError: expected a JSON object" in v.message
 
 
 def test_drift_config(tmp_path):
@@ -396,6 +447,14 @@ def test_update_with_a_baseline_reference_is_a_usage_error(pytester):
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--npuprec-update-baselines records the live reference; it cannot run with "
                                  "--npuprec-reference baseline*"])
+
+
+def test_require_records_with_an_update_is_a_usage_error(pytester):
+    result = pytester.runpytest("--npuprec-update-baselines", "--npuprec-require-records", "--collect-only")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--npuprec-require-records makes a drift check without a device record red; it "
+                                 "cannot run with --npuprec-update-baselines*"])
+    assert pytester.runpytest("--npuprec-require-records", "--collect-only").ret == pytest.ExitCode.NO_TESTS_COLLECTED
 
 
 def test_baseline_dir_default_and_env(pytester, monkeypatch, tmp_path):

@@ -174,6 +174,34 @@ def _tiny_llama_ids() -> list[str]:
     return [f"tests/e2e/models/configs/tiny-llama.yaml::test_precision[tiny-llama-{c}]" for c in config.check_ids]
 
 
+def test_a_config_folder_outside_the_repository_runs_from_its_root(tmp_path):
+    """A copy of a config in a temporary folder, run from the repository root with its conftest and ini as they
+    are: pytest must not take the folder for its rootdir, and the plugin collects the folder's configs itself
+    (tests/e2e/test_wrong_device.py runs a copied tiny-llama config so, green)."""
+    outside = tmp_path / "my-configs"
+    outside.mkdir()
+    (outside / "Absent-Model-1B.yaml").write_text(CONFIG)
+    (outside / "Broken.yaml").write_text(CONFIG.replace("max_tokens: 4", "max_tokens: many"))
+
+    def run(option, *args):
+        done = subprocess.run([sys.executable, "-m", "pytest", "-m", "npu", "-p", "no:cacheprovider", option,
+                               str(outside), *args], cwd=REPO, capture_output=True, text=True, timeout=600)
+        out = done.stdout + done.stderr
+        assert "-q" in args or (f"rootdir: {REPO}" in out and "configfile: pyproject.toml" in out), out[-3000:]
+        assert "Traceback" not in out and "non-top-level conftest" not in out, out[-3000:]
+        return done.returncode, out
+
+    code, out = run("--npuprec-config-dir", "--collect-only", "-q", "--npuprec-model", "Absent-Model-1B")
+    assert code == pytest.ExitCode.OK, out[-3000:]
+    assert [line for line in out.splitlines() if "::" in line] == [
+        f"{outside / 'Absent-Model-1B.yaml'}::test_precision[Absent-Model-1B-{check}]"
+        for check in ("finite_logits", "cosine_similarity", "kl_divergence")]
+    code, out = run("--config-dir", "--npuprec-model", "Broken")  # the usual one red item, naming file and key
+    assert code == pytest.ExitCode.TESTS_FAILED and re.search(r"\b1 failed\b", out), out[-3000:]
+    assert f"pytest-npuprec: invalid config: {outside / 'Broken.yaml'}: precision.max_tokens: " in out, out[-3000:]
+    assert f"FAILED {outside / 'Broken.yaml'}::test_precision[Broken-config]" in out, out[-3000:]
+
+
 def test_headline_command_collects_from_the_project_root_without_test_extras(without_hypothesis):
     run = without_hypothesis("--collect-only", "-q", "-m", "npu", "--model", "tiny-llama")
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]

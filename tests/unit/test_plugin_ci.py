@@ -23,7 +23,8 @@ precision:
 
 
 def synthetic_run(config, options):
-    """What run_model does after the engines: a capture with known logits -> verdicts -> report."""
+    """What run_model does after the engines: a capture with known logits -> verdicts -> report; drift checks are
+    judged by the real rule against the device records of --npuprec-baseline-dir (for a fabricated device)."""
     from pytest_npuprec.measure.thresholds import measure
     from pytest_npuprec.report.document import build_report
     from pytest_npuprec.report.write import write_report
@@ -48,10 +49,22 @@ def synthetic_run(config, options):
     capture = writer.finish(ModelCapture(config.name, records, {"positions_mode": "continuation", "max_tokens": 4}))
     m = measure(capture)
     decode = measure_decode(capture, m)
-    verdicts = judge_checks(config, Measured(m, decode=decode))
+    verdicts = judge_checks(config, Measured(m, decode=decode), _drift(config, options, m))
     report = build_report(config, m, verdicts, capture.meta, str)
     add_decode(report, decode, decode_summary(capture, decode))
     return ModelResult(config, verdicts, report, write_report(report, options.report_dir))
+
+
+def _drift(config, options, measured):
+    from pytest_npuprec.baselines.device_records import read_records
+    from pytest_npuprec.baselines.drift import judge_drift
+
+    folder = options.baselines.folder / config.name if options.baselines.folder else None
+    records, broken = read_records(folder) if folder else ([], [])
+    hw = {"platform": "cpu", "device_name": "Test CPU"}
+    return {c.id: judge_drift(c, config.name, float(measured.cells[c.metric].summary()["mean"]), hw, "d", records,
+                              folder=folder, broken=broken, require=options.baselines.require_records)
+            for c in config.precision.drift}
 
 
 @pytest.fixture
@@ -271,3 +284,57 @@ def test_a_config_folder_pytest_does_not_walk_is_named(repo):
                                  "folder holding it, or pass that folder (or the YAML) as an argument"])
     result = repo.runpytest("configs/good.yaml")  # a YAML given as an argument runs without --model
     result.assert_outcomes(passed=5)
+
+
+def test_a_drift_check_that_compared_nothing_is_a_skip_everywhere_ci_looks(repo, monkeypatch):
+    """No device record: pytest's skip with the reason (terminal, JUnit, step summary, report), never a pass;
+    --npuprec-require-records (the nightly) makes it red."""
+    (repo.path / "configs" / "good.yaml").write_text(CONFIG.format(name="good", kl_max=1.0,
+                                                                   extra="  drift: {kl_divergence: 50%}\n"))
+    xml, summary = repo.path / "out.xml", repo.path / "summary.md"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    args = ["-m", "npu", "--model", "good", "--npuprec-report-dir", "reports", "--npuprec-baseline-dir", "baselines",
+            "-rs", f"--junitxml={xml}"]
+    result = repo.runpytest(*args)
+    result.assert_outcomes(passed=5, skipped=1)
+    reason = "not compared: no device record for cpu Test CPU under "
+    result.stdout.fnmatch_lines([f"drift-kl_divergence * skipped ({reason}*", "overall: PASS (1 skipped: compared nothing)",
+                                 f"SKIPPED [[]1[]] configs/good.yaml:1: good: drift of mean kl_divergence against the "
+                                 f"device record for cpu Test CPU: skipped ({reason}*"])
+    case = next(c for c in ET.parse(xml).getroot().iter("testcase") if c.get("name").endswith("drift-kl_divergence]"))
+    props = {p.get("name"): p.get("value") for p in case.iter("property")}
+    assert case.find("skipped") is not None and reason in case.find("skipped").get("message")
+    assert props["passed"] == "false" and props["skipped"].startswith(reason) and float(props["value"]) > 0
+    report = json.loads((repo.path / "reports" / "good.json").read_text())
+    drift = next(c for c in report["checks"] if c["check"] == "drift-kl_divergence")
+    assert drift["skipped"].startswith(reason) and not drift["passed"] and report["skipped"] == ["drift-kl_divergence"]
+    assert f"| drift-kl_divergence | {drift['value']:.6g} | no record to compare with | skipped ({reason}" \
+        in summary.read_text()
+
+    result = repo.runpytest(*args, "--npuprec-require-records")
+    result.assert_outcomes(passed=5, failed=1)
+    result.stdout.fnmatch_lines([f"good: drift of mean kl_divergence * Test CPU: FAILED: {reason}*; "
+                                 "--npuprec-require-records: a check that compared nothing is red"])
+
+
+def test_engine_processes_that_outlive_the_close_are_an_error_in_the_report_and_the_session(repo, monkeypatch):
+    from pytest_npuprec.runners import device
+
+    class StuckTree:
+        def kill(self, wait_s=10.0):
+            return ["VLLM::EngineCore (pid 4242)"], ["VLLM::EngineCore (pid 4242)"]
+
+    def run_and_close(config, options):
+        result = synthetic_run(config, options)
+        device._shut_down([None], StuckTree(), True, config.name)  # the engine's close, SIGKILL not obeyed
+        return result
+
+    monkeypatch.setattr("pytest_npuprec.orchestrate.run_model", run_and_close)
+    result = repo.runpytest("-m", "npu", "--model", "good", "--npuprec-report-dir", "reports")
+    result.assert_outcomes(passed=5)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED  # every check passed, the session did not
+    said = "engine process(es) still alive after the engine was shut down and killed: VLLM::EngineCore (pid 4242)"
+    result.stdout.fnmatch_lines([f"ERROR: {said}", "overall: PASS", f"ERROR: good: {said}"])
+    report = json.loads((repo.path / "reports" / "good.json").read_text())
+    assert report["run"]["engine_survivors"] == ["VLLM::EngineCore (pid 4242)"]
+    assert f"ERROR: {said}" in (repo.path / "reports" / "good.md").read_text()

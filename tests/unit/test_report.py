@@ -65,6 +65,44 @@ def test_terminal_and_markdown_tables(report):
     assert "| # | prompt |" in md and "**Overall: FAIL**" in md and "vllm 0.0-test" in md
 
 
+def test_nan_inf_and_missing_are_each_said_as_what_they_are(tmp_path, make_capture, confident_logits):
+    """NaN, +Inf, -Inf and a missing value printed alike as `nan` hid which one it was."""
+    import dataclasses
+    import math
+
+    from pytest_npuprec.results import record_verdict
+
+    (tmp_path / "Toy.yaml").write_text(CONFIG)
+    config = load_config(tmp_path / "Toy.yaml")
+    device = [r.copy() for r in confident_logits]
+    device[0][:] = np.nan  # prompt p1: every logit NaN
+    capture = make_capture(confident_logits, device)
+    m = measure(capture)
+    verdicts = judge_checks(config, Measured(m, decode=measure_decode(capture, m)))
+    verdicts["token_agreement"] = dataclasses.replace(verdicts["token_agreement"], value=math.inf)
+    verdicts["cosine_similarity-decode"] = dataclasses.replace(verdicts["cosine_similarity-decode"], value=-math.inf)
+    verdicts["finite_logits"] = dataclasses.replace(verdicts["finite_logits"], value=None)
+    meta = {"positions_mode": "continuation", "max_tokens": 4}
+    report = build_report(config, m, verdicts, meta, decode=lambda t: f"<{t}>")
+    del report["prompts"][2]["metrics"]["kl_divergence"]  # p3: nothing measured
+    loaded = json.loads(write_report(report, tmp_path / "out")["json"].read_text())
+    checks = {c["check"]: c["value"] for c in loaded["checks"]}
+    assert (checks["token_agreement"], checks["cosine_similarity-decode"], checks["finite_logits"]) == \
+        ("+Inf", "-Inf", None)
+    assert checks["cosine_similarity"] == "NaN" and loaded["prompts"][0]["metrics"]["cosine_similarity"] == "NaN"
+    text = render_terminal(report)
+    rows = {line.split()[0]: line for line in text.splitlines() if line.strip()}
+    assert rows["token_agreement"].split()[1] == "+Inf" and rows["cosine_similarity-decode"].split()[1] == "-Inf"
+    assert rows["finite_logits"].split()[1] == "missing" and rows["cosine_similarity"].split()[1] == "NaN"
+    p1, p3 = rows["p1"].split(), rows["p3"].split()
+    assert p1[-3:] == ["NaN", "NaN", "NaN"], rows["p1"]  # cosine, rel L2, KL
+    assert p3[-1] == "missing", rows["p3"]
+    assert "nan" not in text and "| NaN |" in render_markdown(report) and "| +Inf |" in render_markdown(report)
+    properties = []
+    record_verdict(properties, verdicts["token_agreement"])
+    assert ("value", "+Inf") in properties
+
+
 def test_written_json_is_valid_and_complete(report, tmp_path):
     paths = write_report(report, tmp_path / "out")
     loaded = json.loads(paths["json"].read_text())
@@ -132,6 +170,31 @@ def test_reference_is_released_before_the_device_engine_starts(tmp_path):
                       "device start", "device generate 2", "device score 2", "device stop"]
     assert capture.prompts[0].scored == (1, 2, 5, 6, 7) and capture.prompts[0].positions == (1, 2, 3)
     assert capture.prompts[1].positions == (0, 1, 2)
+
+
+@pytest.mark.parametrize("side", ["reference", "device"])
+def test_a_prompt_without_an_output_is_an_error_not_an_empty_continuation(tmp_path, side):
+    from pytest_npuprec.capture.records import CaptureError, PromptInput
+    from pytest_npuprec.capture.session import capture_model
+
+    class Short(FakeRunner):
+        def generate(self, prompts, max_tokens):
+            return super().generate(prompts, max_tokens)[:-1]  # the last prompt's output went missing
+
+    def short_factory(name, events):
+        import contextlib
+
+        @contextlib.contextmanager
+        def run():
+            yield Short(name, events)
+        return run
+
+    events = []
+    factories = {s: (short_factory if s == side else fake_factory)(s, events) for s in ("reference", "device")}
+    prompts = [PromptInput(0, "p1", "a", (1, 2)), PromptInput(1, "p2", "b", (3,))]
+    with pytest.raises(CaptureError, match=rf"the {side} generation: 1 outputs for 2 prompts; prompt p2 \(index 1\)"):
+        capture_model("toy", prompts, 3, "continuation", factories["reference"], factories["device"], tmp_path / "cap")
+    assert not (tmp_path / "cap").exists()  # nothing half-written
 
 
 def test_repeat_runs_and_perplexity_text_are_captured(tmp_path):

@@ -1,4 +1,4 @@
-"""The HTML report: what its figures hold (measure/figures.py), what the page shows (report/html.py), and that a
+"""The HTML report: what its figures hold (report/figures.py), what the page shows (report/html.py), and that a
 real headless browser renders it without console errors and not blank."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 from pytest_npuprec.config.loader import load_config
 from pytest_npuprec.measure import Measured
-from pytest_npuprec.measure.figures import DIFF_EDGES, figures
+from pytest_npuprec.report.figures import DIFF_EDGES, figures
 from pytest_npuprec.measure.steps import decode_summary, measure_decode
 from pytest_npuprec.measure.thresholds import measure
 from pytest_npuprec.report.document import build_report
@@ -43,7 +43,8 @@ def _report(tmp_path, make_capture, reference, device):
             "reference": {"platform": "cpu", "dtype": "float32"}}
     report = build_report(config, m, verdicts, meta, decode=lambda t: f"<tok{t}>")
     add_decode(report, decode, decode_summary(capture, decode))
-    return report, figures(capture, m, decode, lambda t: f"<tok{t}>")
+    report["figures"] = figures(capture, m, decode, lambda t: f"<tok{t}>")
+    return report, report["figures"]
 
 
 @pytest.fixture
@@ -71,7 +72,7 @@ def test_figures_find_the_worst_position_and_count_every_logit(failing, confiden
 
 def test_page_holds_the_verdicts_the_worst_tokens_and_the_plots(failing):
     report, drawn = failing
-    page = render_html(report, drawn)
+    page = render_html(report)
     assert page.startswith("<!DOCTYPE html>") and "FAIL" in page
     assert "<script" not in page and "http" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
     assert "&lt;tok" in page  # token texts are escaped, never markup
@@ -86,12 +87,12 @@ def test_non_finite_values_are_marked_not_dropped(tmp_path, make_capture, confid
     assert drawn["abs_diff"]["nonfinite"] == 1
     assert drawn["worst"]["prompt"] == "p1" and drawn["worst"]["position"] == 3
     assert drawn["series"]["p1"]["prefill"]["kl_divergence"][1] in ("NaN", "+Inf")
-    assert "✕" in render_html(report, drawn)
+    assert "✕" in render_html(report)
 
 
 def test_written_beside_the_json_and_linked_from_the_markdown(failing, tmp_path):
     report, drawn = failing
-    paths = write_report(report, tmp_path / "reports", drawn)
+    paths = write_report(report, tmp_path / "reports")
     assert paths["html"].read_text().startswith("<!DOCTYPE html>")
     assert "[Toy.html](Toy.html)" in paths["markdown"].read_text()
 
@@ -126,7 +127,7 @@ def _not_blank(png):
 @needs_browser
 def test_a_real_browser_renders_the_page_without_console_errors(failing, tmp_path):
     report, drawn = failing
-    shot, console, run = _browse(render_html(report, drawn), tmp_path)
+    shot, console, run = _browse(render_html(report), tmp_path)
     assert shot.is_file(), run.stderr[-2000:]
     assert console == [], console
     assert _not_blank(shot)

@@ -153,6 +153,23 @@ def test_decode_metrics_see_an_error_in_decode_rows_only(tmp_path):
     assert not verdict.passed and "NaN" in verdict.message
 
 
+def test_a_decode_step_without_a_reference_row_at_its_position_is_an_error(tmp_path):
+    """searchsorted finds the row next to a missing position: that would compare two different positions."""
+    from pytest_npuprec.capture.records import CaptureError
+
+    rng = np.random.default_rng(3)
+    ref = rng.normal(size=(6, VOCAB))
+    tokens = (1, 2, 3, 4, 5, 6)
+    cap = _capture(tmp_path / "g", tokens, tokens, ref, ref.copy())
+    prefill = measure(cap)
+    cap.prompts[0].positions = (2, 3, 5, 6, 7, 8)  # the reference did not score position 4
+    with pytest.raises(CaptureError, match=r"prompt p1: decode step at position 4 has no reference row"):
+        measure_decode(cap, prefill)
+    cap.prompts[0].positions = (2, 3, 4, 5, 6, 6)  # ... nor position 7 (the rows past the end are not there)
+    with pytest.raises(CaptureError, match=r"prompt p1: decode step at position 7 has no reference row"):
+        measure_decode(cap, prefill)
+
+
 def test_batch_invariance_compares_rows_from_the_same_tokens(tmp_path):
     rng = np.random.default_rng(2)
     rows = rng.normal(size=(4, VOCAB))

@@ -167,6 +167,16 @@ def test_different_answer_after_thinking_fails_unless_truncated():
     assert judge_thinking(THINK, measure_thinking(cut, THINK, True)).passed
 
 
+def test_an_empty_answer_after_thinking_matches_nothing():
+    """An answer cut to nothing compared nothing: it is a difference, naming the prompt and the empty side."""
+    for reference, device, empty in (("<think>a</think>Paris.", "<think>a</think>", "device"),
+                                     ("<think>a</think>", "<think>a</think>Paris.", "reference"),
+                                     ("<think>a</think>", "<think>a</think>", "device and reference")):
+        v = judge_thinking(THINK, measure_thinking(texts({"capital": (reference, device)}), THINK, True))
+        assert not v.passed and "first prompt capital" in v.message, v.message
+        assert f"{empty} answer empty after </think>" in v.message, v.message
+
+
 def test_thinking_disabled_expects_no_section():
     t = texts({"q": ("Four.", "Four.")}, prompt="assistant\n<think>\n\n</think>\n\n")
     assert judge_thinking(THINK, measure_thinking(t, THINK, False)).passed

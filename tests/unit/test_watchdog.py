@@ -349,3 +349,22 @@ def test_the_next_model_waits_for_the_last_engine_to_be_gone_before_it_loads_any
     result = run_model(load_config(config), RunOptions(device="cpu", model_roots=[tmp_path], report_dir=tmp_path / "r"))
     assert result.error is not None  # its weights are missing: it fails, but only after the engine was gone
     assert done and exit_code(core) == -signal.SIGKILL
+
+
+class StuckTree:
+    """A process tree one of whose processes SIGKILL does not end (stuck in the kernel, e.g. on a driver)."""
+
+    def kill(self, wait_s=10.0):
+        return ["VLLM::EngineCore (pid 4242)"], ["VLLM::EngineCore (pid 4242)"]
+
+
+def test_processes_that_outlive_a_close_are_kept_for_the_report_not_dropped():
+    from pytest_npuprec.runners import device
+
+    assert device._shut_down([None], StuckTree(), True, "m1") == ["VLLM::EngineCore (pid 4242)"]
+    runner = VllmRunner("/nonexistent/tiny-llama", ServeConfig(), "cpu", model="m2", close_in_background=True)
+    runner._tree = StuckTree()
+    runner.__exit__(None, None, None)  # the background close
+    device.finish_closing()
+    assert device.take_survivors() == [("m1", ["VLLM::EngineCore (pid 4242)"]), ("m2", ["VLLM::EngineCore (pid 4242)"])]
+    assert device.take_survivors() == []

@@ -8,7 +8,8 @@ from typing import Any, Callable
 import numpy as np
 
 from ..capture.records import ModelCapture
-from .thresholds import Measurements
+from ..measure.thresholds import Measurements
+from .numbers import encode
 
 SERIES = ("kl_divergence", "cosine_similarity")
 # |device - reference| bins: decades from 1e-7 to 1e3 (BF16 noise on a logit of 10 is ~0.04)
@@ -37,7 +38,7 @@ def _series(prefill: Measurements, decode: Measurements | None, index: int) -> d
             mine = cells.prompt == index
             order = np.argsort(cells.position[mine], kind="stable")
             out.setdefault(phase, {})["positions"] = cells.position[mine][order].tolist()
-            out[phase][name] = [_plain(v) for v in cells.values[mine][order]]
+            out[phase][name] = [_said(v) for v in cells.values[mine][order]]
     return out
 
 
@@ -68,9 +69,9 @@ def _worst_position(capture: ModelCapture, prefill: Measurements, token_text: Ca
         logits = np.asarray(record.logits(side)[row], dtype=np.float64)
         probs = _softmax(logits)
         top = np.argsort(-np.nan_to_num(logits, nan=-np.inf), kind="stable")[:TOP]
-        sides[side] = [{"id": int(t), "text": token_text(int(t)), "prob": _plain(probs[t]),
-                        "logit": _plain(logits[t])} for t in top]
-    return {"prompt": record.prompt.id, "position": position, "kl_divergence": _plain(cells.values[at]),
+        sides[side] = [{"id": int(t), "text": token_text(int(t)), "prob": _said(probs[t]),
+                        "logit": _said(logits[t])} for t in top]
+    return {"prompt": record.prompt.id, "position": position, "kl_divergence": _said(cells.values[at]),
             "next_token": token_text(record.scored[position + 1]) if position + 1 < len(record.scored) else None,
             **sides}
 
@@ -83,11 +84,6 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum()
 
 
-def _plain(value: float) -> float | str:
-    """JSON-safe and said as what it is: NaN and the infinities as words, not a silent null."""
-    value = float(value)
-    if np.isnan(value):
-        return "NaN"
-    if np.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    return value
+def _said(value: float) -> float | str:
+    """JSON-safe and said as what it is: NaN and the infinities as words (report/numbers.py), never a silent null."""
+    return encode(float(value))
