@@ -67,7 +67,9 @@ def yaml_float(value: Decimal) -> str:
 def calibrated_bound(metric: str, reduce: str, floor: float, factor: float) -> Bound:
     """floor x factor on the badness, rounded outwards."""
     spec = METRICS[metric]
-    bad = round_up(Decimal(repr(max(badness(metric, floor), 0.0))) * Decimal(repr(factor)))
+    # in decimal from the value as printed: 1 - 0.99992 is 8e-5, not float's 8.000000000008e-05 (which rounds up to 9e-5)
+    value = Decimal(repr(floor))
+    bad = round_up(max((Decimal(1) - value) if spec.better == "higher" else value, Decimal(0)) * Decimal(repr(factor)))
     if spec.better == "higher":
         return Bound(metric, reduce, "min", yaml_float(max(Decimal(1) - bad, Decimal(repr(spec.lowest)))))
     return Bound(metric, reduce, "max", yaml_float(bad))
