@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 from decimal import Decimal
 from pathlib import Path
 
@@ -110,16 +111,7 @@ def test_refusal_of_nan_and_of_any_error_over_a_zero_floor():
 
 
 def _strip_thresholds(text: str) -> str:
-    out, skipping = [], False
-    for line in text.splitlines(keepends=True):
-        if line.startswith("  thresholds:"):
-            skipping = True
-            continue
-        if skipping and line.startswith("    "):
-            continue
-        skipping = False
-        out.append(line)
-    return "".join(out)
+    return re.sub(r"^  thresholds:\n(?:    .*\n)+", "", text, flags=re.M)
 
 
 def _is_subsequence(lines, within):
