@@ -3,8 +3,6 @@ when bounds were written and fails when they were refused or the model could not
 imported until the item runs."""
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
 _calibrations_key = pytest.StashKey[dict]()  # model -> Calibration, for the terminal summary
@@ -27,7 +25,3 @@ def summary_lines(config: pytest.Config) -> list[str]:
     from .table import render
 
     return [line for cal in config.stash.get(_calibrations_key, {}).values() for line in render(cal) + [""]]
-
-
-def calibrations(config: pytest.Config) -> dict[str, Any]:
-    return config.stash.get(_calibrations_key, {})

@@ -273,3 +273,15 @@ def test_calibrate_collects_one_item_per_model_even_without_thresholds(pytester)
     assert result.ret == pytest.ExitCode.OK, result.stdout.str()
     result.stdout.fnmatch_lines_random(["configs/theirs.yaml::test_precision[[]theirs-calibrate[]]",
                                  "configs/ours.yaml::test_precision[[]ours-calibrate[]]"])
+
+
+def test_a_model_without_weights_is_red_and_its_file_untouched(pytester, tmp_path):
+    configs = pytester.mkdir("configs")
+    theirs = 'model_name: "org/Missing-1B"\nserve: {dtype: bfloat16}   # theirs, as it is\n'
+    (configs / "Missing-1B.yaml").write_text(theirs)
+    result = pytester.runpytest("--npuprec-config-dir", "configs", "--npuprec-model", "Missing-1B", "--npuprec-calibrate",
+                                "--npuprec-model-root", str(tmp_path / "nowhere"))
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*FAILED *test_precision[[]Missing-1B-calibrate[]]*Missing-1B: not calibrated: *",
+                                 "*Missing-1B: calibration, factor 3*", "*Missing-1B: not calibrated: *"])
+    assert (configs / "Missing-1B.yaml").read_text() == theirs
