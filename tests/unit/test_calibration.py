@@ -282,6 +282,7 @@ def test_a_model_without_weights_is_red_and_its_file_untouched(pytester, tmp_pat
     result = pytester.runpytest("--npuprec-config-dir", "configs", "--npuprec-model", "Missing-1B", "--npuprec-calibrate",
                                 "--npuprec-model-root", str(tmp_path / "nowhere"))
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*FAILED *test_precision[[]Missing-1B-calibrate[]]*Missing-1B: not calibrated: *",
-                                 "*Missing-1B: calibration, factor 3*", "*Missing-1B: not calibrated: *"])
+    result.stdout.fnmatch_lines(["Missing-1B: not calibrated: model Missing-1B (org/Missing-1B): no checkpoint*",
+                                 "*Missing-1B: calibration, factor 3*", "*Missing-1B: not calibrated: *",
+                                 "FAILED *test_precision[[]Missing-1B-calibrate[]]*"])
     assert (configs / "Missing-1B.yaml").read_text() == theirs
