@@ -87,7 +87,8 @@ class ConfigFile(pytest.File):
             model = load_config(self.path)
             if model.precision is None:
                 raise ConfigError(self.path, "precision", "this config has no precision section; expected prompts, "
-                                                          "max_tokens and thresholds under precision:")
+                                                          "max_tokens and thresholds under precision: (--npuprec-"
+                                                          "calibrate adds one, with measured thresholds)")
         except ConfigError as exc:
             yield InvalidConfigItem.from_parent(self, name=f"{ITEM}[{self.path.stem}-config]", error=exc)
             return

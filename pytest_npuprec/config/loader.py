@@ -159,7 +159,9 @@ def _precision(r: Reader, raw: Any, require_thresholds: bool = True) -> Precisio
     r.mapping(raw, "precision", _PRECISION_KEYS)
     for key in ("prompts", "max_tokens", "thresholds") if require_thresholds else ("prompts", "max_tokens"):
         if key not in raw:
-            raise r.fail(f"precision.{key}", "missing; expected prompts, max_tokens and thresholds")
+            raise r.fail(f"precision.{key}", "missing; expected prompts, max_tokens and thresholds"
+                         + (" (--npuprec-calibrate measures the noise floor and writes them)"
+                            if key == "thresholds" else ""))
     tie_margin = raw.get("tie_margin")
     if tie_margin is not None:
         r.typed(tie_margin, "precision.tie_margin", float, int)
