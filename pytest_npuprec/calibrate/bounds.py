@@ -98,3 +98,25 @@ def refusals(layout: tuple[tuple[str, str], ...], floor: Summary, device: Summar
             ratio = f"{bd / bf:.3g} x the floor" if bf > 0 else "the floor is 0"
             lines.append(f"{what}: device {d:.6g}, floor {f:.6g} ({scale}: {ratio}, more than {factor:g} x)")
     return lines
+
+
+def ratio_badness(ratio: float) -> float:
+    """How far a ratio device / reference is from 1, either way (the perplexity check's bound is [1/r, r])."""
+    return abs(math.log(ratio)) if ratio > 0 else math.inf
+
+
+def calibrated_max_ratio(floor_ratio: float, factor: float) -> str:
+    """perplexity max_ratio r = exp(factor x |ln floor|), r - 1 rounded up to two significant digits."""
+    excess = Decimal(repr(math.expm1(factor * ratio_badness(floor_ratio))))
+    return yaml_float(Decimal(1) + round_up(excess))
+
+
+def ratio_refusal(floor_ratio: float, device_ratio: float, factor: float) -> str | None:
+    what = f"perplexity ratio: device {device_ratio:.6g}, floor {floor_ratio:.6g}"
+    if not (math.isfinite(floor_ratio) and math.isfinite(device_ratio)):
+        return f"{what}: not a finite number"
+    bf, bd = ratio_badness(floor_ratio), ratio_badness(device_ratio)
+    if bd > factor * bf:
+        ratio = f"{bd / bf:.3g} x the floor" if bf > 0 else "the floor is 0"
+        return f"{what} (|ln ratio|: {ratio}, more than {factor:g} x)"
+    return None

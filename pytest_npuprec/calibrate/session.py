@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import NpuprecError, describe
-from .bounds import DEFAULT_LAYOUT, Bound, Summary, calibrate, refusals, worst_reduce
+from .bounds import (DEFAULT_LAYOUT, Bound, Summary, calibrate, calibrated_max_ratio, ratio_refusal, refusals,
+                     worst_reduce)
 from .yaml_doc import CALIBRATED_MARK, ConfigDocument
 
 
@@ -33,6 +34,8 @@ class Calibration:
     written: bool = False
     added_precision: bool = False
     comment: list[str] = field(default_factory=list)
+    # (floor ratio, device ratio, max_ratio written) of the perplexity check, when the config has one
+    perplexity: tuple[float, float, str] | None = None
     error: BaseException | None = None
 
     @property
@@ -91,6 +94,10 @@ def comment_lines(cal: Calibration, capture_meta: dict[str, Any]) -> list[str]:
         f, d = cal.floor.get(metric, {}), cal.device.get(metric, {})
         lines.append(f"  {metric}: floor {_fig(f.get('mean'))} ({_fig(f.get(worst))}), "
                      f"device {_fig(d.get('mean'))} ({_fig(d.get(worst))})")
+    if cal.perplexity is not None:
+        f, d, bound = cal.perplexity
+        lines.append(f"  perplexity ratio (device / FP32): floor {_fig(f)}, device {_fig(d)} -> "
+                     f"checks.perplexity.max_ratio {bound}")
     if cal.forced:
         lines.append("written with --npuprec-calibrate-force past: " + "; ".join(cal.refused))
     return lines
@@ -145,6 +152,13 @@ def _calibrate(cal: Calibration, options_for: Callable[[Any], Any], force: bool)
     cal.layout = layout_of(config)
     cal.bounds = calibrate(cal.layout, cal.floor, cal.factor)
     cal.refused = refusals(cal.layout, cal.floor, cal.device, cal.factor)
+    if config.checks.perplexity is not None:  # its text was scored by both: the ratio's floor gives max_ratio
+        from ..measure.kinds import measure_perplexity
+
+        floor_ratio, device_ratio = measure_perplexity(floor).ratio, measure_perplexity(capture).ratio
+        cal.perplexity = (floor_ratio, device_ratio, calibrated_max_ratio(floor_ratio, cal.factor))
+        refused = ratio_refusal(floor_ratio, device_ratio, cal.factor)
+        cal.refused.extend([refused] if refused else [])
     finite = result.verdicts.get("finite_logits")
     if finite is not None and not finite.passed:
         cal.refused.insert(0, finite.message)
@@ -152,6 +166,8 @@ def _calibrate(cal: Calibration, options_for: Callable[[Any], Any], force: bool)
         return
     cal.forced = bool(cal.refused)
     cal.comment = comment_lines(cal, capture.meta)
+    if cal.perplexity is not None:
+        doc.set_scalar(("precision", "checks", "perplexity", "max_ratio"), cal.perplexity[2])
     doc.set_thresholds(cal.bounds, cal.comment, keep=decode_bounds_as_written(doc.text))
     load_config(cal.path, text=doc.text)  # what is written must load as a plain run's config
     doc.write()

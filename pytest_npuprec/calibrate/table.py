@@ -23,5 +23,8 @@ def render(cal: Calibration) -> list[str]:
                                for b in cal.bounds if b.metric == metric)
             lines.append(f"  {metric:<22}{_cell(f.get('mean'))}{_cell(f.get(worst))}"
                          f"{_cell(d.get('mean'))}{_cell(d.get(worst))}  {bounds}")
+        if cal.perplexity is not None:
+            f, d, bound = cal.perplexity
+            lines.append(f"  {'perplexity_ratio':<22}{_cell(f)}{'':>12}{_cell(d)}{'':>12}  max_ratio {bound}")
     lines.append("  " + cal.message)
     return lines

@@ -9,6 +9,7 @@ YAML 1.1 floats (`1.2e-5`, never `1e-05`), which PyYAML reads back as floats. Th
 from __future__ import annotations
 
 import io
+import re
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Iterable
@@ -109,6 +110,19 @@ class ConfigDocument:
         if start > 0 and not lines[start - 1].endswith("\n"):
             lines[start - 1] += "\n"
         self.text = "".join(lines[:start] + block + lines[end:])
+
+    def set_scalar(self, keys: tuple[str, ...], text: str) -> None:
+        """Replace the plain scalar at `keys` (e.g. precision.checks.perplexity.max_ratio) with `text`, in place."""
+        node = self._data()
+        for key in keys[:-1]:
+            node = node[key]
+        line, col = node.lc.value(keys[-1])
+        lines = self.text.splitlines(keepends=True)
+        match = re.compile(r"[0-9.eE+-]+").match(lines[line], col)
+        if match is None or match.end() < len(lines[line]) and lines[line][match.end()] not in " \t,}\r\n":
+            raise DocumentError(f"{self.path}: {'.'.join(keys)}: expected a plain number to replace")
+        lines[line] = lines[line][:col] + text + lines[line][match.end():]
+        self.text = "".join(lines)
 
     @staticmethod
     def _value_end(data: Any, precision: Any, key: str, lines: list[str]) -> int:

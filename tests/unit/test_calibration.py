@@ -286,3 +286,28 @@ def test_a_model_without_weights_is_red_and_its_file_untouched(pytester, tmp_pat
                                  "*Missing-1B: calibration, factor 3*", "*Missing-1B: not calibrated: *",
                                  "FAILED *test_precision[[]Missing-1B-calibrate[]]*"])
     assert (configs / "Missing-1B.yaml").read_text() == theirs
+
+
+def test_perplexity_max_ratio_from_the_floor_and_its_refusal():
+    from pytest_npuprec.calibrate.bounds import calibrated_max_ratio, ratio_refusal
+
+    for floor in (1.001, 0.999, 1.0, 1.2):
+        bound = float(calibrated_max_ratio(floor, 3))
+        assert bound >= math.exp(3 * abs(math.log(floor))) - 1e-15 and isinstance(yaml.safe_load(str(bound)), float)
+    assert ratio_refusal(1.001, 0.9978, 3) is None  # 2.2 x the floor (on |ln ratio|)
+    assert "perplexity ratio: device 1.11, floor 1.001" in ratio_refusal(1.001, 1.11, 3)
+    assert "not a finite number" in ratio_refusal(1.001, math.nan, 3)
+
+
+def test_max_ratio_replaced_in_place(tmp_path):
+    path = tmp_path / "tiny-BitCPM4-CANN-1B.yaml"
+    original = (CONFIGS / "tiny-BitCPM4-CANN-1B.yaml").read_text()
+    path.write_text(original)
+    doc = ConfigDocument(path)
+    doc.set_scalar(("precision", "checks", "perplexity", "max_ratio"), "1.0031")
+    doc.write()
+    changed = [(a, b) for a, b in zip(original.splitlines(), path.read_text().splitlines()) if a != b]
+    assert changed == [("      max_ratio: 1.005", "      max_ratio: 1.0031")]
+    assert load_config(path).checks.perplexity.max_ratio == 1.0031
+    with pytest.raises(DocumentError, match="precision.checks.perplexity.text: expected a plain number"):
+        doc.set_scalar(("precision", "checks", "perplexity", "text"), "1.0")
