@@ -11,7 +11,12 @@ import math
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, Decimal
 
+from ..errors import NpuprecError
 from ..metrics.registry import METRICS
+
+
+class FloorError(NpuprecError):
+    """A floor figure that is not a finite number: no bound can be made from it, not even with force."""
 
 # (metric, reduce) written when a config has no thresholds yet: each metric's mean, and the worst row of the
 # per-position metrics whose worst case is its own failure mode (tiny-llama's layout)
@@ -66,6 +71,9 @@ def yaml_float(value: Decimal) -> str:
 
 def calibrated_bound(metric: str, reduce: str, floor: float, factor: float) -> Bound:
     """floor x factor on the badness, rounded outwards."""
+    if not math.isfinite(floor):
+        raise FloorError(f"{metric} {reduce}: the BF16 floor measured {floor}; expected a finite number (the floor "
+                         "run itself produced NaN/Inf logits), so no bound can be calibrated from it")
     spec = METRICS[metric]
     # in decimal from the value as printed: 1 - 0.99992 is 8e-5, not float's 8.000000000008e-05 (which rounds up to 9e-5)
     value = Decimal(repr(floor))
@@ -107,6 +115,8 @@ def ratio_badness(ratio: float) -> float:
 
 def calibrated_max_ratio(floor_ratio: float, factor: float) -> str:
     """perplexity max_ratio r = exp(factor x |ln floor|), r - 1 rounded up to two significant digits."""
+    if not (math.isfinite(floor_ratio) and floor_ratio > 0):
+        raise FloorError(f"perplexity ratio: the BF16 floor measured {floor_ratio}; expected a finite positive number")
     excess = Decimal(repr(math.expm1(factor * ratio_badness(floor_ratio))))
     return yaml_float(Decimal(1) + round_up(excess))
 

@@ -150,23 +150,26 @@ def _calibrate(cal: Calibration, options_for: Callable[[Any], Any], force: bool)
                           run_options.report_dir / "captures" / f"{config.name}-floor")
     cal.floor = summaries(floor, config.precision.tie_margin)
     cal.layout = layout_of(config)
-    cal.bounds = calibrate(cal.layout, cal.floor, cal.factor)
     cal.refused = refusals(cal.layout, cal.floor, cal.device, cal.factor)
+    ratios = None
     if config.checks.perplexity is not None:  # its text was scored by both: the ratio's floor gives max_ratio
         from ..measure.kinds import measure_perplexity
 
-        floor_ratio, device_ratio = measure_perplexity(floor).ratio, measure_perplexity(capture).ratio
-        cal.perplexity = (floor_ratio, device_ratio, calibrated_max_ratio(floor_ratio, cal.factor))
-        refused = ratio_refusal(floor_ratio, device_ratio, cal.factor)
+        ratios = measure_perplexity(floor).ratio, measure_perplexity(capture).ratio
+        cal.perplexity = (*ratios, "-")  # the bound once it is made
+        refused = ratio_refusal(*ratios, cal.factor)
         cal.refused.extend([refused] if refused else [])
     finite = result.verdicts.get("finite_logits")
     if finite is not None and not finite.passed:
         cal.refused.insert(0, finite.message)
     if cal.refused and not force:
         return
+    cal.bounds = calibrate(cal.layout, cal.floor, cal.factor)  # a non-finite floor is an error, even with force
+    if ratios is not None:
+        cal.perplexity = (*ratios, calibrated_max_ratio(ratios[0], cal.factor))
     cal.forced = bool(cal.refused)
     cal.comment = comment_lines(cal, capture.meta)
-    if cal.perplexity is not None:
+    if ratios is not None:
         doc.set_scalar(("precision", "checks", "perplexity", "max_ratio"), cal.perplexity[2])
     doc.set_thresholds(cal.bounds, cal.comment, keep=decode_bounds_as_written(doc.text))
     load_config(cal.path, text=doc.text)  # what is written must load as a plain run's config

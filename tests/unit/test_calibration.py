@@ -311,3 +311,12 @@ def test_max_ratio_replaced_in_place(tmp_path):
     assert load_config(path).checks.perplexity.max_ratio == 1.0031
     with pytest.raises(DocumentError, match="precision.checks.perplexity.text: expected a plain number"):
         doc.set_scalar(("precision", "checks", "perplexity", "text"), "1.0")
+
+
+def test_no_bound_from_a_non_finite_floor():
+    from pytest_npuprec.calibrate.bounds import FloorError, calibrated_max_ratio
+
+    with pytest.raises(FloorError, match="kl_divergence max: the BF16 floor measured nan"):
+        calibrated_bound("kl_divergence", "max", math.nan, 3)
+    with pytest.raises(FloorError, match="perplexity ratio: the BF16 floor measured inf"):
+        calibrated_max_ratio(math.inf, 3)
