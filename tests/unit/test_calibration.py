@@ -247,21 +247,7 @@ def test_recorded_reference_replays_generation_and_logits(tmp_path, make_capture
     assert np.array_equal(np.load(out), ref[1])
 
 
-# --- options ------------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("args, message", [
-    (["--npuprec-calibrate", "--npuprec-calibrate-factor", "0.5"], "--npuprec-calibrate-factor*expected a number >= 1"),
-    (["--npuprec-calibrate", "--npuprec-calibrate-factor", "lots"], "--npuprec-calibrate-factor*got 'lots'"),
-    (["--npuprec-calibrate-factor", "4"], "*go with --npuprec-calibrate"),
-    (["--npuprec-calibrate-force"], "*go with --npuprec-calibrate"),
-    (["--npuprec-calibrate", "--npuprec-update-baselines"], "*in a run of its own*"),
-])
-def test_calibration_options_are_checked(pytester, args, message):
-    result = pytester.runpytest("--collect-only", *args)
-    assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines([f"*{message}*"])
-    assert "Traceback" not in result.stderr.str() + result.stdout.str()
+# --- collection (the options' usage errors: test_plugin_options.py) ---------------------------------------------
 
 
 def test_calibrate_collects_one_item_per_model_even_without_thresholds(pytester):
