@@ -75,7 +75,7 @@ def calibrated_bound(metric: str, reduce: str, floor: float, factor: float) -> B
         raise FloorError(f"{metric} {reduce}: the BF16 floor measured {floor}; expected a finite number (the floor "
                          "run itself produced NaN/Inf logits), so no bound can be calibrated from it")
     spec = METRICS[metric]
-    # in decimal from the value as printed: 1 - 0.99992 is 8e-5, not float's 8.000000000008e-05 (which rounds up to 9e-5)
+    # in decimal from the value as printed: 1 - 0.99992 is 8e-5, not 8.000000000008e-05 (which rounds up to 9e-5)
     value = Decimal(repr(floor))
     bad = round_up(max((Decimal(1) - value) if spec.better == "higher" else value, Decimal(0)) * Decimal(repr(factor)))
     if spec.better == "higher":
