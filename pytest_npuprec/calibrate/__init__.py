@@ -4,5 +4,5 @@
 serves both comparisons); `bounds.py` turns the floor into bounds (floor x factor, rounded outwards) and refuses a
 device already outside them; `yaml_doc.py` rewrites only `precision.thresholds` (and adds a default `precision:`
 section) of the YAML, keeping everything else as written; `session.py` ties them into one model's calibration;
-`table.py` prints floor and device side by side.
+`item.py` is its pytest item (`test_precision[<model>-calibrate]`); `table.py` prints floor and device side by side.
 """
