@@ -29,16 +29,19 @@ def main() -> int:
     parser.add_argument("--no-vllm", action="store_true", help="only the transformers BF16 vs FP32 floor")
     args = parser.parse_args()
 
+    from pytest_npuprec.calibrate.floor import FLOOR_DTYPE, capture_floor
+    from pytest_npuprec.calibrate.session import summaries
     from pytest_npuprec.capture.prompts import load_tokenizer, perplexity_input, render_prompts
     from pytest_npuprec.capture.session import capture_model
+    from pytest_npuprec.checkpoints.locate import locate_weights
     from pytest_npuprec.config.loader import select_configs
     from pytest_npuprec.measure.kinds import measure_perplexity
-    from pytest_npuprec.measure.thresholds import measure
     from pytest_npuprec.runners.device import VllmRunner
     from pytest_npuprec.runners.environment import resolve_device
     from pytest_npuprec.runners.reference import TransformersRunner
-    from pytest_npuprec.checkpoints.locate import locate_weights
 
+    # the measurement is --npuprec-calibrate's (pytest_npuprec/calibrate/): one FP32 reference capture serves the
+    # device comparison and the floor; this script prints it without touching the config
     config = select_configs(args.config_dir, [args.model])[0]
     precision = config.precision
     path = locate_weights(config, [p.resolve() for p in args.model_root])
@@ -48,19 +51,19 @@ def main() -> int:
     if config.checks.perplexity:  # its text is scored too: the ratio's floor calibrates max_ratio
         prompts.append(perplexity_input(config, tokenizer, len(prompts)))
     trust = config.serve.trust_remote_code
-    sides = {"floor (transformers bf16)": lambda: TransformersRunner(path, trust, dtype="bfloat16")}
-    if not args.no_vllm:
-        device = resolve_device("auto")
-        sides["device (vLLM bf16)"] = lambda: VllmRunner(path, config.serve, device)
+    floor_label, device_label = f"floor (transformers {FLOOR_DTYPE})", "device (vLLM bf16)"
+    device = (lambda: TransformersRunner(path, trust, dtype=FLOOR_DTYPE)) if args.no_vllm else \
+        (lambda: VllmRunner(path, config.serve, resolve_device("auto")))
 
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for i, (label, factory) in enumerate(sides.items()):
-            capture = capture_model(config.name, prompts, precision.max_tokens, precision.positions,
-                                    reference=lambda: TransformersRunner(path, trust), device=factory,
-                                    folder=Path(tmp) / f"side{i}")
-            measured = measure(capture, precision.tie_margin)
-            results[label] = {name: cells.summary() for name, cells in measured.cells.items()}
+        first = capture_model(config.name, prompts, precision.max_tokens, precision.positions,
+                              reference=lambda: TransformersRunner(path, trust), device=device,
+                              folder=Path(tmp) / "device")
+        captures = {floor_label: first} if args.no_vllm else \
+            {floor_label: capture_floor(first, trust, Path(tmp) / "floor"), device_label: first}
+        for label, capture in captures.items():
+            results[label] = summaries(capture, precision.tie_margin)
             if config.checks.perplexity:
                 ppl = measure_perplexity(capture)
                 results[label]["perplexity_ratio"] = {"mean": ppl.ratio, "min": ppl.ratio, "max": ppl.ratio}

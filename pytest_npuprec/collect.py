@@ -109,11 +109,15 @@ class ConfigFile(pytest.File):
     def collect(self) -> Iterator[pytest.Item]:
         from .config.loader import ConfigError, load_config
 
+        if options.calibration(self.config) is not None:  # thresholds (even precision:) may be missing: it writes them
+            yield CalibrateItem.from_parent(self, name=f"{ITEM}[{self.path.stem}-calibrate]")
+            return
         try:
             model = load_config(self.path)
             if model.precision is None:
                 raise ConfigError(self.path, "precision", "this config has no precision section; expected prompts, "
-                                                          "max_tokens and thresholds under precision:")
+                                                          "max_tokens and thresholds under precision: (--npuprec-"
+                                                          "calibrate adds one, with measured thresholds)")
         except ConfigError as exc:
             yield InvalidConfigItem.from_parent(self, name=f"{ITEM}[{self.path.stem}-config]", error=exc)
             return
@@ -156,6 +160,19 @@ class PrecisionItem(_NpuItem):
             raise pytest.skip.Exception(verdict.message, _use_item_location=True)
         if not verdict.passed:
             pytest.fail(verdict.message, pytrace=False)
+
+
+class CalibrateItem(_NpuItem):
+    """--npuprec-calibrate: measure the model's noise floor and write its bounds (calibrate/)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.add_marker(pytest.mark.xdist_group(f"npuprec-{self.path.stem}"))
+
+    def runtest(self) -> None:
+        from .calibrate.item import run_item
+
+        run_item(self)
 
 
 class InvalidConfigItem(_NpuItem):

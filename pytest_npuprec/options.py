@@ -79,6 +79,16 @@ def _changed_files(text: str) -> str:
     return text
 
 
+def _factor(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 1):
+        raise argparse.ArgumentTypeError(f"expected a number >= 1 (bounds are the noise floor times it), got {text!r}")
+    return value
+
+
 # name (without --npuprec-) -> argparse attributes, shared by the canonical and the short form
 OPTIONS: dict[str, dict[str, Any]] = {
     "model": dict(action="append", default=None, metavar="NAME", dest="npuprec_model",
@@ -118,7 +128,17 @@ OPTIONS: dict[str, dict[str, Any]] = {
                           help="keep only the models a change touches: FILE lists changed paths one a line ('-' = "
                                "stdin, e.g. from `git diff --name-only`); a changed config selects its model, and "
                                "so does a path matching its gate.paths. Nothing affected: exit 0"),
+    "calibrate": dict(action="store_true", default=False, dest="npuprec_calibrate",
+                      help="measure each selected model's BF16 noise floor (transformers BF16 vs FP32) next to the "
+                           "device vs FP32, and write precision.thresholds (floor x factor, rounded outwards) into "
+                           "its YAML; a config without a precision section gets one. One item per model, "
+                           "test_precision[<model>-calibrate]"),
+    "calibrate-factor": dict(default=None, metavar="F", type=_factor, dest="npuprec_calibrate_factor",
+                             help="bounds = noise floor x F (default 3)"),
+    "calibrate-force": dict(action="store_true", default=False, dest="npuprec_calibrate_force",
+                            help="write bounds even from a device already outside the floor by more than the factor"),
 }
+DEFAULT_CALIBRATE_FACTOR = 3.0
 
 
 def add_options(parser: pytest.Parser) -> None:
@@ -270,3 +290,18 @@ def require_records(config: pytest.Config) -> bool:
                                 "cannot run with --npuprec-update-baselines, which records them (run the update "
                                 "without it)")
     return value
+
+
+def calibration(config: pytest.Config) -> tuple[float, bool] | None:
+    """(factor, force) with --npuprec-calibrate, else None; refuses calibration options that contradict."""
+    factor, force = config.getoption("npuprec_calibrate_factor"), config.getoption("npuprec_calibrate_force")
+    if not config.getoption("npuprec_calibrate"):
+        if factor is not None or force:
+            raise pytest.UsageError("--npuprec-calibrate-factor and --npuprec-calibrate-force go with "
+                                    "--npuprec-calibrate")
+        return None
+    if config.getoption("npuprec_update_baselines") or config.getoption("npuprec_reference") == "baseline":
+        raise pytest.UsageError("--npuprec-calibrate runs the live FP32 reference and records nothing; run "
+                                "--npuprec-update-baselines (or --npuprec-reference baseline) in a run of its own, "
+                                "after calibrating")
+    return (DEFAULT_CALIBRATE_FACTOR if factor is None else factor), force

@@ -47,6 +47,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "xdist_group(name): keep these tests on one pytest-xdist worker")
     options.reference(config)  # a contradictory --npuprec-reference / --npuprec-update-baselines: usage error
     options.require_records(config)  # likewise --npuprec-require-records with --npuprec-update-baselines
+    options.calibration(config)  # likewise for --npuprec-calibrate and its options
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -112,11 +113,13 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    from .calibrate.item import summary_lines as calibrate_summary
     from .results import runs
 
     lines = collect.summary_lines(config) + closing.summary_lines(config)
     results = runs(config).results
-    if not results and not lines:
+    calibrated = calibrate_summary(config) if options.calibration(config) is not None else []
+    if not results and not lines and not calibrated:
         return
     from .report.render import render_terminal
 
@@ -129,5 +132,5 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         else:
             terminalreporter.write_line(f"{result.config.name}: not run: {result.error}")
         terminalreporter.write_line("")
-    for line in lines:
+    for line in calibrated + lines:
         terminalreporter.write_line(line)

@@ -56,12 +56,14 @@ _ROLES = ("system", "user", "assistant")
 _DTYPES = ("auto", "bfloat16", "float16", "float32", "half", "float", "bf16", "fp16")
 
 
-def load_config(path: Path | str) -> ModelConfig:
-    """Validate one YAML. Top-level keys the suite does not know are kept in `ModelConfig.unknown`
-    (vllm-ascend's schema grows); `precision:`, `gate:` and the typed serve keys are strict."""
+def load_config(path: Path | str, text: str | None = None, require_thresholds: bool = True) -> ModelConfig:
+    """Validate one YAML (`text`: its content, when not yet written to `path`). Top-level keys the suite does not
+    know are kept in `ModelConfig.unknown` (vllm-ascend's schema grows); `precision:`, `gate:` and the typed serve
+    keys are strict. `require_thresholds=False` (calibration, which writes them): precision.thresholds may be
+    missing."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.safe_load(path.read_text(encoding="utf-8") if text is None else text)
     except OSError as exc:
         raise ConfigError(path, "", f"cannot read the file ({exc.strerror})") from None
     except yaml.YAMLError as exc:
@@ -76,7 +78,7 @@ def load_config(path: Path | str) -> ModelConfig:
     optional = {key: r.typed(raw[key], key, str) for key in ("stand_in", "hardware", "system_prompt")
                 if raw.get(key) is not None}
     serve = _serve(r, raw)
-    precision = _precision(r, raw["precision"]) if "precision" in raw else None
+    precision = _precision(r, raw["precision"], require_thresholds) if "precision" in raw else None
     if precision is not None:
         check_lengths_fit(r, precision.lengths, precision.max_tokens, serve.max_model_len)
     return ModelConfig(
@@ -153,18 +155,20 @@ def _gate(r: Reader, raw: Any) -> tuple[str, ...]:
     return tuple(p.strip() for p in paths)
 
 
-def _precision(r: Reader, raw: Any) -> PrecisionConfig:
+def _precision(r: Reader, raw: Any, require_thresholds: bool = True) -> PrecisionConfig:
     r.mapping(raw, "precision", _PRECISION_KEYS)
-    for key in ("prompts", "max_tokens", "thresholds"):
+    for key in ("prompts", "max_tokens", "thresholds") if require_thresholds else ("prompts", "max_tokens"):
         if key not in raw:
-            raise r.fail(f"precision.{key}", "missing; expected prompts, max_tokens and thresholds")
+            raise r.fail(f"precision.{key}", "missing; expected prompts, max_tokens and thresholds"
+                         + (" (--npuprec-calibrate measures the noise floor and writes them)"
+                            if key == "thresholds" else ""))
     tie_margin = raw.get("tie_margin")
     if tie_margin is not None:
         r.typed(tie_margin, "precision.tie_margin", float, int)
         if not tie_margin >= 0:
             raise r.fail("precision.tie_margin", f"expected a logit gap >= 0, got {tie_margin}")
     prompts = _prompts(r, raw["prompts"])
-    thresholds = parse_thresholds(r, raw["thresholds"], phases=True)
+    thresholds = parse_thresholds(r, raw["thresholds"], phases=True) if "thresholds" in raw else ()
     decode = r.typed(raw.get("decode", True), "precision.decode", bool)
     if not decode and any(t.phase == "decode" for t in thresholds):
         raise r.fail("precision.decode", "false, but precision.thresholds has phase: decode bounds; "

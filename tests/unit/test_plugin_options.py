@@ -114,6 +114,11 @@ def test_ini_can_turn_short_forms_off(pytester):
     (["--npuprec-timeout", "inf"], "expected a positive number of seconds"),
     (["--npuprec-timeout", "start=600,generate=30"], "got 'start=600,generate=30' (per phase: start=SECONDS,call="),
     (["--device", "tpu"], "invalid choice: 'tpu'"),
+    (["--npuprec-calibrate-factor", "0.5", "--npuprec-calibrate"], "expected a number >= 1 (bounds are the noise floor"),
+    (["--npuprec-calibrate-factor", "lots", "--npuprec-calibrate"], "got 'lots'"),
+    (["--npuprec-calibrate-factor", "4"], "go with --npuprec-calibrate"),
+    (["--npuprec-calibrate-force"], "go with --npuprec-calibrate"),
+    (["--npuprec-calibrate", "--npuprec-update-baselines"], "records nothing; run --npuprec-update-baselines"),
 ])
 def test_bad_option_values_are_usage_errors_when_parsed(pytester, args, message):
     result = pytester.runpytest("--collect-only", *args)

@@ -1,0 +1,60 @@
+"""The BF16 noise floor: transformers BF16 against the FP32 reference of a capture already made.
+
+The device run captured the FP32 reference (greedy continuations, teacher-forced logits); the floor replays that
+reference instead of loading the FP32 model again (one FP32 run serves both comparisons) and runs the same
+checkpoint in transformers BF16 on the CPU as its "device" side: the error BF16 arithmetic alone causes, with no
+engine or kernel differences.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..capture.records import ModelCapture
+from ..capture.session import capture_model
+from ..runners.scoring import ScoreRequest
+
+FLOOR_DTYPE = "bfloat16"
+
+
+class RecordedReference:
+    """A capture's reference side as a runner: its greedy continuations and its logits, by token ids."""
+
+    side = "reference"
+
+    def __init__(self, capture: ModelCapture):
+        self.generated = {p.prompt.token_ids: p.generated["reference"] for p in capture.prompts}
+        self.logits = {(p.scored, p.positions): p.logits_files["reference"] for p in capture.prompts}
+        self.info: dict[str, Any] = dict(capture.meta.get("reference") or {}, replayed_from=str(capture.folder))
+
+    def __enter__(self) -> "RecordedReference":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def generate(self, prompts: Sequence[Sequence[int]], max_tokens: int) -> list[tuple[int, ...]]:
+        return [self.generated[tuple(p)] for p in prompts]
+
+    def score(self, requests: Sequence[ScoreRequest]) -> None:
+        for tokens, positions, out in requests:
+            shutil.copyfile(self.logits[(tuple(tokens), tuple(positions))], out)
+
+
+def model_path(capture: ModelCapture) -> Path:
+    """The checkpoint the device ran (a QAT config's converted one)."""
+    return Path(capture.meta.get("converted_path") or capture.meta["model_path"])
+
+
+def capture_floor(capture: ModelCapture, trust_remote_code: bool, folder: Path) -> ModelCapture:
+    """transformers BF16 ("device" side) vs the capture's FP32 reference, on the same prompts and positions."""
+    from ..runners.reference import TransformersRunner
+
+    return capture_model(
+        capture.model, [p.prompt for p in capture.prompts], int(capture.meta["max_tokens"]),
+        capture.meta["positions_mode"],
+        reference=lambda: RecordedReference(capture),
+        device=lambda: TransformersRunner(model_path(capture), trust_remote_code, dtype=FLOOR_DTYPE),
+        folder=folder, meta={"floor_of": str(capture.folder)},
+    )
