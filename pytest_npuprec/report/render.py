@@ -79,6 +79,7 @@ def _reference_source(report: dict[str, Any]) -> list[str]:
     run = report.get("run", {})
     source = run.get("reference_source")
     lines = [f"reference: {source['source']}: {source['reason']}"] if source else []
+    lines += [f"decoding (both sides): {run['decoding']}"] if run.get("decoding") else []
     return lines + list(run.get("baseline_update", []))
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..atomic import atomic_file
-from . import step_logits
+from . import prefix_fault, step_logits
 from .fault_names import FAULT_NAMES
 from .scoring import SCORE_KEY
 
@@ -155,6 +155,8 @@ class CaptureWorkerExtension:
         """Deliberately break the device (for proving the suite can fail). Returns what was changed."""
         if name not in FAULTS:
             raise ValueError(f"unknown fault {name!r}; expected one of {', '.join(FAULTS)}")
+        if name == "prefix_only":  # needs the model runner's request state
+            return prefix_fault.prefix_only(self._npuprec_model(), self.model_runner, magnitude)
         return FAULTS[name](self._npuprec_model(), magnitude)
 
 
@@ -298,6 +300,6 @@ def _rms_norms(model: Any, fault: str) -> list[Any]:
 FAULTS = {"attention_scale": _attention_scale, "rope_theta": _rope_theta, "rmsnorm_offset": _rmsnorm_offset,
           "overflow": _overflow, "nondeterminism": _nondeterminism, "engine_kill": _engine_kill,
           "engine_hang": _engine_hang, "decode_only": _decode_only, "batch_only": _batch_only,
-          "graph_only": _graph_only}
+          "graph_only": _graph_only, "prefix_only": prefix_fault.prefix_only}
 if tuple(FAULTS) != FAULT_NAMES:  # one list of names: fault_names.py, which option parsing reads
     raise ImportError(f"vllm_worker.FAULTS {tuple(FAULTS)} differ from fault_names.FAULT_NAMES {FAULT_NAMES}")
