@@ -163,6 +163,7 @@ def _graph_mode(r: Reader, raw: Any, key: str, prompts: tuple[Prompt, ...]) -> G
 
 
 def _prefix_cache(r: Reader, raw: Any, key: str, prompts: tuple[Prompt, ...]) -> PrefixCacheCheck:
-    r.mapping(raw, key, frozenset({"prefix_tokens", "prefix", "prompts", "max_abs_diff"}))
+    r.mapping(raw, key, frozenset({"prefix_tokens", "prefix", "prompts", "max_abs_diff", "thresholds"}))
     bound = _number(r, raw, key, "max_abs_diff", 0.0, 0.0) if "max_abs_diff" in raw else None
-    return parse_prefix_cache(r, raw, key, _prompt_ids(r, raw, key, prompts), bound)
+    thresholds = parse_thresholds(r, raw["thresholds"], f"{key}.thresholds") if "thresholds" in raw else None
+    return parse_prefix_cache(r, raw, key, _prompt_ids(r, raw, key, prompts), bound, thresholds)

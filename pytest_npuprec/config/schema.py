@@ -193,13 +193,15 @@ class GraphModeCheck(StepAgreementCheck):
 @dataclass(frozen=True)
 class PrefixCacheCheck:
     """Prompts sharing a long prefix, scored cold and then warm (the prefix's KV blocks reused from the cache, the
-    prefill computing only the rest): warm vs cold within `max_abs_diff`, warm vs reference within the model's
-    per-position thresholds."""
+    prefill computing only the rest): warm vs cold within `max_abs_diff`, warm vs reference within `thresholds`
+    (default: the model's per-position thresholds)."""
 
     prefix_tokens: int = 512  # the shared prefix, cut from `prefix` (repeated as needed)
     prefix: str | None = None  # None: capture/lengths.FIXED_TEXT
     prompts: tuple[str, ...] | None = None  # prompt ids whose tokens follow the prefix; None = every prompt
     max_abs_diff: float | None = None  # None: the model's max_abs_diff threshold (its calibrated BF16 floor)
+    # warm vs reference: the model's thresholds, those of the metrics named here replaced (config/prefix_cache.py)
+    thresholds: tuple[Threshold, ...] | None = None
 
     @property
     def warm_bound(self) -> Threshold:

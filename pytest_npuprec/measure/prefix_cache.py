@@ -42,11 +42,12 @@ def measure_prefix_cache(capture: ModelCapture, tie_margin: float | None) -> Pre
         worst, where = float("nan"), nonfinite
     # the warm rows in the device's place: the per-position metrics against the reference, as for any prompt (the
     # device generated nothing for these prompts; the reference's tokens stand in, and token checks are not judged)
+    # (numbered from 0: Measurements.prompt(i) is the i-th prompt of its view)
     warm_view = dataclasses.replace(capture, prompts=[
-        dataclasses.replace(r, prompt=dataclasses.replace(r.prompt, kind="compare"),
+        dataclasses.replace(r, prompt=dataclasses.replace(r.prompt, kind="compare", index=i),
                             generated={"reference": r.generated["reference"], "device": r.generated["reference"]},
                             logits_files={"reference": r.logits_files["reference"], "device": r.logits_files[WARM]})
-        for r in records])
+        for i, r in enumerate(records)])
     meta = capture.meta.get("prefix_cache", {})
     return PrefixCacheMeasurement(int(meta.get("prefix_tokens", 0)), dict(meta.get("cached_tokens", {})), rows, worst,
                                   *where, against_reference=measure(warm_view, tie_margin))

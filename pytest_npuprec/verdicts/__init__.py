@@ -38,8 +38,8 @@ def judge_checks(config: ModelConfig, measured: Measured, judged: dict[str, Verd
         check, values = getattr(checks, kind), getattr(measured, kind)
         if kind == "qat_equivalence":
             verdicts.update(judge_qat_equivalence(check, values))
-        elif kind == "prefix_cache":  # warm vs reference is judged by the model's own thresholds
-            verdicts[kind] = judge_prefix_cache(check, config.thresholds, values)
+        elif kind == "prefix_cache":
+            verdicts[kind] = judge_prefix_cache(check, values)
         else:
             verdicts[kind] = JUDGES[kind](check, values)
     return {check_id: verdicts[check_id].of_model(config.name) for check_id in config.check_ids}

@@ -55,10 +55,10 @@ def judge_graph_mode(check: StepAgreementCheck, measured: StepDifference) -> Ver
                         check, [measured], "as configured")
 
 
-def judge_prefix_cache(check: PrefixCacheCheck, thresholds: tuple[Threshold, ...],
-                       measured: PrefixCacheMeasurement) -> Verdict:
+def judge_prefix_cache(check: PrefixCacheCheck, measured: PrefixCacheMeasurement) -> Verdict:
     """Warm (the shared prefix read from the prefix cache) vs cold within check.max_abs_diff, and warm vs reference
-    within the model's per-position thresholds; a warm request that read nothing from the cache compared nothing."""
+    within check.thresholds (the model's, settled on load); a warm request that read nothing from the cache
+    compared nothing."""
     m, bound = measured, check.warm_bound
     problems = []
     uncached = [pid for pid, n in m.cached_tokens.items() if n <= 0]
@@ -73,7 +73,7 @@ def judge_prefix_cache(check: PrefixCacheCheck, thresholds: tuple[Threshold, ...
     elif not bound.holds(m.max_abs_diff):
         problems.append(f"warm vs cold: logits max |diff| {m.max_abs_diff:.6g} misses "
                         f"{bound.condition('max |diff|')} at prompt {m.worst_prompt} position {m.worst_position}")
-    for t in thresholds:
+    for t in check.thresholds or ():
         if METRICS[t.metric].per == "prompt":
             continue  # token checks: the warm pass scores, it does not generate
         judged = judge_threshold(t, m.against_reference, subject="warm vs reference")
@@ -85,5 +85,6 @@ def judge_prefix_cache(check: PrefixCacheCheck, thresholds: tuple[Threshold, ...
     return verdict(check_id="prefix_cache", what=f"prefix_cache: {len(m.cached_tokens)} prompts after a shared prefix, "
                    "scored warm (prefix from the cache) vs cold and vs reference", passed=not problems,
                    details=problems + figures, value=m.max_abs_diff, value_of="warm vs cold logits max |diff|",
-                   bound_text=f"warm vs cold {bound.condition('max |diff|')}; warm vs reference: the model's thresholds",
+                   bound_text=f"warm vs cold {bound.condition('max |diff|')}; warm vs reference: "
+                   + ", ".join(t.condition() for t in check.thresholds or () if METRICS[t.metric].per == "position"),
                    n_values=m.rows, n_failing=len(problems))

@@ -1,6 +1,5 @@
 """prefix_cache: config (defaults from the model's bounds, what it cannot run with), its prompts, the worker's view
 of which rows continue computed tokens (the prefix_only fault), and the verdict."""
-import dataclasses
 import re
 import types
 
@@ -38,10 +37,15 @@ def test_prefix_cache_parses_with_the_models_floor_as_default(tmp_path):
     c = load(tmp_path, BASE + "    prefix_cache: {}\n")
     check = c.checks.prefix_cache
     assert (check.prefix_tokens, check.prefix, check.prompts, check.max_abs_diff) == (512, None, None, 0.25)
+    assert check.thresholds == c.thresholds
     assert c.check_ids[-1] == "prefix_cache"
     c = load(tmp_path, BASE + "    prefix_cache: {prefix_tokens: 300, prefix: 'some text', prompts: [p2], "
-                              "max_abs_diff: 0.5}\n")
-    assert dataclasses.astuple(c.checks.prefix_cache) == (300, "some text", ("p2",), 0.5)
+                              "max_abs_diff: 0.5, thresholds: {kl_divergence: {max: 1.0e-3}}}\n")
+    check = c.checks.prefix_cache
+    assert (check.prefix_tokens, check.prefix, check.prompts, check.max_abs_diff) == (300, "some text", ("p2",), 0.5)
+    # its own kl bound replaces the model's kl bounds (none here); the model's other bounds stay
+    assert [(t.metric, t.bound, t.value) for t in check.thresholds] == [
+        ("cosine_similarity", "min", 0.999), ("max_abs_diff", "max", 0.25), ("kl_divergence", "max", 1e-3)]
 
 
 @pytest.mark.parametrize("checks, serve, key, expected", [
@@ -50,6 +54,7 @@ def test_prefix_cache_parses_with_the_models_floor_as_default(tmp_path):
     ("{prompts: [nope]}", "", "precision.checks.prefix_cache.prompts[0]", "unknown prompt id"),
     ("{prefix: ' '}", "", "precision.checks.prefix_cache.prefix", "empty"),
     ("{size: 3}", "", "precision.checks.prefix_cache.size", "unknown key"),
+    ("{thresholds: {kl: {max: 1}}}", "", "precision.checks.prefix_cache.thresholds", "kl"),
     ("{}", "  enable_prefix_caching: false\n", "precision.checks.prefix_cache",
      "serve.enable_prefix_caching is false"),
 ])
@@ -113,18 +118,18 @@ def test_prefix_cache_verdict():
     from pytest_npuprec.config.schema import PrefixCacheCheck, Threshold
     from pytest_npuprec.verdicts.steps import judge_prefix_cache
 
-    check = PrefixCacheCheck(max_abs_diff=0.25)
     bounds = (Threshold("kl_divergence", "max", 1e-4, "max", id="kl_divergence"),
               Threshold("token_agreement", "min", 0.99, "mean", id="token_agreement"))
-    good = judge_prefix_cache(check, bounds, _measured({"prefix-p1": 512}, 0.06, 2e-5))
+    check = PrefixCacheCheck(max_abs_diff=0.25, thresholds=bounds)
+    good = judge_prefix_cache(check, _measured({"prefix-p1": 512}, 0.06, 2e-5))
     assert good.passed and "tokens read from the cache: prefix-p1: 512" in good.message, good.message
-    warm = judge_prefix_cache(check, bounds, _measured({"prefix-p1": 512}, 0.9, 5e-3))
+    warm = judge_prefix_cache(check, _measured({"prefix-p1": 512}, 0.9, 5e-3))
     assert not warm.passed and re.search(r"warm vs cold: logits max \|diff\| 0.9 misses max \|diff\| <= 0.25 at prompt "
                                          r"prefix-p1 position 515", warm.message), warm.message
     assert "warm vs reference: kl_divergence max = 0.005, threshold <= 0.0001: FAILED" in warm.message
-    cold = judge_prefix_cache(check, bounds, _measured({"prefix-p1": 0}, 0.0, 2e-5))
+    cold = judge_prefix_cache(check, _measured({"prefix-p1": 0}, 0.0, 2e-5))
     assert not cold.passed and "read no token from the prefix cache (first: prefix-p1)" in cold.message
-    nan = judge_prefix_cache(check, bounds, _measured({"prefix-p1": 512}, float("nan"), 2e-5))
+    nan = judge_prefix_cache(check, _measured({"prefix-p1": 512}, float("nan"), 2e-5))
     assert not nan.passed and "NaN/Inf never agree" in nan.message
 
 
