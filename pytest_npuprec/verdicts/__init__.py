@@ -10,7 +10,7 @@ from ..config.schema import ModelConfig, Threshold
 from ..measure import Measured
 from ..measure.thresholds import Measurements
 from .kinds import JUDGES, judge_qat_equivalence
-from .steps import judge_decode, judge_prefix_cache
+from .steps import judge_decode
 from .thresholds import FINITE_CHECK, judge_finite, judge_threshold
 from .verdict import Verdict, verdict
 
@@ -38,8 +38,6 @@ def judge_checks(config: ModelConfig, measured: Measured, judged: dict[str, Verd
         check, values = getattr(checks, kind), getattr(measured, kind)
         if kind == "qat_equivalence":
             verdicts.update(judge_qat_equivalence(check, values))
-        elif kind == "prefix_cache":
-            verdicts[kind] = judge_prefix_cache(check, values)
         else:
             verdicts[kind] = JUDGES[kind](check, values)
     return {check_id: verdicts[check_id].of_model(config.name) for check_id in config.check_ids}
