@@ -47,6 +47,9 @@ def test_penalised_checkpoint_passes_on_a_clean_device(run_suite, repo_config_di
     assert 'model_name: "npuprec/tiny-llama"\nstand_in: tiny-llama\n' in text
     text = text.replace('model_name: "npuprec/tiny-llama"\nstand_in: tiny-llama\n',
                         'model_name: "npuprec/tiny-llama-penalised"\n', 1)
+    drift = "  drift:\n    kl_divergence: 50%\n    relative_l2: 25%\n"
+    assert drift in text
+    text = text.replace(drift, "")  # no device record of this copy: drift is not what this test is about
     (configs / "tiny-llama-penalised.yaml").write_text(text)
     model_root = penalised_llama.parents[1]
     result, report_dir = run_suite("tiny-llama-penalised", "--npuprec-model-root", str(model_root),
