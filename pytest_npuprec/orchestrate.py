@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .baselines import session as baselines
+from .capture.prefix_cache import prefix_cache_inputs
 from .capture.prompts import decode_texts, decode_token, load_tokenizer, perplexity_input, render_prompts
 from .capture.records import ModelCapture, PromptInput
 from .capture.session import capture_model
@@ -21,6 +22,7 @@ from .config.schema import ModelConfig, ServeConfig
 from .errors import describe
 from .measure import Measured
 from .measure.kinds import measure_determinism, measure_labels, measure_perplexity, measure_ternary, measure_thinking
+from .measure.prefix_cache import measure_prefix_cache
 from .measure.steps import GRAPH_MODE, decode_summary, measure_batch_invariance, measure_decode, measure_graph_mode
 from .measure.thresholds import Measurements, measure
 from .progress import announced, phase
@@ -28,6 +30,7 @@ from .report.document import build_report
 from .report.figures import figures
 from .report.steps import add_decode
 from .report.write import write_report
+from .runners import decoding
 from .runners.converter import convert_checkpoint
 from .runners.device import Fault, VllmRunner, finish_closing
 from .runners.environment import host_description, package_versions, resolve_device
@@ -86,9 +89,10 @@ def _run(config: ModelConfig, options: RunOptions) -> ModelResult:
     qat, device_path = (measure_qat_equivalence(config, options, model_path, prompts)
                         if config.checks.qat_equivalence else (None, model_path))
     meta = {"model_path": str(model_path), "versions": package_versions(), "host": host_description(),
-            "requested_device": options.device,
+            "requested_device": options.device, "decoding": decoding.describe(device_path),
             **({"converted_path": str(device_path)} if device_path != model_path else {})}
     inputs = prompts + ([perplexity_input(config, tokenizer, len(prompts))] if config.checks.perplexity else [])
+    inputs += prefix_cache_inputs(config, tokenizer, prompts, len(inputs))
     baseline = baselines.open_session(config, options.baselines, device_path, inputs)  # live or baseline, and why
     meta["reference_source"] = baseline.source_doc()
     capture = _capture(config, options, device, device_path, inputs, meta, baseline)
@@ -150,6 +154,7 @@ def _measure(config: ModelConfig, capture: ModelCapture, tokenizer: Any, model_p
         decode=measure_decode(capture, prefill) if config.decode_thresholds else None,
         batch_invariance=measure_batch_invariance(capture) if checks.batch_invariance else None,
         graph_mode=measure_graph_mode(capture) if checks.graph_mode else None,
+        prefix_cache=measure_prefix_cache(capture, config.precision.tie_margin) if checks.prefix_cache else None,
         qat_equivalence=qat,
         ternary_weights=measure_ternary(model_path, checks.ternary_weights) if checks.ternary_weights else None,
         determinism=measure_determinism(capture) if checks.determinism else None,

@@ -3,7 +3,8 @@
 A baseline stands for one FP32 reference run; it is valid while everything that run depended on is
 the same: the token ids of every prompt as rendered, the checkpoint's files (weights, config, remote
 code, generation config), the tokenizer files, the parts of the config's precision section that shape
-the reference (prompts, max_tokens, positions, chat template, perplexity text, enable_thinking) and
+the reference (prompts, max_tokens, positions, chat template, perplexity text, enable_thinking, the decoding
+rule) and
 the lm_head tensor the logits are rebuilt from. Thresholds are not part of it: they judge the
 reference, they do not produce it. Package versions and the host are recorded for information.
 """
@@ -16,6 +17,7 @@ from typing import Any, Iterable
 
 from ..capture.records import PromptInput
 from ..config.schema import ModelConfig
+from ..runners import decoding
 from .digests import sha256_file
 
 # which files of a checkpoint folder count as what (anything else, e.g. a README, is ignored)
@@ -77,7 +79,13 @@ def provenance(config: ModelConfig, model_path: Path, prompts: list[PromptInput]
                lm_head: dict[str, Any]) -> dict[str, Any]:
     """Everything a reference baseline is valid for (VALIDITY_KEYS), for today's inputs."""
     files = checkpoint_files(model_path)
-    return {"prompts": prompt_digests(prompts), "precision": precision_inputs(config), **files, "lm_head": lm_head}
+    precision = precision_inputs(config)
+    if decoding.ignored_settings(model_path):
+        # its continuations are greedy by runners/decoding.py, not by what generation_config.json asks; a baseline
+        # recorded when the reference still applied those settings lacks this key and is stale (with nothing to
+        # ignore, the two rules give the same continuation: those baselines stay valid)
+        precision["decoding"] = decoding.RULE
+    return {"prompts": prompt_digests(prompts), "precision": precision, **files, "lm_head": lm_head}
 
 
 def changes(recorded: dict[str, Any], today: dict[str, Any]) -> list[str]:

@@ -26,7 +26,7 @@ class BaselineReference:
         self._weight: Any = None
         self.info: dict[str, Any] = {}
         self._by_prompt = {p.scored[: len(p.scored) - len(p.generated)]: p for p in baseline.prompts
-                           if p.kind == "compare"}
+                           if p.kind in ("compare", "prefix_cache")}
         self._by_scored = {(p.scored, p.positions): p for p in baseline.prompts}
 
     def __enter__(self) -> "BaselineReference":

@@ -13,6 +13,7 @@ from typing import Any, Callable, ContextManager, Protocol, Sequence
 
 from ..config.schema import PositionsMode
 from ..runners.scoring import ScoreRequest
+from .prefix_cache import WARM, warm_pass
 from .records import CaptureWriter, ModelCapture, PromptCapture, PromptInput, outputs_by_prompt, repeat_side
 from .steps import batch_passes as step_batch_passes
 from .steps import generate_with_steps
@@ -48,17 +49,19 @@ def capture_model(model: str, prompts: list[PromptInput], max_tokens: int, posit
     (name -> factory, e.g. enforce_eager flipped), each started after the last closed, generating with steps."""
     writer = CaptureWriter(folder)
     compare = [p for p in prompts if p.kind == "compare"]
+    prefixed = [p for p in prompts if p.kind == "prefix_cache"]  # the reference generates these too
     try:
         timings: dict[str, float] = {}
         started = time.perf_counter()
         with reference() as ref:
-            generated = {"reference": outputs_by_prompt(compare, ref.generate([p.token_ids for p in compare],
-                                                                              max_tokens), "the reference generation")}
+            generated = {"reference": outputs_by_prompt(compare + prefixed,
+                                                        ref.generate([p.token_ids for p in compare + prefixed],
+                                                                     max_tokens), "the reference generation")}
             scored, positions = {}, {}
             for p in prompts:
-                continuation = generated["reference"][p.index] if p.kind == "compare" else ()
+                continuation = generated["reference"][p.index] if p.kind in ("compare", "prefix_cache") else ()
                 scored[p.index] = p.token_ids + continuation
-                mode = positions_mode if p.kind == "compare" else "all"
+                mode = {"compare": positions_mode, "prefix_cache": "continuation"}.get(p.kind, "all")
                 positions[p.index] = scored_positions(len(p.token_ids), len(scored[p.index]), mode)
 
             def requests(side: str) -> list[ScoreRequest]:
@@ -86,6 +89,12 @@ def capture_model(model: str, prompts: list[PromptInput], max_tokens: int, posit
                     timings["device_score_s"] = round(time.perf_counter() - score_started, 3)
             if batch_passes:
                 generated.update(step_batch_passes(dev, compare, max_tokens, writer.logits_path))
+            if prefixed:
+                warm_started = time.perf_counter()
+                prefix_meta = warm_pass(dev, prefixed, [ScoreRequest(scored[p.index], positions[p.index],
+                                                                     writer.logits_path(WARM, p.index))
+                                                        for p in prefixed])
+                timings["device_prefix_cache_s"] = round(time.perf_counter() - warm_started, 3)
             dev_info = dev.info
         timings["device_s"] = round(time.perf_counter() - started, 2)
         variant_info = {}
@@ -96,15 +105,22 @@ def capture_model(model: str, prompts: list[PromptInput], max_tokens: int, posit
 
         records = [
             PromptCapture(prompt=p, scored=scored[p.index], positions=positions[p.index],
-                          generated={side: by_index[p.index] if p.kind == "compare" else ()
+                          generated={side: by_index[p.index] if _generated_on(side, p) else ()
                                      for side, by_index in generated.items()},
                           logits_files={})
             for p in prompts
         ]
         full_meta = dict(meta or {}, reference=ref_info, device=dev_info, **({"variants": variant_info} if variants
-                                                                                else {}), timings=timings,
+                                                                                else {}),
+                         **({"prefix_cache": prefix_meta} if prefixed else {}), timings=timings,
                          positions_mode=positions_mode, max_tokens=max_tokens, device_runs=device_runs)
         return writer.finish(ModelCapture(model=model, prompts=records, meta=full_meta))
     except BaseException:
         writer.abandon()
         raise
+
+
+def _generated_on(side: str, prompt: PromptInput) -> bool:
+    """Every side generates the compared prompts; the prefix-cache prompts only the reference (the device's are
+    scored, warm and cold, on the reference's continuation); a perplexity text nobody."""
+    return prompt.kind == "compare" or (prompt.kind == "prefix_cache" and side == "reference")

@@ -5,6 +5,7 @@ import math
 import re
 from typing import Any
 
+from .prefix_cache import parse_prefix_cache
 from .reader import Reader
 from .schema import (
     CHECK_KINDS,
@@ -14,6 +15,7 @@ from .schema import (
     GraphModeCheck,
     LabelCheck,
     PerplexityCheck,
+    PrefixCacheCheck,
     Prompt,
     QatEquivalenceCheck,
     TernaryWeightsCheck,
@@ -31,7 +33,7 @@ def parse_checks(r: Reader, raw: Any, prompts: tuple[Prompt, ...]) -> ChecksConf
     parsers = {
         "determinism": _determinism, "perplexity": _perplexity, "labels": _labels, "thinking": _thinking,
         "ternary_weights": _ternary, "qat_equivalence": _qat, "batch_invariance": _batch_invariance,
-        "graph_mode": _graph_mode,
+        "graph_mode": _graph_mode, "prefix_cache": _prefix_cache,
     }
     parsed = {}
     for name, value in raw.items():
@@ -158,3 +160,10 @@ def _batch_invariance(r: Reader, raw: Any, key: str, prompts: tuple[Prompt, ...]
 def _graph_mode(r: Reader, raw: Any, key: str, prompts: tuple[Prompt, ...]) -> GraphModeCheck:
     r.mapping(raw, key, frozenset({"max_abs_diff"}))
     return GraphModeCheck(max_abs_diff=_number(r, raw, key, "max_abs_diff", None, 0.0))
+
+
+def _prefix_cache(r: Reader, raw: Any, key: str, prompts: tuple[Prompt, ...]) -> PrefixCacheCheck:
+    r.mapping(raw, key, frozenset({"prefix_tokens", "prefix", "prompts", "max_abs_diff", "thresholds"}))
+    bound = _number(r, raw, key, "max_abs_diff", 0.0, 0.0) if "max_abs_diff" in raw else None
+    thresholds = parse_thresholds(r, raw["thresholds"], f"{key}.thresholds") if "thresholds" in raw else None
+    return parse_prefix_cache(r, raw, key, _prompt_ids(r, raw, key, prompts), bound, thresholds)

@@ -10,6 +10,7 @@ from .checks import parse_checks
 from .decode import decode_thresholds
 from .drift import parse_drift
 from .lengths import check_lengths_fit, parse_lengths
+from .prefix_cache import settle_prefix_cache
 from .reader import ConfigError, Reader
 from .schema import Message, ModelConfig, PrecisionConfig, Prompt, ServeConfig
 from .thresholds import parse_thresholds
@@ -81,6 +82,7 @@ def load_config(path: Path | str, text: str | None = None, require_thresholds: b
     precision = _precision(r, raw["precision"], require_thresholds) if "precision" in raw else None
     if precision is not None:
         check_lengths_fit(r, precision.lengths, precision.max_tokens, serve.max_model_len)
+        precision = settle_prefix_cache(r, precision, serve)
     return ModelConfig(
         name=path.stem,
         path=path,

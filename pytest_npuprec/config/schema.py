@@ -191,6 +191,25 @@ class GraphModeCheck(StepAgreementCheck):
 
 
 @dataclass(frozen=True)
+class PrefixCacheCheck:
+    """Prompts sharing a long prefix, scored cold and then warm (the prefix's KV blocks reused from the cache, the
+    prefill computing only the rest): warm vs cold within `max_abs_diff`, warm vs reference within `thresholds`
+    (default: the model's per-position thresholds)."""
+
+    prefix_tokens: int = 512  # the shared prefix, cut from `prefix` (repeated as needed)
+    prefix: str | None = None  # None: capture/lengths.FIXED_TEXT
+    prompts: tuple[str, ...] | None = None  # prompt ids whose tokens follow the prefix; None = every prompt
+    max_abs_diff: float | None = None  # None: the model's max_abs_diff threshold (its calibrated BF16 floor)
+    # warm vs reference: the model's thresholds, those of the metrics named here replaced (config/prefix_cache.py)
+    thresholds: tuple[Threshold, ...] | None = None
+
+    @property
+    def warm_bound(self) -> Threshold:
+        assert self.max_abs_diff is not None
+        return Threshold("max_abs_diff", "max", self.max_abs_diff, "max", id="prefix_cache")
+
+
+@dataclass(frozen=True)
 class ChecksConfig:
     """Check kinds beyond metric thresholds; each one set is one more check of the model."""
 
@@ -202,6 +221,7 @@ class ChecksConfig:
     qat_equivalence: QatEquivalenceCheck | None = None
     batch_invariance: BatchInvarianceCheck | None = None
     graph_mode: GraphModeCheck | None = None
+    prefix_cache: PrefixCacheCheck | None = None
 
     def enabled(self) -> tuple[str, ...]:
         """The check ids, in a fixed order."""
@@ -209,7 +229,7 @@ class ChecksConfig:
 
 
 CHECK_KINDS = ("qat_equivalence", "ternary_weights", "determinism", "perplexity", "labels", "thinking",
-               "batch_invariance", "graph_mode")
+               "batch_invariance", "graph_mode", "prefix_cache")
 
 
 @dataclass(frozen=True)

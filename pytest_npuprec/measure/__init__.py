@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .kinds import LabelPair, PerplexityMeasurement, RunDifference, TensorTernary, ThinkingMeasurement
+from .prefix_cache import PrefixCacheMeasurement
 from .steps import StepDifference
 from .thresholds import Measurements
 
@@ -28,3 +29,4 @@ class Measured:
     decode: Measurements | None = None  # the decode-step rows against the reference (measure/steps.py)
     batch_invariance: list[StepDifference] | None = None
     graph_mode: StepDifference | None = None
+    prefix_cache: PrefixCacheMeasurement | None = None

@@ -103,6 +103,7 @@ def _reference_source(report: dict[str, Any]) -> list[str]:
     lines = [f"reference: {source['source']}: {source['reason']}"] if source else []
     if run.get("engine_survivors"):
         lines.append(f"ERROR: {survivors(run['engine_survivors'])}")
+    lines += [f"decoding (both sides): {run['decoding']}"] if run.get("decoding") else []
     return lines + list(run.get("baseline_update", []))
 
 

@@ -22,6 +22,7 @@ from typing import Any, Sequence
 from ..config.schema import ServeConfig
 from ..env_vars import temporary_env
 from ..errors import NpuprecError
+from .decoding import greedy_sampling_params
 from .fault_names import DEFAULT_MAGNITUDES, FAULT_NAMES
 from .scoring import SCORE_KEY, ScoreRequest
 from .watchdog import PhaseError, ProcessTree, phase_timeouts, run_bounded
@@ -125,8 +126,6 @@ class VllmRunner:
         kwargs.update(
             model=str(self.model_path),
             tokenizer=str(self.model_path),
-            # Every position must be computed by the forward pass the hook sees.
-            enable_prefix_caching=False,
             worker_extension_cls=WORKER_EXTENSION,
         )
         return kwargs
@@ -169,6 +168,9 @@ class VllmRunner:
                 "platform": platform,
                 "model_class": model_class,
                 "engine_kwargs": {k: v for k, v in self.engine_kwargs().items() if k not in ("model", "tokenizer")},
+                # what the engine settled on (the config's serve.enable_prefix_caching, else vLLM's default)
+                "prefix_caching": getattr(getattr(getattr(getattr(self.llm, "llm_engine", None), "vllm_config", None),
+                                                  "cache_config", None), "enable_prefix_caching", None),
                 "env": env,
                 "start_s": round(time.perf_counter() - started, 2),
                 "timeouts_s": self.timeouts,
@@ -273,26 +275,29 @@ class VllmRunner:
         thread.start()
 
     def _run(self, prompts: Sequence[Sequence[int]], max_tokens: int, raw: bool = False,
-             extra_args: Sequence[dict[str, Any]] | None = None) -> list[Any]:
-        from vllm import SamplingParams
+             extra_args: Sequence[dict[str, Any]] | None = None, cache_salt: str | None = None) -> list[Any]:
+        """Without `cache_salt` every request gets a salt of its own: with prefix caching on (the engine's default)
+        nothing is reused, and every position is computed by a forward pass the capture sees. Requests sharing a
+        salt reuse each other's cached blocks (the prefix_cache check)."""
         from vllm.inputs import TokensPrompt
 
-        params: Any = SamplingParams(temperature=0.0, max_tokens=max_tokens, seed=self.serve.seed)
+        params: Any = greedy_sampling_params(max_tokens, self.serve.seed)  # decoding.RULE, as the reference
         if extra_args is not None:  # one SamplingParams per prompt, each carrying its own extra_args
             params = [params.clone() for _ in prompts]
             for one, extra in zip(params, extra_args):
                 one.extra_args = extra
-        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params,
-                                    use_tqdm=False)
+        salts = [cache_salt or f"npuprec-{os.urandom(8).hex()}" for _ in prompts]
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p), cache_salt=salt)
+                                     for p, salt in zip(prompts, salts)], params, use_tqdm=False)
         return outputs if raw else [tuple(out.outputs[0].token_ids) for out in outputs]
 
     def generate(self, prompts: Sequence[Sequence[int]], max_tokens: int,
-                 logits_out: Sequence[Path] | None = None) -> list[tuple[int, ...]]:
+                 logits_out: Sequence[Path] | None = None, cache_salt: str | None = None) -> list[tuple[int, ...]]:
         """Greedy continuations, all prompts in one batch as a server would run them. With `logits_out`
         (one path per prompt), the logits of every step of that generation are written there as float32
-        [generated tokens x vocab]: row k predicts generated token k (step_logits.py)."""
+        [generated tokens x vocab]: row k predicts generated token k (step_logits.py). `cache_salt`: see _run."""
         if logits_out is None:
-            return self._bounded("generate", lambda: self._run(prompts, max_tokens))
+            return self._bounded("generate", lambda: self._run(prompts, max_tokens, cache_salt=cache_salt))
         if len(logits_out) != len(prompts):
             raise ValueError(f"{len(prompts)} prompts but {len(logits_out)} logits paths")
 
@@ -315,26 +320,29 @@ class VllmRunner:
                     f"{got['first']}; expected {len(tokens)} (one per generated token) from {len(prompt) - 1}")
         return generated
 
-    def score(self, requests: Sequence[ScoreRequest]) -> None:
+    def score(self, requests: Sequence[ScoreRequest], cache_salt: str | None = None) -> list[int]:
         """Write the logits at each request's positions of its tokens (teacher forcing) to its `out` as float32
-        [P x vocab]. All requests run in one batch, as a server would run them."""
+        [P x vocab]. All requests run in one batch, as a server would run them. Cold unless `cache_salt` (see
+        _run); returns the prompt tokens each request read from the prefix cache."""
         if not requests:
-            return
+            return []
 
-        def call() -> dict[str, Any]:
+        def call() -> tuple[list[Any], dict[str, Any]]:
             self.llm.collective_rpc("npuprec_arm", args=({k: list(r.positions) for k, r in enumerate(requests)},))
-            self._run([r.tokens[: max(r.positions) + 1] for r in requests], max_tokens=1,
-                      extra_args=[{SCORE_KEY: k} for k in range(len(requests))])
-            return self.llm.collective_rpc("npuprec_collect", args=({k: str(r.out) for k, r in enumerate(requests)},))[0]
+            outputs = self._run([r.tokens[: max(r.positions) + 1] for r in requests], max_tokens=1, raw=True,
+                                extra_args=[{SCORE_KEY: k} for k in range(len(requests))], cache_salt=cache_salt)
+            return outputs, self.llm.collective_rpc("npuprec_collect",
+                                                    args=({k: str(r.out) for k, r in enumerate(requests)},))[0]
 
-        result = self._bounded("score", call)
+        outputs, result = self._bounded("score", call)
         if "problem" in result:
             raise DeviceRunError(f"{self.model}: the teacher-forced logits could not be captured: {result['problem']}")
         if "missing" in result:
             raise DeviceRunError(
                 f"{self.model}: the device forward pass never computed {result['n_missing']} requested positions of "
-                f"scored sequence {result['request'] + 1} of {len(requests)} (first: {result['missing'][:5]}); is "
-                "prefix caching forced on by the platform?")
+                f"scored sequence {result['request'] + 1} of {len(requests)} (first: {result['missing'][:5]}); were "
+                "they read from the prefix cache (a platform that ignores cache_salt)?")
+        return [int(out.num_cached_tokens or 0) for out in outputs]
 
 
 _closing: list[threading.Thread] = []  # engines being shut down in the background (VllmRunner.close_in_background)

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import gc
 import time
-import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from . import decoding
 from .scoring import ScoreRequest
 
 
@@ -23,6 +23,7 @@ class TransformersRunner:
         self.dtype = dtype
         self.model: Any = None
         self.info: dict[str, Any] = {}
+        self._eos: frozenset[int] = frozenset()
 
     def __enter__(self) -> "TransformersRunner":
         import torch
@@ -34,31 +35,48 @@ class TransformersRunner:
         ).eval()
         self.info = {"platform": "cpu", "dtype": self.dtype, "model_class": type(self.model).__name__,
                      "threads": torch.get_num_threads(), "start_s": round(time.perf_counter() - started, 2)}
+        self._eos = decoding.eos_ids(self.model.generation_config.eos_token_id, self._tokenizer_eos())
         return self
+
+    def _tokenizer_eos(self) -> int | None:
+        from transformers import AutoTokenizer
+
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(self.model_path), trust_remote_code=self.trust_remote_code)
+        except (OSError, ValueError):
+            return None  # a checkpoint without a tokenizer: its prompts came as token ids
+        return tokenizer.eos_token_id
 
     def __exit__(self, *exc: object) -> None:
         self.model = None
         gc.collect()
 
     def generate(self, prompts: Sequence[Sequence[int]], max_tokens: int) -> list[tuple[int, ...]]:
-        """Greedy continuations, one prompt at a time (no padding to perturb the reference)."""
+        """Greedy continuations by decoding.RULE, one prompt at a time (no padding to perturb the reference): the
+        argmax of the model's own logits at each step, with its KV cache; the checkpoint's generation_config
+        settings (repetition penalty, n-gram bans, bad words, forced tokens...) are not applied."""
+        return [self._greedy(prompt, max_tokens) for prompt in prompts]
+
+    def _greedy(self, prompt: Sequence[int], max_tokens: int) -> tuple[int, ...]:
         import torch
 
-        out = []
-        for prompt in prompts:
-            ids = torch.tensor([list(prompt)], dtype=torch.long)
-            with torch.inference_mode(), warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # generation_config sampling defaults vs do_sample=False
-                generated = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
-                                                do_sample=False, max_new_tokens=max_tokens,
-                                                pad_token_id=self._pad_id())
-            out.append(tuple(int(t) for t in generated[0, ids.shape[1]:].tolist()))
-        return out
+        out: list[int] = []
+        ids, cache = torch.tensor([list(prompt)], dtype=torch.long), None
+        with torch.inference_mode():
+            while len(out) < max_tokens:
+                result = self._last_logits(ids, cache)
+                token = int(torch.argmax(result.logits[0, -1]))
+                out.append(token)
+                if token in self._eos:
+                    break
+                ids, cache = torch.tensor([[token]], dtype=torch.long), result.past_key_values
+        return tuple(out)
 
-    def _pad_id(self) -> int | None:
-        cfg = self.model.generation_config
-        eos = cfg.eos_token_id
-        return cfg.pad_token_id if cfg.pad_token_id is not None else (eos[0] if isinstance(eos, list) else eos)
+    def _last_logits(self, ids: Any, cache: Any) -> Any:
+        try:
+            return self.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        except TypeError:  # remote code without logits_to_keep
+            return self.model(input_ids=ids, past_key_values=cache, use_cache=True)
 
     def score(self, requests: Sequence[ScoreRequest]) -> None:
         """Write the logits at each request's positions of its tokens to its `out` as float32 [P x vocab], one

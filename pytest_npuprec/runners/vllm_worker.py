@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..atomic import atomic_file
-from . import step_logits
+from . import prefix_fault, step_logits
 from .fault_names import FAULT_NAMES
 from .scoring import SCORE_KEY
 
@@ -284,6 +284,10 @@ def _graph_only(model: Any, magnitude: float) -> str:
     return step_logits.graph_only(model._npuprec_steps, magnitude)
 
 
+def _prefix_only(model: Any, magnitude: float) -> str:
+    return prefix_fault.prefix_only(model, model._npuprec_steps.runner, magnitude)
+
+
 def _rms_norms(model: Any, fault: str) -> list[Any]:
     """The model's RMSNorm layers that carry a weight vector, in module order."""
     import torch
@@ -298,6 +302,6 @@ def _rms_norms(model: Any, fault: str) -> list[Any]:
 FAULTS = {"attention_scale": _attention_scale, "rope_theta": _rope_theta, "rmsnorm_offset": _rmsnorm_offset,
           "overflow": _overflow, "nondeterminism": _nondeterminism, "engine_kill": _engine_kill,
           "engine_hang": _engine_hang, "decode_only": _decode_only, "batch_only": _batch_only,
-          "graph_only": _graph_only}
+          "graph_only": _graph_only, "prefix_only": _prefix_only}
 if tuple(FAULTS) != FAULT_NAMES:  # one list of names: fault_names.py, which option parsing reads
     raise ImportError(f"vllm_worker.FAULTS {tuple(FAULTS)} differ from fault_names.FAULT_NAMES {FAULT_NAMES}")

@@ -14,6 +14,7 @@ import pytest
 from pytest_npuprec.baselines import BaselineError
 from pytest_npuprec.baselines import session as bl
 from pytest_npuprec.baselines.store import load_reference, publish
+from pytest_npuprec.capture.prefix_cache import prefix_cache_inputs
 from pytest_npuprec.capture.prompts import load_tokenizer, perplexity_input, render_prompts
 from pytest_npuprec.capture.session import capture_model
 from pytest_npuprec.config.loader import ConfigError, load_config
@@ -36,9 +37,10 @@ def _shrink(config, n_prompts=2, max_tokens=6):
 def _inputs(config, path):
     tok = load_tokenizer(path, config.serve.trust_remote_code)
     prompts = render_prompts(config, tok)
+    rendered = list(prompts)
     if config.checks.perplexity:
         prompts.append(perplexity_input(config, tok, len(prompts)))
-    return prompts
+    return prompts + prefix_cache_inputs(config, tok, rendered, len(prompts))  # as orchestrate builds them
 
 
 def _capture(config, path, prompts, folder, reference):
