@@ -1,0 +1,175 @@
+"""A transformers model whose weights live on disk: built on the meta device, each unit (a decoder layer, the
+embeddings, the final norm, lm_head) read from the safetensors shards in FP32 just before it runs and dropped
+after every sequence has run through it (runners/lockstep.py). The architecture's own modules do the compute,
+so Llama, Qwen3 (q/k norm, tied embeddings) and remote code (MiniCPM) need nothing of their own here.
+
+accelerate's disk offload (device_map with an offload folder) would do the loading, but it re-writes every
+weight upcast to FP32 into its offload folder (2x a BF16 checkpoint on disk, written once per run) and loads each
+module once per forward call, so N sequences read the weights N times; this reads them once, from the shards.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from ..errors import NpuprecError
+
+INDEX_FILE = "model.safetensors.index.json"
+SINGLE_FILE = "model.safetensors"
+
+
+class StreamError(NpuprecError):
+    """The checkpoint cannot be streamed (no safetensors, or a parameter without a tensor of its name)."""
+
+
+def weight_map(folder: Path) -> dict[str, Path]:
+    """checkpoint tensor name -> the shard that holds it."""
+    from safetensors import safe_open
+
+    index = folder / INDEX_FILE
+    if index.is_file():
+        try:
+            names = json.loads(index.read_text())["weight_map"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise StreamError(f"{index}: expected a safetensors index with a weight_map ({exc})") from None
+        return {name: folder / shard for name, shard in names.items()}
+    single = folder / SINGLE_FILE
+    if single.is_file():
+        with safe_open(str(single), framework="pt") as f:
+            return {name: single for name in f.keys()}
+    raise StreamError(f"{folder}: no {SINGLE_FILE} or {INDEX_FILE}; the streamed reference reads safetensors only")
+
+
+@contextlib.contextmanager
+def _params_on_meta() -> Iterator[None]:
+    """Parameters created inside go to the meta device; buffers (rotary inv_freq, computed, not stored) stay real."""
+    import torch
+    from torch import nn
+
+    register = nn.Module.register_parameter
+
+    def register_on_meta(module: nn.Module, name: str, param: Any) -> None:
+        register(module, name, param)
+        if param is not None:
+            kwargs = dict(param.__dict__)
+            module._parameters[name] = type(param)(param.to("meta"), **kwargs)  # type: ignore[call-arg]
+
+    nn.Module.register_parameter = register_on_meta  # type: ignore[method-assign]
+    try:
+        with torch.device("cpu"):
+            yield
+    finally:
+        nn.Module.register_parameter = register  # type: ignore[method-assign]
+
+
+def decoder_layers(model: Any) -> Any:
+    """The model's largest ModuleList of one repeated module class: its decoder layers."""
+    from torch import nn
+
+    best = None
+    for module in model.modules():
+        if isinstance(module, nn.ModuleList) and len(module) and len({type(m) for m in module}) == 1:
+            if best is None or len(module) > len(best):
+                best = module
+    if best is None:
+        raise StreamError(f"{type(model).__name__}: no list of decoder layers to stream")
+    return best
+
+
+class Unit:
+    """One module whose parameters are loaded together: name -> (the module owning it, attribute, tensor key)."""
+
+    def __init__(self, label: str, module: Any):
+        self.label, self.module = label, module
+        self.params: list[tuple[Any, str, str]] = []
+        self.loaded = False
+        self.calls = 0
+
+
+class StreamedModel:
+    """The model skeleton and its units; `load(unit)` / `free(unit)` move one unit's weights in and out."""
+
+    def __init__(self, folder: Path, trust_remote_code: bool = False):
+        import torch
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        self.folder = Path(folder)
+        self.files = weight_map(self.folder)
+        config = AutoConfig.from_pretrained(str(self.folder), trust_remote_code=trust_remote_code)
+        with _params_on_meta():
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, trust_remote_code=trust_remote_code)
+        self.model = model.eval()
+        self.model.tie_weights()
+        self.units = self._units()
+        self.bytes_read = 0
+
+    def _units(self) -> list[Unit]:
+        layers = decoder_layers(self.model)
+        layer_ids = {id(m) for m in layers}
+        units = [Unit(f"layer {i}", m) for i, m in enumerate(layers)]
+        inside = {id(sub) for layer in layers for sub in layer.modules()}
+        units += [Unit(name, m) for name, m in self.model.named_modules()
+                  if id(m) not in inside and id(m) not in layer_ids and any(True for _ in m.parameters(recurse=False))]
+        by_id = {id(u.module): u for u in units}
+        owner_of = {}  # id(module) -> the unit it belongs to
+        for unit in units:
+            for sub in unit.module.modules() if id(unit.module) in layer_ids else [unit.module]:
+                owner_of[id(sub)] = unit
+        missing = []
+        tensors_of: dict[int, str] = {}  # id(parameter) -> a checkpoint key holding it (tied parameters share one)
+        names = list(self.model.named_parameters(remove_duplicate=False))
+        for name, param in names:
+            if name in self.files:
+                tensors_of.setdefault(id(param), name)
+        for name, param in names:
+            module_name, _, attr = name.rpartition(".")
+            module = self.model.get_submodule(module_name)
+            key = name if name in self.files else tensors_of.get(id(param))
+            if key is None:
+                missing.append(name)
+                continue
+            owner_of[id(module)].params.append((module, attr, key))
+        if missing:
+            raise StreamError(f"{self.folder}: no tensor for parameter(s) {', '.join(missing[:5])}"
+                              f"{' ...' if len(missing) > 5 else ''} in the safetensors files; the streamed reference "
+                              "reads each parameter by its own name (use reference_memory: in_memory)")
+        del by_id
+        return [u for u in units if u.params]
+
+    def load(self, unit: Unit) -> None:
+        """Read the unit's tensors from their shards, upcast to FP32 (each shard opened and closed again, so no
+        mapping of the checkpoint outlives the load)."""
+        import torch
+        from safetensors import safe_open
+
+        by_file: dict[Path, list[tuple[Any, str, str]]] = defaultdict(list)
+        for module, attr, key in unit.params:
+            by_file[self.files[key]].append((module, attr, key))
+        for path, entries in by_file.items():
+            with safe_open(str(path), framework="pt") as f:
+                for module, attr, key in entries:
+                    tensor = f.get_tensor(key).to(torch.float32)
+                    self.bytes_read += tensor.numel() * 4
+                    module._parameters[attr] = torch.nn.Parameter(tensor, requires_grad=False)
+        unit.loaded = True
+
+    def free(self, unit: Unit) -> None:
+        import torch
+
+        for module, attr, _ in unit.params:
+            module._parameters[attr] = torch.nn.Parameter(module._parameters[attr].to("meta"), requires_grad=False)
+        unit.loaded = False
+
+    def hook(self, before: Callable[[Unit], None], after: Callable[[Unit], None]) -> Callable[[], None]:
+        """Call before(unit) / after(unit) around each unit's forward; returns the function removing the hooks."""
+        handles = []
+        for unit in self.units:
+            handles.append(unit.module.register_forward_pre_hook(lambda m, a, u=unit: before(u)))
+            handles.append(unit.module.register_forward_hook(lambda m, a, o, u=unit: after(u)))
+        return lambda: [h.remove() for h in handles]
+
+    def fp32_bytes(self) -> int:
+        return sum(p.numel() * 4 for p in {id(p): p for p in self.model.parameters()}.values())
