@@ -31,6 +31,7 @@ from .runners.converter import convert_checkpoint
 from .runners.device import Fault, VllmRunner, finish_closing
 from .runners.environment import host_description, package_versions, resolve_device
 from .runners.reference import TransformersRunner
+from .runners.reference_memory import reference_runner
 from .verdicts import Verdict, judge_checks
 
 
@@ -124,13 +125,15 @@ def _capture(config: ModelConfig, options: RunOptions, device: str, model_path: 
         variants[GRAPH_MODE] = engine(dataclasses.replace(serve, enforce_eager=not serve.enforce_eager))
     return capture_model(
         config.name, inputs, precision.max_tokens, precision.positions,
-        reference=baseline.reference_factory(lambda: TransformersRunner(model_path, serve.trust_remote_code)),
+        reference=baseline.reference_factory(
+            lambda: reference_runner(model_path, serve.trust_remote_code, precision.reference_memory)),
         device=engine(serve),
         folder=options.report_dir / "captures" / config.name,
         meta=meta,
         device_runs=checks.determinism.runs if checks.determinism else 1,
         steps=bool(config.decode_thresholds or checks.batch_invariance or checks.graph_mode),
         batch_passes=checks.batch_invariance is not None, variants=variants,
+        reference_scoring=precision.reference_scoring,
     )
 
 

@@ -28,7 +28,7 @@ class StreamError(NpuprecError):
 
 def weight_map(folder: Path) -> dict[str, Path]:
     """checkpoint tensor name -> the shard that holds it."""
-    from safetensors import safe_open
+    from ..checkpoints.tensors import _header
 
     index = folder / INDEX_FILE
     if index.is_file():
@@ -39,9 +39,45 @@ def weight_map(folder: Path) -> dict[str, Path]:
         return {name: folder / shard for name, shard in names.items()}
     single = folder / SINGLE_FILE
     if single.is_file():
-        with safe_open(str(single), framework="pt") as f:
-            return {name: single for name in f.keys()}
+        return {name: single for name in _header(single)[0]}
     raise StreamError(f"{folder}: no {SINGLE_FILE} or {INDEX_FILE}; the streamed reference reads safetensors only")
+
+
+def _torch_dtype(name: str) -> Any:
+    import torch
+
+    dtypes = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+              "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+              "BOOL": torch.bool, "F8_E4M3": getattr(torch, "float8_e4m3fn", None),
+              "F8_E5M2": getattr(torch, "float8_e5m2", None)}
+    dtype = dtypes.get(name)
+    if dtype is None:
+        raise StreamError(f"safetensors dtype {name} is not supported by the streamed reference")
+    return dtype
+
+
+def read_tensor(path: Path, key: str, headers: dict[Path, tuple[dict, int]]) -> Any:
+    """One tensor of a safetensors file, read into memory of its own (headers: a cache of parsed headers)."""
+    import torch
+
+    from ..checkpoints.tensors import _header
+
+    if path not in headers:
+        headers[path] = _header(path)
+    header, offset = headers[path]
+    info = header.get(key)
+    if info is None:
+        raise StreamError(f"{path}: no tensor {key} (the index names this file for it)")
+    start, end = info["data_offsets"]
+    buffer = bytearray(end - start)
+    with open(path, "rb") as fh:
+        fh.seek(offset + start)
+        if fh.readinto(buffer) != len(buffer):
+            raise StreamError(f"{path}: truncated, tensor {key} runs past the end of the file")
+    dtype = _torch_dtype(info["dtype"])
+    if not buffer:
+        return torch.empty(info["shape"], dtype=dtype)
+    return torch.frombuffer(buffer, dtype=dtype).reshape(info["shape"])
 
 
 @contextlib.contextmanager
@@ -123,6 +159,7 @@ class StreamedModel:
         self.model.tie_weights()
         self.units = self._units()
         self.bytes_read = 0
+        self._headers: dict[Path, tuple[dict, int]] = {}
 
     def _units(self) -> list[Unit]:
         layers = decoder_layers(self.model)
@@ -158,20 +195,17 @@ class StreamedModel:
         return [u for u in units if u.params]
 
     def load(self, unit: Unit) -> None:
-        """Read the unit's tensors from their shards, upcast to FP32 (each shard opened and closed again, so no
-        mapping of the checkpoint outlives the load)."""
+        """Read the unit's tensors from their shards and upcast floating ones to FP32. Read, not mapped: pages of a
+        mapped shard count in the process's RSS for as long as it stays mapped (a whole layer's BF16 on top of its
+        FP32 copy); a read holds one tensor's bytes at a time."""
         import torch
-        from safetensors import safe_open
 
-        by_file: dict[Path, list[tuple[Any, str, str]]] = defaultdict(list)
         for module, attr, key in unit.params:
-            by_file[self.files[key]].append((module, attr, key))
-        for path, entries in by_file.items():
-            with safe_open(str(path), framework="pt") as f:
-                for module, attr, key in entries:
-                    tensor = f.get_tensor(key).to(torch.float32)
-                    self.bytes_read += tensor.numel() * 4
-                    module._parameters[attr] = torch.nn.Parameter(tensor, requires_grad=False)
+            tensor = read_tensor(self.files[key], key, self._headers)
+            if tensor.is_floating_point():
+                tensor = tensor.to(torch.float32)
+            self.bytes_read += tensor.numel() * tensor.element_size()
+            module._parameters[attr] = torch.nn.Parameter(tensor, requires_grad=False)
         unit.loaded = True
 
     def free(self, unit: Unit) -> None:
