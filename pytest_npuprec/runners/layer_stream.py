@@ -3,9 +3,9 @@ embeddings, the final norm, lm_head) read from the safetensors shards in FP32 ju
 after every sequence has run through it (runners/lockstep.py). The architecture's own modules do the compute,
 so Llama, Qwen3 (q/k norm, tied embeddings) and remote code (MiniCPM) need nothing of their own here.
 
-accelerate's disk offload (device_map with an offload folder) would do the loading, but it re-writes every
-weight upcast to FP32 into its offload folder (2x a BF16 checkpoint on disk, written once per run) and loads each
-module once per forward call, so N sequences read the weights N times; this reads them once, from the shards.
+accelerate's disk offload (transformers' device_map with weights on "disk") would do the loading too, but it is
+not installed here, and its hooks load a module's weights at each forward call: scoring N sequences one at a time
+(no padding, the reference's rule) reads the weights N times; this reads them once for all N (lockstep.py).
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterator
 from ..errors import NpuprecError
 
 INDEX_FILE = "model.safetensors.index.json"
+READ_CHUNK = 16 << 20  # bytes read at a time
 SINGLE_FILE = "model.safetensors"
 
 
@@ -57,7 +58,9 @@ def _torch_dtype(name: str) -> Any:
 
 
 def read_tensor(path: Path, key: str, headers: dict[Path, tuple[dict, int]]) -> Any:
-    """One tensor of a safetensors file, read into memory of its own (headers: a cache of parsed headers)."""
+    """One tensor of a safetensors file in memory of its own, floating point upcast to FP32 (exactly, as
+    from_pretrained(dtype=float32) does). Read in chunks of READ_CHUNK bytes straight into the FP32 tensor, so a
+    4 GB embedding matrix in FP32 does not also hold its 2 GB of BF16 (headers: a cache of parsed headers)."""
     import torch
 
     from ..checkpoints.tensors import _header
@@ -69,15 +72,22 @@ def read_tensor(path: Path, key: str, headers: dict[Path, tuple[dict, int]]) -> 
     if info is None:
         raise StreamError(f"{path}: no tensor {key} (the index names this file for it)")
     start, end = info["data_offsets"]
-    buffer = bytearray(end - start)
+    stored = _torch_dtype(info["dtype"])
+    out = torch.empty(info["shape"], dtype=torch.float32 if stored.is_floating_point else stored)
+    itemsize = torch.empty(0, dtype=stored).element_size()
+    if out.numel() * itemsize != end - start:
+        raise StreamError(f"{path}: tensor {key}: {end - start} bytes for shape {info['shape']} of {info['dtype']}")
+    flat, step = out.view(-1), max(1, READ_CHUNK // itemsize)
+    buffer = bytearray(min(step, out.numel()) * itemsize)
     with open(path, "rb") as fh:
         fh.seek(offset + start)
-        if fh.readinto(buffer) != len(buffer):
-            raise StreamError(f"{path}: truncated, tensor {key} runs past the end of the file")
-    dtype = _torch_dtype(info["dtype"])
-    if not buffer:
-        return torch.empty(info["shape"], dtype=dtype)
-    return torch.frombuffer(buffer, dtype=dtype).reshape(info["shape"])
+        for first in range(0, out.numel(), step):
+            count = min(step, out.numel() - first)
+            view = memoryview(buffer)[: count * itemsize]
+            if fh.readinto(view) != len(view):
+                raise StreamError(f"{path}: truncated, tensor {key} runs past the end of the file")
+            flat[first:first + count].copy_(torch.frombuffer(view, dtype=stored))
+    return out
 
 
 @contextlib.contextmanager
@@ -195,15 +205,13 @@ class StreamedModel:
         return [u for u in units if u.params]
 
     def load(self, unit: Unit) -> None:
-        """Read the unit's tensors from their shards and upcast floating ones to FP32. Read, not mapped: pages of a
+        """Read the unit's tensors from their shards, floating ones upcast to FP32. Read, not mapped: pages of a
         mapped shard count in the process's RSS for as long as it stays mapped (a whole layer's BF16 on top of its
-        FP32 copy); a read holds one tensor's bytes at a time."""
+        FP32 copy)."""
         import torch
 
         for module, attr, key in unit.params:
             tensor = read_tensor(self.files[key], key, self._headers)
-            if tensor.is_floating_point():
-                tensor = tensor.to(torch.float32)
             self.bytes_read += tensor.numel() * tensor.element_size()
             module._parameters[attr] = torch.nn.Parameter(tensor, requires_grad=False)
         unit.loaded = True
@@ -225,4 +233,9 @@ class StreamedModel:
         return lambda: [h.remove() for h in handles]
 
     def fp32_bytes(self) -> int:
+        """The model's parameters in FP32 (tied ones once)."""
         return sum(p.numel() * 4 for p in {id(p): p for p in self.model.parameters()}.values())
+
+    def pass_bytes(self) -> int:
+        """What one pass reads: every unit's parameters in FP32 (a tied embedding twice, as input and as lm_head)."""
+        return sum(getattr(module, attr).numel() * 4 for unit in self.units for module, attr, _ in unit.params)

@@ -60,12 +60,18 @@ class Lockstep:
                         self._turn = self._active[position % len(self._active)]
                     self._cond.notify_all()
 
-        threads = [threading.Thread(target=body, args=(i,), name=f"npuprec-stream-{i}") for i in range(len(fns))]
+        started: list[threading.Thread] = []
         try:
-            for thread in threads:
+            for i in range(len(fns)):
+                thread = threading.Thread(target=body, args=(i,), name=f"npuprec-stream-{i}")
                 thread.start()
+                started.append(thread)
+        except BaseException as exc:  # e.g. no thread could be started: the started ones stop at their next turn
+            with self._cond:
+                self._error = self._error or exc
+                self._cond.notify_all()
         finally:
-            for thread in threads:
+            for thread in started:
                 thread.join()
             self._active, self.sequences = [], 1
         if self._error is not None:

@@ -33,7 +33,7 @@ class StreamedRunner(TransformersRunner):
         self._unhook = self.streamed.hook(self._before, self._after)
         self.info = {"platform": "cpu", "dtype": "float32", "model_class": type(self.model).__name__,
                      "threads": torch.get_num_threads(), "memory": "streamed", "units": len(self.streamed.units),
-                     "fp32_weight_bytes": self.streamed.fp32_bytes(),
+                     "fp32_weight_bytes": self.streamed.fp32_bytes(), "pass_bytes": self.streamed.pass_bytes(),
                      "start_s": round(time.perf_counter() - started, 2)}
         return self
 
