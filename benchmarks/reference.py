@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import signal
 import subprocess
 import sys
 import tempfile
@@ -77,6 +78,7 @@ def main() -> None:
     if args.child:
         child(args.child, args.model, args.out)
         return
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stopped: still remove the temp dir (and the child)
     with tempfile.TemporaryDirectory(prefix="npuprec-reference-bench-") as tmp:
         model, out = Path(tmp) / "model", Path(tmp) / "logits"
         out.mkdir()

@@ -167,6 +167,10 @@ class StreamedModel:
             model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, trust_remote_code=trust_remote_code)
         self.model = model.eval()
         self.model.tie_weights()
+        if (self.folder / "generation_config.json").is_file():  # what from_pretrained reads too (eos, pad ids)
+            from transformers import GenerationConfig
+
+            self.model.generation_config = GenerationConfig.from_pretrained(str(self.folder))
         self.units = self._units()
         self.bytes_read = 0
         self._headers: dict[Path, tuple[dict, int]] = {}
@@ -178,7 +182,6 @@ class StreamedModel:
         inside = {id(sub) for layer in layers for sub in layer.modules()}
         units += [Unit(name, m) for name, m in self.model.named_modules()
                   if id(m) not in inside and id(m) not in layer_ids and any(True for _ in m.parameters(recurse=False))]
-        by_id = {id(u.module): u for u in units}
         owner_of = {}  # id(module) -> the unit it belongs to
         for unit in units:
             for sub in unit.module.modules() if id(unit.module) in layer_ids else [unit.module]:
@@ -201,7 +204,6 @@ class StreamedModel:
             raise StreamError(f"{self.folder}: no tensor for parameter(s) {', '.join(missing[:5])}"
                               f"{' ...' if len(missing) > 5 else ''} in the safetensors files; the streamed reference "
                               "reads each parameter by its own name (use reference_memory: in_memory)")
-        del by_id
         return [u for u in units if u.params]
 
     def load(self, unit: Unit) -> None:
