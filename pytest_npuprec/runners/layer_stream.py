@@ -126,21 +126,32 @@ def decoder_layers(model: Any) -> Any:
     return best
 
 
-def _trimmer() -> Callable[[], Any] | None:
+def _glibc() -> Any:
     try:
-        return ctypes.CDLL("libc.so.6").malloc_trim
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim, libc.mallopt  # noqa: B018
+        return libc
     except (OSError, AttributeError):  # not glibc
         return None
 
 
-_MALLOC_TRIM = _trimmer()
+_LIBC = _glibc()
+_M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD = 1 << 20
+
+
+def _map_large_blocks() -> None:
+    """glibc raises its mmap threshold (up to 32 MB) each time it frees a mapped block, after which blocks of that
+    size come from per-thread arenas and stay in the RSS when freed; a fixed threshold keeps every block of 1 MB or
+    more (weights, activations) mapped, returned to the system when freed."""
+    if _LIBC is not None:
+        _LIBC.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
 
 
 def _return_freed_memory() -> None:
-    """glibc keeps freed blocks under its mmap threshold (up to 32 MB) in per-thread arenas: without a trim the
-    dropped units of a model of many mid-sized tensors pile up in the process's RSS."""
-    if _MALLOC_TRIM is not None:
-        _MALLOC_TRIM(0)
+    """What the arenas still hold after a unit is dropped, back to the system."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
 
 
 class Unit:
@@ -162,6 +173,7 @@ class StreamedModel:
 
         self.folder = Path(folder)
         self.files = weight_map(self.folder)
+        _map_large_blocks()
         config = AutoConfig.from_pretrained(str(self.folder), trust_remote_code=trust_remote_code)
         with _params_on_meta():
             model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, trust_remote_code=trust_remote_code)
