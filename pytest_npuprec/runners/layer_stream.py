@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import json
-from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -188,16 +187,31 @@ class StreamedModel:
         self._headers: dict[Path, tuple[dict, int]] = {}
 
     def _units(self) -> list[Unit]:
+        """Each decoder layer's children (attention, MLP or MoE block with its experts, norms) and the layer's own
+        parameters, or the whole layer when a child is a bare container (a ModuleList of experts called by the
+        layer itself, whose hooks would never run); outside the layers, each module owning parameters."""
+        from torch import nn
+
         layers = decoder_layers(self.model)
-        layer_ids = {id(m) for m in layers}
-        units = [Unit(f"layer {i}", m) for i, m in enumerate(layers)]
+        units: list[Unit] = []
+        owner_of: dict[int, Unit] = {}  # id(module) -> the unit loading its direct parameters
+        for i, layer in enumerate(layers):
+            children = list(layer.named_children())
+            whole = Unit(f"layer {i}", layer)
+            units.append(whole)
+            if any(isinstance(c, (nn.ModuleList, nn.ModuleDict)) for _, c in children):
+                owner_of.update({id(sub): whole for sub in layer.modules()})
+                continue
+            owner_of[id(layer)] = whole
+            for name, child in children:
+                unit = Unit(f"layer {i}.{name}", child)
+                units.append(unit)
+                owner_of.update({id(sub): unit for sub in child.modules()})
         inside = {id(sub) for layer in layers for sub in layer.modules()}
-        units += [Unit(name, m) for name, m in self.model.named_modules()
-                  if id(m) not in inside and id(m) not in layer_ids and any(True for _ in m.parameters(recurse=False))]
-        owner_of = {}  # id(module) -> the unit it belongs to
-        for unit in units:
-            for sub in unit.module.modules() if id(unit.module) in layer_ids else [unit.module]:
-                owner_of[id(sub)] = unit
+        for name, module in self.model.named_modules():
+            if id(module) not in inside and any(True for _ in module.parameters(recurse=False)):
+                units.append(Unit(name, module))
+                owner_of[id(module)] = units[-1]
         missing = []
         tensors_of: dict[int, str] = {}  # id(parameter) -> a checkpoint key holding it (tied parameters share one)
         names = list(self.model.named_parameters(remove_duplicate=False))
