@@ -35,6 +35,7 @@ from .runners.converter import convert_checkpoint
 from .runners.device import Fault, VllmRunner, finish_closing
 from .runners.environment import host_description, package_versions, resolve_device
 from .runners.reference import TransformersRunner
+from .runners.reference_memory import reference_runner
 from .verdicts import Verdict, judge_checks
 
 
@@ -131,14 +132,16 @@ def _capture(config: ModelConfig, options: RunOptions, device: str, model_path: 
                                          config.name, f"device ({GRAPH_MODE})")
     return capture_model(
         config.name, inputs, precision.max_tokens, precision.positions,
-        reference=announced(baseline.reference_factory(lambda: TransformersRunner(model_path, serve.trust_remote_code)),
-                            config.name, "reference", one_at_a_time=True),
+        reference=announced(baseline.reference_factory(
+            lambda: reference_runner(model_path, serve.trust_remote_code, precision.reference_memory)),
+            config.name, "reference"),
         device=announced(engine(serve), config.name, "device"),
         folder=options.report_dir / "captures" / config.name,
         meta=meta,
         device_runs=checks.determinism.runs if checks.determinism else 1,
         steps=bool(config.decode_thresholds or checks.batch_invariance or checks.graph_mode),
         batch_passes=checks.batch_invariance is not None, variants=variants,
+        reference_scoring=precision.reference_scoring,
     )
 
 

@@ -3,8 +3,8 @@ generation and scoring, engine start and graph capture, where pytest alone print
 
 The plugin sets the writer from pytest's terminal reporter (quiet under -q, absent in xdist workers, which have
 no terminal); runners are wrapped, not changed: `announced(factory, model, side)` says each start, generate and
-score, with a bar over the reference's prompts when the output is a terminal (the reference runs them one at a
-time anyway, so running them one call each changes nothing it computes; the device's batch is never split)."""
+score, with a bar over the prompts of a runner that runs them one at a time anyway (the in-memory reference; one
+call each then changes nothing it computes) when the output is a terminal; a batch is never split."""
 from __future__ import annotations
 
 import time
@@ -58,8 +58,8 @@ def phase(model: str, what: str) -> Iterator[None]:
 class _Announced:
     """A runner (capture/session.py's Runner) whose verbs say when they start and end."""
 
-    def __init__(self, factory: Callable[[], ContextManager[Any]], model: str, side: str, one_at_a_time: bool):
-        self.factory, self.model, self.side, self.one_at_a_time = factory, model, side, one_at_a_time
+    def __init__(self, factory: Callable[[], ContextManager[Any]], model: str, side: str):
+        self.factory, self.model, self.side = factory, model, side
         self.inner: Any = None
         self._entered: Any = None
 
@@ -95,18 +95,20 @@ class _Announced:
             return None
 
     def _split(self, args: tuple, kwargs: dict) -> bool:
-        return (self.one_at_a_time and not args and not kwargs and _writer is not None and _writer.isatty)
+        # only a runner that says it handles prompts one by one anyway (TransformersRunner): a streamed reference
+        # reads its weights once per call for all sequences, an engine batches them
+        return (getattr(self.inner, "one_at_a_time", False) and not args and not kwargs and _writer is not None
+                and _writer.isatty)
 
     def _bar(self, verb: str, done: int, total: int) -> None:
         if _writer is not None:
             _writer.bar(f"npuprec: {self.model}: {self.side}: {verb}", done, total)
 
 
-def announced(factory: Callable[[], ContextManager[Any]], model: str, side: str,
-              one_at_a_time: bool = False) -> Callable[[], ContextManager[Any]]:
+def announced(factory: Callable[[], ContextManager[Any]], model: str, side: str) -> Callable[[], ContextManager[Any]]:
     """The factory, its runner announcing each verb; unchanged when nothing listens (xdist workers, -q, no pytest).
-    `one_at_a_time`: the runner handles prompts one by one anyway (the reference), so a bar can follow them."""
+    A runner whose `one_at_a_time` is true (it runs prompts one by one anyway) gets a bar over them."""
     if _writer is None:
         return factory
-    return lambda: _Announced(factory, model, side, one_at_a_time)
+    return lambda: _Announced(factory, model, side)
 

@@ -4,7 +4,8 @@ A baseline stands for one FP32 reference run; it is valid while everything that 
 the same: the token ids of every prompt as rendered, the checkpoint's files (weights, config, remote
 code, generation config), the tokenizer files, the parts of the config's precision section that shape
 the reference (prompts, max_tokens, positions, chat template, perplexity text, enable_thinking, the decoding
-rule) and
+rule, and reference_scoring: a baseline of one mode is stale in the other; reference_memory is not, both give
+the same logits) and
 the lm_head tensor the logits are rebuilt from. Thresholds are not part of it: they judge the
 reference, they do not produce it. Package versions and the host are recorded for information.
 """
@@ -72,6 +73,8 @@ def precision_inputs(config: ModelConfig) -> dict[str, Any]:
         "chat_template": precision.chat_template,
         "perplexity_text": perplexity.text if perplexity else None,
         "enable_thinking": config.serve.enable_thinking,
+        # only when not the default, so that baselines recorded before the key existed stay valid
+        **({"reference_scoring": precision.reference_scoring} if precision.reference_scoring != "reference" else {}),
     }
 
 

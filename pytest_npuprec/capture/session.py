@@ -1,9 +1,10 @@
-"""One model's capture: the reference first, then the device, never both resident at once.
+"""One model's capture: the reference and the device one after the other, never both resident at once.
 
-The reference (FP32) generates greedy continuations; prompt + reference continuation is the
-shared sequence that both sides then score by teacher forcing, so logits stay position-aligned
-even after the two sides' own greedy tokens diverge. The device's own greedy continuation is
-generated separately for the token checks.
+By default (reference_scoring "reference") the reference (FP32) goes first and generates greedy continuations;
+prompt + reference continuation is the shared sequence that both sides then score by teacher forcing, so logits
+stay position-aligned even after the two sides' own greedy tokens diverge. The device's own greedy continuation
+is generated separately for the token checks. With reference_scoring "device" the device goes first and its
+own continuation is the shared sequence: the reference generates nothing (capture/teacher_forced.py).
 """
 from __future__ import annotations
 
@@ -11,12 +12,15 @@ import time
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Protocol, Sequence
 
-from ..config.schema import PositionsMode
+from ..config.schema import PositionsMode, ReferenceScoring
 from ..runners.scoring import ScoreRequest
 from .prefix_cache import WARM, warm_pass
 from .records import CaptureWriter, ModelCapture, PromptCapture, PromptInput, outputs_by_prompt, repeat_side
 from .steps import batch_passes as step_batch_passes
 from .steps import generate_with_steps
+from .teacher_forced import reference_argmax, scored_positions, scored_sequences
+
+__all__ = ["RunnerFactory", "capture_model", "scored_positions"]
 
 
 class Runner(Protocol):
@@ -32,46 +36,57 @@ class Runner(Protocol):
 RunnerFactory = Callable[[], ContextManager[Runner]]
 
 
-def scored_positions(prompt_len: int, scored_len: int, mode: PositionsMode) -> tuple[int, ...]:
-    """Positions whose next-token logits are compared (position p predicts token p + 1)."""
-    start = 0 if mode == "all" else prompt_len - 1
-    return tuple(range(start, scored_len - 1))
-
-
 def capture_model(model: str, prompts: list[PromptInput], max_tokens: int, positions_mode: PositionsMode,
                   reference: RunnerFactory, device: RunnerFactory, folder: Path,
                   meta: dict[str, Any] | None = None, device_runs: int = 1, steps: bool = False,
-                  batch_passes: bool = False, variants: dict[str, RunnerFactory] | None = None) -> ModelCapture:
+                  batch_passes: bool = False, variants: dict[str, RunnerFactory] | None = None,
+                  reference_scoring: ReferenceScoring = "reference") -> ModelCapture:
     """Capture both sides. Perplexity prompts are scored at every position and not generated from;
     with device_runs > 1 the device generates and scores everything again (determinism check).
     `steps`: the device's generation also writes the logits of each of its steps (capture/steps.py);
     `batch_passes`: each prompt alone and the batch reversed too; `variants`: more device engines
-    (name -> factory, e.g. enforce_eager flipped), each started after the last closed, generating with steps."""
+    (name -> factory, e.g. enforce_eager flipped), each started after the last closed, generating with steps.
+    `reference_scoring`: whose greedy continuation both sides score (module docstring)."""
     writer = CaptureWriter(folder)
     compare = [p for p in prompts if p.kind == "compare"]
     prefixed = [p for p in prompts if p.kind == "prefix_cache"]  # the reference generates these too
+    device_first = reference_scoring == "device"
+    if device_first and prefixed:
+        raise ValueError("prefix_cache prompts are scored on the reference's continuation; they cannot run with "
+                         "reference_scoring: device")
     try:
         timings: dict[str, float] = {}
-        started = time.perf_counter()
-        with reference() as ref:
-            generated = {"reference": outputs_by_prompt(compare + prefixed,
-                                                        ref.generate([p.token_ids for p in compare + prefixed],
-                                                                     max_tokens), "the reference generation")}
-            scored, positions = {}, {}
-            for p in prompts:
-                continuation = generated["reference"][p.index] if p.kind in ("compare", "prefix_cache") else ()
-                scored[p.index] = p.token_ids + continuation
-                mode = {"compare": positions_mode, "prefix_cache": "continuation"}.get(p.kind, "all")
-                positions[p.index] = scored_positions(len(p.token_ids), len(scored[p.index]), mode)
+        generated: dict[str, dict[int, tuple[int, ...]]] = {}
+        scored: dict[int, tuple[int, ...]] = {}
+        positions: dict[int, tuple[int, ...]] = {}
 
-            def requests(side: str) -> list[ScoreRequest]:
-                return [ScoreRequest(scored[p.index], positions[p.index], writer.logits_path(side, p.index))
-                        for p in prompts]
+        def share(continuations: dict[int, tuple[int, ...]]) -> None:
+            """The sequences both sides score: prompt + these continuations."""
+            tokens, rows = scored_sequences(prompts, continuations, positions_mode)
+            scored.update(tokens)
+            positions.update(rows)
 
-            ref.score(requests("reference"))
-            ref_info = ref.info
-        timings["reference_s"] = round(time.perf_counter() - started, 2)
+        def requests(side: str) -> list[ScoreRequest]:
+            return [ScoreRequest(scored[p.index], positions[p.index], writer.logits_path(side, p.index))
+                    for p in prompts]
 
+        def run_reference() -> dict[str, Any]:
+            started = time.perf_counter()
+            with reference() as ref:
+                if not device_first:
+                    generated["reference"] = outputs_by_prompt(
+                        compare + prefixed, ref.generate([p.token_ids for p in compare + prefixed], max_tokens),
+                        "the reference generation")
+                    share(generated["reference"])
+                ref.score(requests("reference"))
+                info = ref.info
+            if device_first:
+                generated["reference"] = reference_argmax(compare, positions,
+                                                          lambda i: writer.logits_path("reference", i))
+            timings["reference_s"] = round(time.perf_counter() - started, 2)
+            return info
+
+        ref_info = {} if device_first else run_reference()
         started = time.perf_counter()
         with device() as dev:
             for run in range(1, device_runs + 1):
@@ -82,6 +97,8 @@ def capture_model(model: str, prompts: list[PromptInput], max_tokens: int, posit
                 else:
                     generated[side] = outputs_by_prompt(compare, dev.generate([p.token_ids for p in compare],
                                                                               max_tokens), f"the {side} generation")
+                if run == 1 and device_first:
+                    share(generated["device"])
                 score_started = time.perf_counter()
                 dev.score(requests(side))
                 if run == 1:
@@ -102,6 +119,8 @@ def capture_model(model: str, prompts: list[PromptInput], max_tokens: int, posit
             with factory() as dev:
                 generated[name] = generate_with_steps(dev, compare, max_tokens, name, writer.logits_path)
                 variant_info[name] = dev.info
+        if device_first:  # after every device engine has closed
+            ref_info = run_reference()
 
         records = [
             PromptCapture(prompt=p, scored=scored[p.index], positions=positions[p.index],
@@ -113,7 +132,8 @@ def capture_model(model: str, prompts: list[PromptInput], max_tokens: int, posit
         full_meta = dict(meta or {}, reference=ref_info, device=dev_info, **({"variants": variant_info} if variants
                                                                                 else {}),
                          **({"prefix_cache": prefix_meta} if prefixed else {}), timings=timings,
-                         positions_mode=positions_mode, max_tokens=max_tokens, device_runs=device_runs)
+                         positions_mode=positions_mode, max_tokens=max_tokens, device_runs=device_runs,
+                         reference_scoring=reference_scoring)
         return writer.finish(ModelCapture(model=model, prompts=records, meta=full_meta))
     except BaseException:
         writer.abandon()

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, get_args
 
 import yaml
 
@@ -12,7 +12,7 @@ from .drift import parse_drift
 from .lengths import check_lengths_fit, parse_lengths
 from .prefix_cache import settle_prefix_cache
 from .reader import ConfigError, Reader
-from .schema import Message, ModelConfig, PrecisionConfig, Prompt, ServeConfig
+from .schema import Message, ModelConfig, PrecisionConfig, Prompt, ReferenceMemory, ReferenceScoring, ServeConfig
 from .thresholds import parse_thresholds
 
 __all__ = ["ConfigError", "discover_configs", "load_config", "select_configs"]
@@ -51,7 +51,8 @@ _LEGACY_SERVE_KEYS = frozenset(_SERVE_FIELDS) - {"seed"}
 _TOP_KEYS = frozenset({"model_name", "hardware", "serve", "precision", "stand_in", "envs", "system_prompt", "gate"})
 KNOWN_TOP_KEYS = _TOP_KEYS | LM_EVAL_KEYS | _LEGACY_SERVE_KEYS
 _PRECISION_KEYS = frozenset({"prompts", "max_tokens", "thresholds", "positions", "chat_template", "tie_margin",
-                             "checks", "timeout_s", "drift", "decode", "lengths"})
+                             "checks", "timeout_s", "drift", "decode", "lengths", "reference_scoring",
+                             "reference_memory"})
 _POSITIONS = ("continuation", "all")
 _ROLES = ("system", "user", "assistant")
 _DTYPES = ("auto", "bfloat16", "float16", "float32", "half", "float", "bf16", "fp16")
@@ -188,6 +189,10 @@ def _precision(r: Reader, raw: Any, require_thresholds: bool = True) -> Precisio
         checks=parse_checks(r, raw.get("checks"), prompts),
         timeout_s=_timeout(r, raw.get("timeout_s")),
         drift=parse_drift(r, raw.get("drift")),
+        reference_scoring=r.choice(raw.get("reference_scoring", "reference"), "precision.reference_scoring",
+                                   get_args(ReferenceScoring)),
+        reference_memory=r.choice(raw.get("reference_memory", "auto"), "precision.reference_memory",
+                                  get_args(ReferenceMemory)),
     )
 
 

@@ -32,6 +32,9 @@ def settle_prefix_cache(r: Reader, precision: PrecisionConfig, serve: ServeConfi
         source = serve.sources.get("enable_prefix_caching", "serve.enable_prefix_caching")
         raise r.fail(KEY, f"needs prefix caching, but {source} is false; expected {source} true (or left out: the "
                           "engine's default) or no prefix_cache check")
+    if precision.reference_scoring != "reference":
+        raise r.fail(KEY, "its prompts are scored on the reference's greedy continuation; expected "
+                          "precision.reference_scoring: reference (the default) or no prefix_cache check")
     need = check.prefix_tokens + 1 + precision.max_tokens
     if need > serve.max_model_len:
         raise r.fail(f"{KEY}.prefix_tokens", f"{check.prefix_tokens} prefix tokens + a prompt + max_tokens "

@@ -16,6 +16,12 @@ FINITE_CHECK = "finite_logits"  # every logit on both sides is finite; always ch
 Bound = Literal["min", "max"]
 Reduce = Literal["mean", "min", "max"]
 PositionsMode = Literal["continuation", "all"]  # "all" adds every prompt position
+# whose greedy continuation both sides score: the reference's (it generates), or the device's (one teacher-forced
+# reference pass, no reference generation; capture/teacher_forced.py)
+ReferenceScoring = Literal["reference", "device"]
+# the FP32 reference's weights: all in host memory, streamed a layer at a time from the shards (runners/streamed.py),
+# or streamed when they would not fit (runners/reference_memory.py)
+ReferenceMemory = Literal["auto", "in_memory", "streamed"]
 Phase = Literal["prefill", "decode"]  # teacher-forced scoring rows, or the rows of the device's own decode steps
 
 
@@ -247,6 +253,8 @@ class PrecisionConfig:
     # bounds on the decode-step rows (config/decode.py): the `phase: decode` ones, else the prefill bounds
     decode_thresholds: tuple[Threshold, ...] = ()
     lengths: tuple[int, ...] = ()  # precision.lengths: prompts len-<n> of exactly n tokens (capture/lengths.py)
+    reference_scoring: ReferenceScoring = "reference"
+    reference_memory: ReferenceMemory = "auto"
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ class TransformersRunner:
     """Start with `with TransformersRunner(...) as ref:`; verbs: generate, score."""
 
     side = "reference"
+    one_at_a_time = True  # generate and score loop over prompts one by one (progress.py draws a bar over them)
 
     def __init__(self, model_path: Path, trust_remote_code: bool = False, dtype: str = "float32"):
         self.model_path = Path(model_path)

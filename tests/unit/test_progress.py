@@ -21,6 +21,7 @@ class Terminal:
 
 class FakeRunner:
     side = "reference"
+    one_at_a_time = False
 
     def __init__(self, calls: list):
         self.calls, self.info = calls, {"platform": "cpu"}
@@ -64,7 +65,9 @@ def test_each_verb_is_said_when_it_starts_and_ends(terminal):
 @pytest.mark.parametrize("terminal", [True], indirect=True)
 def test_a_terminal_gets_a_bar_over_the_reference_prompts(terminal):
     calls = []
-    with progress.announced(lambda: FakeRunner(calls), "toy", "reference", one_at_a_time=True)() as ref:
+    runner = FakeRunner(calls)
+    runner.one_at_a_time = True  # as the in-memory reference says of itself
+    with progress.announced(lambda: runner, "toy", "reference")() as ref:
         assert ref.generate([[1], [2], [3]], 2) == [(1,), (2,), (3,)]
         ref.score([object()] * 2)
     assert calls == [("generate", 1, None)] * 3 + [("score", 1)] * 2
