@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,6 +32,23 @@ class PromptInput:
     token_ids: tuple[int, ...]
     # compare: generate, then score the continuation; perplexity: a fixed text scored at every position
     kind: PromptKind = "compare"
+    # images (PIL, RGB) in the order of the prompt's image placeholders; each side's processor makes its pixels
+    images: tuple[Any, ...] = field(default=(), compare=False, repr=False)
+    media_positions: tuple[int, ...] = ()  # positions of the image placeholder tokens in token_ids
+
+    @property
+    def image_digests(self) -> tuple[str, ...]:
+        """sha256 of each image's size and RGB bytes."""
+        import hashlib
+
+        return tuple(hashlib.sha256(f"{im.size}".encode() + im.convert("RGB").tobytes()).hexdigest()
+                     for im in self.images)
+
+    def to_json(self) -> dict[str, Any]:
+        doc = {f: getattr(self, f) for f in ("index", "id", "label", "token_ids", "kind")}
+        if self.images:
+            doc.update(media_positions=list(self.media_positions), image_sha256=list(self.image_digests))
+        return doc
 
 
 @dataclass
@@ -93,7 +110,7 @@ class CaptureWriter:
             "meta": capture.meta,
             "prompts": [
                 {
-                    "prompt": asdict(p.prompt),
+                    "prompt": p.prompt.to_json(),
                     "scored": list(p.scored),
                     "positions": list(p.positions),
                     "generated": {s: list(t) for s, t in p.generated.items()},
@@ -123,7 +140,7 @@ def load_capture(folder: Path) -> ModelCapture:
     for entry in doc["prompts"]:
         p = entry["prompt"]
         prompt = PromptInput(index=p["index"], id=p["id"], label=p["label"], token_ids=tuple(p["token_ids"]),
-                             kind=p["kind"])
+                             kind=p["kind"], media_positions=tuple(p.get("media_positions", ())))
         prompts.append(PromptCapture(
             prompt=prompt,
             scored=tuple(entry["scored"]),

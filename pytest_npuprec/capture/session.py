@@ -13,6 +13,7 @@ from typing import Any, Callable, ContextManager, Protocol, Sequence
 
 from ..config.schema import PositionsMode
 from ..runners.scoring import ScoreRequest
+from .multimodal import text_positions
 from .records import CaptureWriter, ModelCapture, PromptCapture, PromptInput, repeat_side
 from .steps import batch_passes as step_batch_passes
 from .steps import generate_with_steps
@@ -22,8 +23,8 @@ class Runner(Protocol):
     side: str
     info: dict[str, Any]
 
-    def generate(self, prompts: Sequence[Sequence[int]], max_tokens: int,
-                 logits_out: Sequence[Path] | None = None) -> list[tuple[int, ...]]: ...
+    def generate(self, prompts: Sequence[Sequence[int]], max_tokens: int, logits_out: Sequence[Path] | None = None,
+                 images: Sequence[tuple[Any, ...]] | None = None) -> list[tuple[int, ...]]: ...
 
     def score(self, requests: Sequence[ScoreRequest]) -> None: ...
 
@@ -35,6 +36,11 @@ def scored_positions(prompt_len: int, scored_len: int, mode: PositionsMode) -> t
     """Positions whose next-token logits are compared (position p predicts token p + 1)."""
     start = 0 if mode == "all" else prompt_len - 1
     return tuple(range(start, scored_len - 1))
+
+
+def images_of(prompts: Sequence[PromptInput]) -> dict[str, Any]:
+    """generate()'s `images` keyword for prompts that have any (none at all: text-only runners stay untouched)."""
+    return {"images": [p.images for p in prompts]} if any(p.images for p in prompts) else {}
 
 
 def capture_model(model: str, prompts: list[PromptInput], max_tokens: int, positions_mode: PositionsMode,
@@ -53,16 +59,19 @@ def capture_model(model: str, prompts: list[PromptInput], max_tokens: int, posit
         started = time.perf_counter()
         with reference() as ref:
             generated = {"reference": dict(zip((p.index for p in compare),
-                                               ref.generate([p.token_ids for p in compare], max_tokens)))}
+                                               ref.generate([p.token_ids for p in compare], max_tokens,
+                                                            **images_of(compare))))}
             scored, positions = {}, {}
             for p in prompts:
                 continuation = generated["reference"].get(p.index, ())
                 scored[p.index] = p.token_ids + continuation
                 mode = positions_mode if p.kind == "compare" else "all"
-                positions[p.index] = scored_positions(len(p.token_ids), len(scored[p.index]), mode)
+                # rows at image placeholders compare no text (capture/multimodal.py): never scored
+                positions[p.index] = text_positions(scored_positions(len(p.token_ids), len(scored[p.index]), mode),
+                                                    p.media_positions)
 
             def requests(side: str) -> list[ScoreRequest]:
-                return [ScoreRequest(scored[p.index], positions[p.index], writer.logits_path(side, p.index))
+                return [ScoreRequest(scored[p.index], positions[p.index], writer.logits_path(side, p.index), p.images)
                         for p in prompts]
 
             ref.score(requests("reference"))
@@ -78,7 +87,8 @@ def capture_model(model: str, prompts: list[PromptInput], max_tokens: int, posit
                     generated[side] = generate_with_steps(dev, compare, max_tokens, side, writer.logits_path)
                 else:
                     generated[side] = dict(zip((p.index for p in compare),
-                                               dev.generate([p.token_ids for p in compare], max_tokens)))
+                                               dev.generate([p.token_ids for p in compare], max_tokens,
+                                                            **images_of(compare))))
                 score_started = time.perf_counter()
                 dev.score(requests(side))
                 if run == 1:

@@ -9,6 +9,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from . import reference_media
 from .scoring import ScoreRequest
 
 
@@ -22,6 +23,7 @@ class TransformersRunner:
         self.trust_remote_code = trust_remote_code
         self.dtype = dtype
         self.model: Any = None
+        self.processor: Any = None  # a vision-language model's processor (reference_media.py)
         self.info: dict[str, Any] = {}
 
     def __enter__(self) -> "TransformersRunner":
@@ -29,29 +31,35 @@ class TransformersRunner:
         from transformers import AutoModelForCausalLM
 
         started = time.perf_counter()
-        self.model = AutoModelForCausalLM.from_pretrained(
-            str(self.model_path), dtype=getattr(torch, self.dtype), trust_remote_code=self.trust_remote_code,
-        ).eval()
+        if reference_media.is_vision_language(self.model_path):
+            self.model, self.processor = reference_media.load_model_and_processor(
+                self.model_path, getattr(torch, self.dtype), self.trust_remote_code)
+        else:
+            self.model = AutoModelForCausalLM.from_pretrained(
+                str(self.model_path), dtype=getattr(torch, self.dtype), trust_remote_code=self.trust_remote_code,
+            ).eval()
         self.info = {"platform": "cpu", "dtype": self.dtype, "model_class": type(self.model).__name__,
                      "threads": torch.get_num_threads(), "start_s": round(time.perf_counter() - started, 2)}
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.model = None
+        self.model = self.processor = None
         gc.collect()
 
-    def generate(self, prompts: Sequence[Sequence[int]], max_tokens: int) -> list[tuple[int, ...]]:
+    def generate(self, prompts: Sequence[Sequence[int]], max_tokens: int,
+                 images: Sequence[tuple[Any, ...]] | None = None) -> list[tuple[int, ...]]:
         """Greedy continuations, one prompt at a time (no padding to perturb the reference)."""
         import torch
 
         out = []
-        for prompt in prompts:
+        for k, prompt in enumerate(prompts):
+            vision = reference_media.vision_inputs(self.processor, images[k] if images else ())
             ids = torch.tensor([list(prompt)], dtype=torch.long)
             with torch.inference_mode(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # generation_config sampling defaults vs do_sample=False
                 generated = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
                                                 do_sample=False, max_new_tokens=max_tokens,
-                                                pad_token_id=self._pad_id())
+                                                pad_token_id=self._pad_id(), **vision)
             out.append(tuple(int(t) for t in generated[0, ids.shape[1]:].tolist()))
         return out
 
@@ -64,16 +72,17 @@ class TransformersRunner:
         """Write the logits at each request's positions of its tokens to its `out` as float32 [P x vocab], one
         sequence at a time (no padding to perturb the reference)."""
         for request in requests:
-            self._score_one(*request)
+            self._score_one(request.tokens, request.positions, request.out, request.images)
 
-    def _score_one(self, tokens: Sequence[int], positions: Sequence[int], out: Path) -> None:
+    def _score_one(self, tokens: Sequence[int], positions: Sequence[int], out: Path, images: tuple[Any, ...]) -> None:
         import torch
 
         ids = torch.tensor([list(tokens[: max(positions) + 1])], dtype=torch.long)
         keep = torch.tensor(list(positions), dtype=torch.long)
+        vision = reference_media.vision_inputs(self.processor, images)
         with torch.inference_mode():
             try:
-                logits = self.model(input_ids=ids, logits_to_keep=keep).logits[0]
+                logits = self.model(input_ids=ids, logits_to_keep=keep, **vision).logits[0]
             except TypeError:  # remote code without logits_to_keep: compute all, keep the rows asked for
-                logits = self.model(input_ids=ids).logits[0].index_select(0, keep)
+                logits = self.model(input_ids=ids, **vision).logits[0].index_select(0, keep)
         np.save(out, logits.float().numpy())

@@ -1,0 +1,28 @@
+"""The reference's side of image prompts: the model's transformers processor turns each sequence's images into
+the model's inputs (pixel_values, image_grid_thw, ...); the token ids already hold the expanded placeholders
+(capture/multimodal.py made them with the same processor)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..capture.multimodal import image_token_id
+
+
+def is_vision_language(model_path: Path) -> bool:
+    return image_token_id(model_path) is not None
+
+
+def load_model_and_processor(model_path: Path, dtype: Any, trust_remote_code: bool) -> tuple[Any, Any]:
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    model = AutoModelForImageTextToText.from_pretrained(str(model_path), dtype=dtype,
+                                                        trust_remote_code=trust_remote_code).eval()
+    return model, AutoProcessor.from_pretrained(str(model_path), trust_remote_code=trust_remote_code)
+
+
+def vision_inputs(processor: Any, images: Sequence[Any]) -> dict[str, Any]:
+    """Keyword arguments for the model's forward / generate: none without images."""
+    if processor is None or not images:
+        return {}
+    return dict(processor.image_processor(images=list(images), return_tensors="pt"))
