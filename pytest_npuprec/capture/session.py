@@ -112,8 +112,18 @@ def capture_model(model: str, prompts: list[PromptInput], max_tokens: int, posit
         ]
         full_meta = dict(meta or {}, reference=ref_info, device=dev_info, **({"variants": variant_info} if variants
                                                                                 else {}), timings=timings,
-                         positions_mode=positions_mode, max_tokens=max_tokens, device_runs=device_runs)
+                         positions_mode=positions_mode, max_tokens=max_tokens, device_runs=device_runs,
+                         **_image_meta(prompts))
         return writer.finish(ModelCapture(model=model, prompts=records, meta=full_meta))
     except BaseException:
         writer.abandon()
         raise
+
+
+def _image_meta(prompts: Sequence[PromptInput]) -> dict[str, Any]:
+    """For prompts with images: how many image placeholder tokens each has, none of whose rows is compared."""
+    counts = {p.id: len(p.media_positions) for p in prompts if p.media_positions}
+    return {"image_tokens": {"per_prompt": counts, "compared": False,
+                             "note": "rows at and predicting image placeholder tokens are not compared (text "
+                                     "positions only); both sides' expansions were checked to be the same ids"}
+            } if counts else {}

@@ -53,8 +53,8 @@ class TransformersRunner:
 
         out = []
         for k, prompt in enumerate(prompts):
-            vision = reference_media.vision_inputs(self.processor, images[k] if images else ())
             ids = torch.tensor([list(prompt)], dtype=torch.long)
+            vision = reference_media.vision_inputs(self.model, self.processor, ids, images[k] if images else ())
             with torch.inference_mode(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # generation_config sampling defaults vs do_sample=False
                 generated = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
@@ -79,7 +79,7 @@ class TransformersRunner:
 
         ids = torch.tensor([list(tokens[: max(positions) + 1])], dtype=torch.long)
         keep = torch.tensor(list(positions), dtype=torch.long)
-        vision = reference_media.vision_inputs(self.processor, images)
+        vision = reference_media.vision_inputs(self.model, self.processor, ids, images)
         with torch.inference_mode():
             try:
                 logits = self.model(input_ids=ids, logits_to_keep=keep, **vision).logits[0]

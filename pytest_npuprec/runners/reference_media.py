@@ -3,6 +3,7 @@ the model's inputs (pixel_values, image_grid_thw, ...); the token ids already ho
 (capture/multimodal.py made them with the same processor)."""
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -21,8 +22,12 @@ def load_model_and_processor(model_path: Path, dtype: Any, trust_remote_code: bo
     return model, AutoProcessor.from_pretrained(str(model_path), trust_remote_code=trust_remote_code)
 
 
-def vision_inputs(processor: Any, images: Sequence[Any]) -> dict[str, Any]:
-    """Keyword arguments for the model's forward / generate: none without images."""
+def vision_inputs(model: Any, processor: Any, ids: Any, images: Sequence[Any]) -> dict[str, Any]:
+    """Keyword arguments for the model's forward / generate beside `ids` (a [1 x n] tensor): none without images.
+    Models that take `mm_token_type_ids` (Qwen3-VL's M-RoPE needs it) get 1 at each image placeholder."""
     if processor is None or not images:
         return {}
-    return dict(processor.image_processor(images=list(images), return_tensors="pt"))
+    out = dict(processor.image_processor(images=list(images), return_tensors="pt"))
+    if "mm_token_type_ids" in inspect.signature(model.forward).parameters:
+        out["mm_token_type_ids"] = (ids == processor.image_token_id).long()
+    return out

@@ -163,9 +163,9 @@ class Qwen3VLArch:
 @dataclass(frozen=True)
 class VLTrainSettings:
     seed: int = 1234
-    steps: int = 300
+    steps: int = 500
     batch_size: int = 12
-    lr: float = 2e-3
+    lr: float = 1e-3
     min_lr_ratio: float = 0.05
     warmup_steps: int = 20
     betas: tuple[float, float] = (0.9, 0.95)
