@@ -26,6 +26,13 @@ def tiny_llama_dir():
     return ensure_standin("tiny-llama")
 
 
+def _write(tmp_path, prompts: str):
+    path = tmp_path / "m.yaml"
+    path.write_text("model_name: org/m\nprecision:\n  max_tokens: 2\n  thresholds: {token_agreement: {min: 0.9}}\n"
+                    "  prompts:" + prompts)
+    return path
+
+
 def test_collapse_keeps_one_placeholder_per_image():
     ids = [1, 3, IMG, IMG, IMG, 4, 7, 3, IMG, IMG, 4, 9]
     assert collapse_placeholders(ids, IMG) == [1, 3, IMG, 4, 7, 3, IMG, 4, 9]
@@ -59,13 +66,7 @@ def test_image_token_id_only_for_vision_language_checkpoints(tmp_path, tiny_vl, 
 def test_an_image_for_a_text_only_model_is_a_config_error(tmp_path, tiny_llama_dir):
     from pytest_npuprec.capture.prompts import load_tokenizer, render_prompts
 
-    path = tmp_path / "m.yaml"
-    path.write_text("""
-model_name: org/m
-precision:
-  max_tokens: 2
-  thresholds: {token_agreement: {min: 0.9}}
-  prompts:
+    path = _write(tmp_path, """
     - plain
     - {id: look, images: [{synthetic: noise, size: [8, 8]}], text: "What is it?"}
 """)
@@ -80,13 +81,7 @@ precision:
 def test_image_prompts_render_expanded_with_the_placeholder_positions(tmp_path, tiny_vl):
     from pytest_npuprec.capture.prompts import load_tokenizer, render_prompts
 
-    path = tmp_path / "m.yaml"
-    path.write_text("""
-model_name: org/m
-precision:
-  max_tokens: 2
-  thresholds: {token_agreement: {min: 0.9}}
-  prompts:
+    path = _write(tmp_path, """
     - {id: one, images: [{synthetic: shapes, size: [96, 96], seed: 1}], text: "Describe the image."}
     - id: two
       messages:
