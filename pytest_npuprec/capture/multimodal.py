@@ -35,7 +35,7 @@ def load_image(source: ImageSource) -> Any:
 
         with Image.open(source.path) as im:
             return im.convert("RGB")
-    from ..media.synthetic import synthetic_image
+    from ..standins.synthetic import synthetic_image
 
     assert source.synthetic is not None and source.size is not None
     return synthetic_image(source.synthetic, source.size, source.seed)

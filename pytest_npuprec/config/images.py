@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..media.synthetic import PATTERNS
+from ..standins.synthetic import PATTERNS
 from .reader import Reader
 from .schema import ContentPart, ImageSource
 

