@@ -71,7 +71,8 @@ def capture_model(model: str, prompts: list[PromptInput], max_tokens: int, posit
                                                     p.media_positions)
 
             def requests(side: str) -> list[ScoreRequest]:
-                return [ScoreRequest(scored[p.index], positions[p.index], writer.logits_path(side, p.index), p.images)
+                return [ScoreRequest(scored[p.index], positions[p.index], writer.logits_path(side, p.index),
+                                     images=p.images)
                         for p in prompts]
 
             ref.score(requests("reference"))
