@@ -46,7 +46,7 @@ def main() -> int:
     precision = config.precision
     path = locate_weights(config, [p.resolve() for p in args.model_root])
     tokenizer = load_tokenizer(path, config.serve.trust_remote_code)
-    prompts = render_prompts(config, tokenizer)
+    prompts = render_prompts(config, tokenizer, path)
     n_compared = len(prompts)
     if config.checks.perplexity:  # its text is scored too: the ratio's floor calibrates max_ratio
         prompts.append(perplexity_input(config, tokenizer, len(prompts)))

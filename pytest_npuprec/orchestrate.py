@@ -84,7 +84,7 @@ def _run(config: ModelConfig, options: RunOptions) -> ModelResult:
 
     model_path = locate_weights(config, options.model_roots)
     tokenizer = load_tokenizer(model_path, config.serve.trust_remote_code)
-    prompts = render_prompts(config, tokenizer)
+    prompts = render_prompts(config, tokenizer, model_path)
 
     # a QAT checkpoint is converted (and its two forms compared) first; the device runs the converted one
     qat, device_path = (measure_qat_equivalence(config, options, model_path, prompts)

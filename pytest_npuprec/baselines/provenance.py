@@ -56,7 +56,8 @@ def checkpoint_files(folder: Path) -> dict[str, dict[str, str]]:
 
 def prompt_digests(prompts: Iterable[PromptInput]) -> dict[str, str]:
     """prompt id -> sha256 of its kind and token ids as rendered today."""
-    return {p.id: sha256_json({"kind": p.kind, "token_ids": list(p.token_ids)}) for p in prompts}
+    return {p.id: sha256_json({"kind": p.kind, "token_ids": list(p.token_ids),
+                               **({"images": list(p.image_digests)} if p.images else {})}) for p in prompts}
 
 
 def precision_inputs(config: ModelConfig) -> dict[str, Any]:
@@ -66,7 +67,8 @@ def precision_inputs(config: ModelConfig) -> dict[str, Any]:
     perplexity = precision.checks.perplexity
     return {
         "prompts": [{"id": p.id, "text": p.text,
-                     "messages": [[m.role, m.content] for m in p.messages] if p.messages else None}
+                     "messages": [[m.role, m.text] for m in p.messages] if p.messages else None,
+                     **({"images": [i.label for i in p.all_images]} if p.all_images else {})}
                     for p in precision.prompts],
         "max_tokens": precision.max_tokens,
         "positions": precision.positions,

@@ -55,21 +55,22 @@ class RecordingReference:
         self._weight = None
         self.inner.__exit__(*exc)
 
-    def generate(self, prompts: Sequence[Sequence[int]], max_tokens: int) -> list[tuple[int, ...]]:
-        out = self.inner.generate(prompts, max_tokens)
+    def generate(self, prompts: Sequence[Sequence[int]], max_tokens: int, **media: Any) -> list[tuple[int, ...]]:
+        out = self.inner.generate(prompts, max_tokens, **media)
         self.generated.update({tuple(p): tuple(g) for p, g in zip(prompts, out, strict=True)})
         return out
 
     def score(self, requests: Sequence[ScoreRequest]) -> None:
         for request in requests:
-            self._score_one(*request)
+            self._score_one(request)
 
-    def _score_one(self, tokens: Sequence[int], positions: Sequence[int], out: Path) -> None:
+    def _score_one(self, request: ScoreRequest) -> None:
+        tokens, positions, out = request.tokens, request.positions, request.out
         head = self.inner.model.get_output_embeddings()
         seen: list[Any] = []
         hook = head.register_forward_hook(lambda module, args, output: seen.append(args[0].detach()))
         try:
-            self.inner.score([ScoreRequest(tokens, positions, out)])
+            self.inner.score([request])
         finally:
             hook.remove()
         if not seen:

@@ -48,7 +48,8 @@ class BaselineReference:
         return BaselineError(f"{self.model}: {self.baseline.folder}: {what}; record it again: "
                              f"{update_command(self.model)}")
 
-    def generate(self, prompts: Sequence[Sequence[int]], max_tokens: int) -> list[tuple[int, ...]]:
+    def generate(self, prompts: Sequence[Sequence[int]], max_tokens: int, **media: Any) -> list[tuple[int, ...]]:
+        # images need no replaying: the baseline's provenance holds each image's sha256 (a changed one is stale)
         if max_tokens != self.baseline.max_tokens:
             raise self._stale(f"recorded with max_tokens {self.baseline.max_tokens}, asked for {max_tokens}")
         out = []
@@ -61,7 +62,7 @@ class BaselineReference:
 
     def score(self, requests: Sequence[ScoreRequest]) -> None:
         for request in requests:
-            self._score_one(*request)
+            self._score_one(request.tokens, request.positions, request.out)
 
     def _score_one(self, tokens: Sequence[int], positions: Sequence[int], out: Path) -> None:
         found = self._by_scored.get((tuple(tokens), tuple(positions)))

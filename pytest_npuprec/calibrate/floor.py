@@ -34,11 +34,11 @@ class RecordedReference:
     def __exit__(self, *exc: object) -> None:
         return None
 
-    def generate(self, prompts: Sequence[Sequence[int]], max_tokens: int) -> list[tuple[int, ...]]:
-        return [self.generated[tuple(p)] for p in prompts]
+    def generate(self, prompts: Sequence[Sequence[int]], max_tokens: int, **media: Any) -> list[tuple[int, ...]]:
+        return [self.generated[tuple(p)] for p in prompts]  # the FP32 run's, whatever images it had
 
     def score(self, requests: Sequence[ScoreRequest]) -> None:
-        for tokens, positions, out in requests:
+        for tokens, positions, out, *_ in requests:
             shutil.copyfile(self.logits[(tuple(tokens), tuple(positions))], out)
 
 

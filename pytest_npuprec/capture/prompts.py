@@ -7,6 +7,7 @@ from typing import Any
 
 from ..config.schema import ModelConfig, Prompt
 from ..errors import NpuprecError
+from . import multimodal
 from .lengths import length_prompts
 from .records import ModelCapture, PromptInput
 
@@ -21,11 +22,22 @@ def load_tokenizer(model_path: Path, trust_remote_code: bool) -> Any:
     return AutoTokenizer.from_pretrained(str(model_path), trust_remote_code=trust_remote_code)
 
 
-def render_prompts(config: ModelConfig, tokenizer: Any) -> list[PromptInput]:
+def render_prompts(config: ModelConfig, tokenizer: Any, model_path: Path | None = None) -> list[PromptInput]:
+    """Token ids of every prompt; prompts with images are expanded by the model's processor (multimodal.py)."""
     assert config.precision is not None
     out = []
+    processor, token_id = None, None
+    if any(p.all_images for p in config.precision.prompts):
+        assert model_path is not None, "image prompts need the checkpoint's processor"
+        multimodal.check_images_allowed(config, model_path)
+        processor = multimodal.load_processor(model_path, config.serve.trust_remote_code)
+        token_id = multimodal.image_token_id(model_path)
     for index, prompt in enumerate(config.precision.prompts):
-        ids = _token_ids(config, prompt, tokenizer)
+        images, media = (), ()
+        if prompt.all_images:
+            ids, images, media = multimodal.render_image_prompt(config, prompt, processor, token_id)
+        else:
+            ids = _token_ids(config, prompt, tokenizer)
         if not ids:
             raise PromptError(f"{config.path}: precision.prompts[{index}] (id {prompt.id!r}): "
                               "tokenizes to no tokens; expected some text")
@@ -35,7 +47,8 @@ def render_prompts(config: ModelConfig, tokenizer: Any) -> list[PromptInput]:
                 f"{config.path}: precision.prompts[{index}] (id {prompt.id!r}): {len(ids)} prompt tokens + "
                 f"max_tokens {config.precision.max_tokens} = {needed} exceeds serve.max_model_len "
                 f"{config.serve.max_model_len}")
-        out.append(PromptInput(index=index, id=prompt.id, label=prompt.label, token_ids=tuple(ids)))
+        out.append(PromptInput(index=index, id=prompt.id, label=prompt.label, token_ids=tuple(ids), images=images,
+                               media_positions=media))
     return out + length_prompts(config.precision.lengths, tokenizer, len(out))
 
 
@@ -44,7 +57,7 @@ def _token_ids(config: ModelConfig, prompt: Prompt, tokenizer: Any) -> list[int]
     if prompt.text is not None and not config.precision.chat_template:
         return list(tokenizer(prompt.text, add_special_tokens=True)["input_ids"])
     messages = ([{"role": "user", "content": prompt.text}] if prompt.text is not None
-                else [{"role": m.role, "content": m.content} for m in prompt.messages or ()])
+                else [{"role": m.role, "content": m.template_content()} for m in prompt.messages or ()])
     if not getattr(tokenizer, "chat_template", None):
         raise PromptError(f"{config.path}: prompt {prompt.id!r} needs the model's chat template, but the "
                           f"tokenizer of {config.model_name} has none; expected a chat_template in "

@@ -27,13 +27,18 @@ class Runner(Protocol):
     side: str
     info: dict[str, Any]
 
-    def generate(self, prompts: Sequence[Sequence[int]], max_tokens: int,
-                 logits_out: Sequence[Path] | None = None) -> list[tuple[int, ...]]: ...
+    def generate(self, prompts: Sequence[Sequence[int]], max_tokens: int, logits_out: Sequence[Path] | None = None,
+                 images: Sequence[tuple[Any, ...]] | None = None) -> list[tuple[int, ...]]: ...
 
     def score(self, requests: Sequence[ScoreRequest]) -> None: ...
 
 
 RunnerFactory = Callable[[], ContextManager[Runner]]
+
+
+def images_of(prompts: Sequence[PromptInput]) -> dict[str, Any]:
+    """generate()'s `images` keyword for prompts that have any (none at all: text-only runners stay untouched)."""
+    return {"images": [p.images for p in prompts]} if any(p.images for p in prompts) else {}
 
 
 def capture_model(model: str, prompts: list[PromptInput], max_tokens: int, positions_mode: PositionsMode,
@@ -67,7 +72,8 @@ def capture_model(model: str, prompts: list[PromptInput], max_tokens: int, posit
             positions.update(rows)
 
         def requests(side: str) -> list[ScoreRequest]:
-            return [ScoreRequest(scored[p.index], positions[p.index], writer.logits_path(side, p.index))
+            return [ScoreRequest(scored[p.index], positions[p.index], writer.logits_path(side, p.index),
+                                 images=p.images)
                     for p in prompts]
 
         def run_reference() -> dict[str, Any]:
@@ -75,7 +81,8 @@ def capture_model(model: str, prompts: list[PromptInput], max_tokens: int, posit
             with reference() as ref:
                 if not device_first:
                     generated["reference"] = outputs_by_prompt(
-                        compare + prefixed, ref.generate([p.token_ids for p in compare + prefixed], max_tokens),
+                        compare + prefixed, ref.generate([p.token_ids for p in compare + prefixed], max_tokens,
+                                                         **images_of(compare + prefixed)),
                         "the reference generation")
                     share(generated["reference"])
                 ref.score(requests("reference"))
@@ -96,7 +103,8 @@ def capture_model(model: str, prompts: list[PromptInput], max_tokens: int, posit
                     generated[side] = generate_with_steps(dev, compare, max_tokens, side, writer.logits_path)
                 else:
                     generated[side] = outputs_by_prompt(compare, dev.generate([p.token_ids for p in compare],
-                                                                              max_tokens), f"the {side} generation")
+                                                                              max_tokens, **images_of(compare)),
+                                                        f"the {side} generation")
                 if run == 1 and device_first:
                     share(generated["device"])
                 score_started = time.perf_counter()
@@ -109,7 +117,8 @@ def capture_model(model: str, prompts: list[PromptInput], max_tokens: int, posit
             if prefixed:
                 warm_started = time.perf_counter()
                 prefix_meta = warm_pass(dev, prefixed, [ScoreRequest(scored[p.index], positions[p.index],
-                                                                     writer.logits_path(WARM, p.index))
+                                                                     writer.logits_path(WARM, p.index),
+                                                                     images=p.images)
                                                         for p in prefixed])
                 timings["device_prefix_cache_s"] = round(time.perf_counter() - warm_started, 3)
             dev_info = dev.info
@@ -133,7 +142,7 @@ def capture_model(model: str, prompts: list[PromptInput], max_tokens: int, posit
                                                                                 else {}),
                          **({"prefix_cache": prefix_meta} if prefixed else {}), timings=timings,
                          positions_mode=positions_mode, max_tokens=max_tokens, device_runs=device_runs,
-                         reference_scoring=reference_scoring)
+                         reference_scoring=reference_scoring, **_image_meta(prompts))
         return writer.finish(ModelCapture(model=model, prompts=records, meta=full_meta))
     except BaseException:
         writer.abandon()
@@ -144,3 +153,12 @@ def _generated_on(side: str, prompt: PromptInput) -> bool:
     """Every side generates the compared prompts; the prefix-cache prompts only the reference (the device's are
     scored, warm and cold, on the reference's continuation); a perplexity text nobody."""
     return prompt.kind == "compare" or (prompt.kind == "prefix_cache" and side == "reference")
+
+
+def _image_meta(prompts: Sequence[PromptInput]) -> dict[str, Any]:
+    """For prompts with images: how many image placeholder tokens each has, none of whose rows is compared."""
+    counts = {p.id: len(p.media_positions) for p in prompts if p.media_positions}
+    return {"image_tokens": {"per_prompt": counts, "compared": False,
+                             "note": "rows at and predicting image placeholder tokens are not compared (text "
+                                     "positions only); both sides' expansions were checked to be the same ids"}
+            } if counts else {}

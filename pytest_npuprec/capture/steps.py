@@ -31,7 +31,8 @@ def generate_with_steps(dev: Any, prompts: Sequence[PromptInput], max_tokens: in
                         path_of: Callable[[str, int], Path]) -> dict[int, tuple[int, ...]]:
     """One batched greedy generation of `prompts` in the given order; step logits to side's files."""
     out = dev.generate([p.token_ids for p in prompts], max_tokens,
-                       logits_out=[path_of(steps_side(side), p.index) for p in prompts])
+                       logits_out=[path_of(steps_side(side), p.index) for p in prompts],
+                       **({"images": [p.images for p in prompts]} if any(p.images for p in prompts) else {}))
     return outputs_by_prompt(prompts, out, f"the {side} generation")
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config.schema import PositionsMode
+from .multimodal import text_positions
 from .records import PromptInput
 
 
@@ -33,7 +34,9 @@ def scored_sequences(prompts: Sequence[PromptInput], continuations: Mapping[int,
         continuation = continuations[p.index] if p.kind in ("compare", "prefix_cache") else ()
         scored[p.index] = p.token_ids + tuple(continuation)
         mode = {"compare": positions_mode, "prefix_cache": "continuation"}.get(p.kind, "all")
-        positions[p.index] = scored_positions(len(p.token_ids), len(scored[p.index]), mode)
+        # rows at image placeholders compare no text (capture/multimodal.py): never scored
+        positions[p.index] = text_positions(scored_positions(len(p.token_ids), len(scored[p.index]), mode),
+                                            p.media_positions)
     return scored, positions
 
 

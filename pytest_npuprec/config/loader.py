@@ -9,6 +9,7 @@ import yaml
 from .checks import parse_checks
 from .decode import decode_thresholds
 from .drift import parse_drift
+from .images import check_image_limit, parse_content, parse_images
 from .lengths import check_lengths_fit, parse_lengths
 from .prefix_cache import settle_prefix_cache
 from .reader import ConfigError, Reader
@@ -84,6 +85,7 @@ def load_config(path: Path | str, text: str | None = None, require_thresholds: b
     if precision is not None:
         check_lengths_fit(r, precision.lengths, precision.max_tokens, serve.max_model_len)
         precision = settle_prefix_cache(r, precision, serve)
+        check_image_limit(r, precision.prompts, serve.extra)
     return ModelConfig(
         name=path.stem,
         path=path,
@@ -228,12 +230,17 @@ def _prompts(r: Reader, raw: Any) -> tuple[Prompt, ...]:
         if isinstance(item, str):
             prompts.append(_nonempty_text(r, Prompt(id=default_id, text=item), key))
             continue
-        r.mapping(item, key, frozenset({"id", "text", "messages"}))
+        r.mapping(item, key, frozenset({"id", "text", "messages", "images"}))
         pid = str(r.typed(item.get("id", default_id), f"{key}.id", str, int))
         if ("text" in item) == ("messages" in item):
             raise r.fail(key, "expected exactly one of `text` or `messages`")
+        if "images" in item and "text" not in item:
+            raise r.fail(f"{key}.images", f"(prompt {pid!r}) goes with `text:`; in `messages` put the images in "
+                                          "the content list as {type: image, image: ...} parts")
         if "text" in item:
-            prompts.append(_nonempty_text(r, Prompt(id=pid, text=r.typed(item["text"], f"{key}.text", str)), key))
+            images = parse_images(r, item["images"], f"{key}.images", pid) if "images" in item else ()
+            prompts.append(_nonempty_text(r, Prompt(id=pid, text=r.typed(item["text"], f"{key}.text", str),
+                                                    images=images), key))
             continue
         messages = r.typed(item["messages"], f"{key}.messages", list)
         if not messages:
@@ -246,7 +253,7 @@ def _prompts(r: Reader, raw: Any) -> tuple[Prompt, ...]:
                 if field_name not in m:
                     raise r.fail(f"{mkey}.{field_name}", "missing; expected role and content")
             parsed.append(Message(role=r.choice(m["role"], f"{mkey}.role", _ROLES),
-                                  content=r.typed(m["content"], f"{mkey}.content", str)))
+                                  content=parse_content(r, m["content"], f"{mkey}.content", pid)))
         prompts.append(Prompt(id=pid, messages=tuple(parsed)))
     ids = [p.id for p in prompts]
     duplicate = next((i for i in ids if ids.count(i) > 1), None)

@@ -28,6 +28,8 @@ def settle_prefix_cache(r: Reader, precision: PrecisionConfig, serve: ServeConfi
     check = precision.checks.prefix_cache
     if check is None:
         return precision
+    if not precision.thresholds:  # only a calibration loads a config without bounds: it writes them, judges nothing
+        return dataclasses.replace(precision, checks=dataclasses.replace(precision.checks, prefix_cache=None))
     if serve.extra.get("enable_prefix_caching") is False:
         source = serve.sources.get("enable_prefix_caching", "serve.enable_prefix_caching")
         raise r.fail(KEY, f"needs prefix caching, but {source} is false; expected {source} true (or left out: the "

@@ -70,26 +70,77 @@ class ServeConfig:
 
 
 @dataclass(frozen=True)
+class ImageSource:
+    """One image of a prompt: a file (absolute, resolved against the config's folder) or a seeded synthetic
+    image (standins/synthetic.py)."""
+
+    key: str = field(compare=False)  # the YAML key it came from, for errors
+    path: Path | None = None
+    synthetic: str | None = None
+    size: tuple[int, int] | None = None  # (width, height) of a synthetic image
+    seed: int = 0
+
+    @property
+    def label(self) -> str:
+        if self.path is not None:
+            return self.path.name
+        assert self.size is not None
+        return f"{self.synthetic} {self.size[0]}x{self.size[1]} seed {self.seed}"
+
+
+@dataclass(frozen=True)
+class ContentPart:
+    """One part of a chat message's content list: `{type: text, text: ...}` or `{type: image, image: ...}`."""
+
+    type: Literal["text", "image"]
+    text: str | None = None
+    image: ImageSource | None = None
+
+
+@dataclass(frozen=True)
 class Message:
     role: str
-    content: str
+    content: str | tuple[ContentPart, ...]
+
+    @property
+    def text(self) -> str:
+        """The content as text, each image as [image]."""
+        if isinstance(self.content, str):
+            return self.content
+        return " ".join(p.text if p.type == "text" else "[image]" for p in self.content if p.text or p.image)
+
+    def template_content(self) -> Any:
+        """The content as chat templates take it: a string, or a list of {type, text} / {type: image} parts."""
+        if isinstance(self.content, str):
+            return self.content
+        return [{"type": "text", "text": p.text} if p.type == "text" else {"type": "image"} for p in self.content]
 
 
 @dataclass(frozen=True)
 class Prompt:
-    """One prompt: plain text, or chat messages rendered with the model's chat template."""
+    """One prompt: plain text, or chat messages rendered with the model's chat template. A text prompt with
+    `images` is rendered as one user message: the images, then the text."""
 
     id: str
     text: str | None = None
     messages: tuple[Message, ...] | None = None
+    images: tuple[ImageSource, ...] = ()
 
     @property
     def label(self) -> str:
         """Short human-readable form for tables."""
         if self.text is not None:
-            return self.text
+            return "[image] " * len(self.images) + self.text
         assert self.messages is not None
-        return " / ".join(m.content for m in self.messages if m.role == "user")
+        return " / ".join(m.text for m in self.messages if m.role == "user")
+
+    @property
+    def all_images(self) -> tuple[ImageSource, ...]:
+        """Every image of the prompt in the order the rendered prompt holds them."""
+        if self.messages is None:
+            return self.images
+        return tuple(p.image for m in self.messages if not isinstance(m.content, str) for p in m.content
+                     if p.image is not None)
 
 
 @dataclass(frozen=True)

@@ -19,10 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..capture.multimodal import image_token_id
 from ..config.schema import ServeConfig
 from ..env_vars import temporary_env
 from ..errors import NpuprecError
 from .decoding import greedy_sampling_params
+from . import vllm_media
 from .fault_names import DEFAULT_MAGNITUDES, FAULT_NAMES
 from .scoring import SCORE_KEY, ScoreRequest
 from .watchdog import PhaseError, ProcessTree, phase_timeouts, run_bounded
@@ -275,11 +277,11 @@ class VllmRunner:
         thread.start()
 
     def _run(self, prompts: Sequence[Sequence[int]], max_tokens: int, raw: bool = False,
-             extra_args: Sequence[dict[str, Any]] | None = None, cache_salt: str | None = None) -> list[Any]:
+             extra_args: Sequence[dict[str, Any]] | None = None, cache_salt: str | None = None,
+             images: Sequence[tuple[Any, ...]] | None = None) -> list[Any]:
         """Without `cache_salt` every request gets a salt of its own: with prefix caching on (the engine's default)
         nothing is reused, and every position is computed by a forward pass the capture sees. Requests sharing a
-        salt reuse each other's cached blocks (the prefix_cache check)."""
-        from vllm.inputs import TokensPrompt
+        salt reuse each other's cached blocks (the prefix_cache check). `images`: per prompt (vllm_media.py)."""
 
         params: Any = greedy_sampling_params(max_tokens, self.serve.seed)  # decoding.RULE, as the reference
         if extra_args is not None:  # one SamplingParams per prompt, each carrying its own extra_args
@@ -287,23 +289,26 @@ class VllmRunner:
             for one, extra in zip(params, extra_args):
                 one.extra_args = extra
         salts = [cache_salt or f"npuprec-{os.urandom(8).hex()}" for _ in prompts]
-        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p), cache_salt=salt)
-                                     for p, salt in zip(prompts, salts)], params, use_tqdm=False)
+        token_id = image_token_id(self.model_path) if images else None
+        outputs = self.llm.generate(vllm_media.vllm_prompts(prompts, images, token_id, salts), params, use_tqdm=False)
+        vllm_media.check_expansion(self.model, prompts, images, outputs, token_id)
         return outputs if raw else [tuple(out.outputs[0].token_ids) for out in outputs]
 
-    def generate(self, prompts: Sequence[Sequence[int]], max_tokens: int,
-                 logits_out: Sequence[Path] | None = None, cache_salt: str | None = None) -> list[tuple[int, ...]]:
+    def generate(self, prompts: Sequence[Sequence[int]], max_tokens: int, logits_out: Sequence[Path] | None = None,
+                 cache_salt: str | None = None, images: Sequence[tuple[Any, ...]] | None = None
+                 ) -> list[tuple[int, ...]]:
         """Greedy continuations, all prompts in one batch as a server would run them. With `logits_out`
         (one path per prompt), the logits of every step of that generation are written there as float32
         [generated tokens x vocab]: row k predicts generated token k (step_logits.py). `cache_salt`: see _run."""
         if logits_out is None:
-            return self._bounded("generate", lambda: self._run(prompts, max_tokens, cache_salt=cache_salt))
+            return self._bounded("generate", lambda: self._run(prompts, max_tokens, cache_salt=cache_salt,
+                                                               images=images))
         if len(logits_out) != len(prompts):
             raise ValueError(f"{len(prompts)} prompts but {len(logits_out)} logits paths")
 
         def call() -> tuple[list[Any], dict[str, Any]]:
             self.llm.collective_rpc("npuprec_arm_steps")
-            outputs = self._run(prompts, max_tokens, raw=True)
+            outputs = self._run(prompts, max_tokens, raw=True, images=images)
             paths = {out.request_id: str(path) for out, path in zip(outputs, logits_out)}
             return outputs, self.llm.collective_rpc("npuprec_collect_steps", args=(paths,))[0]
 
@@ -330,7 +335,8 @@ class VllmRunner:
         def call() -> tuple[list[Any], dict[str, Any]]:
             self.llm.collective_rpc("npuprec_arm", args=({k: list(r.positions) for k, r in enumerate(requests)},))
             outputs = self._run([r.tokens[: max(r.positions) + 1] for r in requests], max_tokens=1, raw=True,
-                                extra_args=[{SCORE_KEY: k} for k in range(len(requests))], cache_salt=cache_salt)
+                                extra_args=[{SCORE_KEY: k} for k in range(len(requests))], cache_salt=cache_salt,
+                                images=[r.images for r in requests] if any(r.images for r in requests) else None)
             return outputs, self.llm.collective_rpc("npuprec_collect",
                                                     args=({k: str(r.out) for k, r in enumerate(requests)},))[0]
 

@@ -6,5 +6,8 @@ from __future__ import annotations
 # engine_kill / engine_hang the forward passes let through first (0: the first one, in generate)
 DEFAULT_MAGNITUDES = {"attention_scale": 1.25, "rope_theta": 0.01, "rmsnorm_offset": 0.1, "overflow": 1,
                       "nondeterminism": 0.01, "engine_kill": 0, "engine_hang": 0,
-                      "decode_only": 0.05, "batch_only": 0.05, "graph_only": 0.05, "prefix_only": 0.1}
+                      "decode_only": 0.05, "batch_only": 0.05, "graph_only": 0.05, "prefix_only": 0.1,
+                      # vision-language (runners/faults/vision.py): tower output factor; normalised-pixel shift;
+                      # (unused); (unused)
+                      "vision_scale": 1.05, "image_norm": 0.1, "vision_causal": 0, "mrope_collapsed": 0}
 FAULT_NAMES = tuple(DEFAULT_MAGNITUDES)

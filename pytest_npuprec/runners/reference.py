@@ -8,7 +8,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from . import decoding
+from . import decoding, reference_media
 from .scoring import ScoreRequest
 
 
@@ -23,6 +23,7 @@ class TransformersRunner:
         self.trust_remote_code = trust_remote_code
         self.dtype = dtype
         self.model: Any = None
+        self.processor: Any = None  # a vision-language model's processor (reference_media.py)
         self.info: dict[str, Any] = {}
         self._eos: frozenset[int] = frozenset()
 
@@ -31,9 +32,13 @@ class TransformersRunner:
         from transformers import AutoModelForCausalLM
 
         started = time.perf_counter()
-        self.model = AutoModelForCausalLM.from_pretrained(
-            str(self.model_path), dtype=getattr(torch, self.dtype), trust_remote_code=self.trust_remote_code,
-        ).eval()
+        if reference_media.is_vision_language(self.model_path):
+            self.model, self.processor = reference_media.load_model_and_processor(
+                self.model_path, getattr(torch, self.dtype), self.trust_remote_code)
+        else:
+            self.model = AutoModelForCausalLM.from_pretrained(
+                str(self.model_path), dtype=getattr(torch, self.dtype), trust_remote_code=self.trust_remote_code,
+            ).eval()
         self.info = {"platform": "cpu", "dtype": self.dtype, "model_class": type(self.model).__name__,
                      "threads": torch.get_num_threads(), "start_s": round(time.perf_counter() - started, 2)}
         self._eos = decoding.eos_ids(self.model.generation_config.eos_token_id, self._tokenizer_eos())
@@ -49,50 +54,54 @@ class TransformersRunner:
         return tokenizer.eos_token_id
 
     def __exit__(self, *exc: object) -> None:
-        self.model = None
+        self.model = self.processor = None
         gc.collect()
 
-    def generate(self, prompts: Sequence[Sequence[int]], max_tokens: int) -> list[tuple[int, ...]]:
+    def generate(self, prompts: Sequence[Sequence[int]], max_tokens: int,
+                 images: Sequence[tuple[Any, ...]] | None = None) -> list[tuple[int, ...]]:
         """Greedy continuations by decoding.RULE, one prompt at a time (no padding to perturb the reference): the
         argmax of the model's own logits at each step, with its KV cache; the checkpoint's generation_config
-        settings (repetition penalty, n-gram bans, bad words, forced tokens...) are not applied."""
-        return [self._greedy(prompt, max_tokens) for prompt in prompts]
+        settings (repetition penalty, n-gram bans, bad words, forced tokens...) are not applied. A prompt's images
+        enter the first forward pass (reference_media.py)."""
+        return [self._greedy(prompt, max_tokens, images[k] if images else ()) for k, prompt in enumerate(prompts)]
 
-    def _greedy(self, prompt: Sequence[int], max_tokens: int) -> tuple[int, ...]:
+    def _greedy(self, prompt: Sequence[int], max_tokens: int, images: tuple[Any, ...] = ()) -> tuple[int, ...]:
         import torch
 
         out: list[int] = []
         ids, cache = torch.tensor([list(prompt)], dtype=torch.long), None
+        extra = reference_media.vision_inputs(self.model, self.processor, ids, images)
         with torch.inference_mode():
             while len(out) < max_tokens:
-                result = self._last_logits(ids, cache)
+                result = self._last_logits(ids, cache, extra)
                 token = int(torch.argmax(result.logits[0, -1]))
                 out.append(token)
                 if token in self._eos:
                     break
-                ids, cache = torch.tensor([[token]], dtype=torch.long), result.past_key_values
+                ids, cache, extra = torch.tensor([[token]], dtype=torch.long), result.past_key_values, {}
         return tuple(out)
 
-    def _last_logits(self, ids: Any, cache: Any) -> Any:
+    def _last_logits(self, ids: Any, cache: Any, extra: dict[str, Any]) -> Any:
         try:
-            return self.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            return self.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1, **extra)
         except TypeError:  # remote code without logits_to_keep
-            return self.model(input_ids=ids, past_key_values=cache, use_cache=True)
+            return self.model(input_ids=ids, past_key_values=cache, use_cache=True, **extra)
 
     def score(self, requests: Sequence[ScoreRequest]) -> None:
         """Write the logits at each request's positions of its tokens to its `out` as float32 [P x vocab], one
         sequence at a time (no padding to perturb the reference)."""
         for request in requests:
-            self._score_one(*request)
+            self._score_one(request.tokens, request.positions, request.out, request.images)
 
-    def _score_one(self, tokens: Sequence[int], positions: Sequence[int], out: Path) -> None:
+    def _score_one(self, tokens: Sequence[int], positions: Sequence[int], out: Path, images: tuple[Any, ...]) -> None:
         import torch
 
         ids = torch.tensor([list(tokens[: max(positions) + 1])], dtype=torch.long)
         keep = torch.tensor(list(positions), dtype=torch.long)
+        vision = reference_media.vision_inputs(self.model, self.processor, ids, images)
         with torch.inference_mode():
             try:
-                logits = self.model(input_ids=ids, logits_to_keep=keep).logits[0]
+                logits = self.model(input_ids=ids, logits_to_keep=keep, **vision).logits[0]
             except TypeError:  # remote code without logits_to_keep: compute all, keep the rows asked for
-                logits = self.model(input_ids=ids).logits[0].index_select(0, keep)
+                logits = self.model(input_ids=ids, **vision).logits[0].index_select(0, keep)
         np.save(out, logits.float().numpy())

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import Any, NamedTuple, Sequence
 
 # the SamplingParams.extra_args key that tells the worker (vllm_worker.py) which request of a scoring batch it sees
 SCORE_KEY = "npuprec_score"
@@ -15,3 +15,4 @@ class ScoreRequest(NamedTuple):
     tokens: Sequence[int]
     positions: Sequence[int]
     out: Path
+    images: tuple[Any, ...] = ()  # PIL images of the sequence's image placeholders, in order

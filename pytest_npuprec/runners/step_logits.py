@@ -118,6 +118,19 @@ def persistent_batch(runner: Any) -> tuple[Any, Any]:
     return batch, qsl
 
 
+def token_indices(runner: Any, n_rows: int) -> Any:
+    """Each row's token index within its request for the running step (numpy int64 [n_rows]): the request's
+    computed tokens so far plus the row's offset in its query span (how vLLM V1 numbers positions)."""
+    import numpy as np
+
+    batch, qsl = persistent_batch(runner)
+    out = np.zeros(n_rows, dtype=np.int64)
+    for i in range(len(batch.req_ids)):
+        start, end = int(qsl[i]), min(int(qsl[i + 1]), n_rows)
+        out[start:end] = int(batch.num_computed_tokens_cpu[i]) + np.arange(end - start)
+    return out
+
+
 def _external_id(internal: str, paths: dict[str, str]) -> str | None:
     """vLLM appends '-<8 hex>' to the id the caller gave (input_processor); vllm-ascend may not."""
     if internal in paths:

@@ -69,9 +69,9 @@ class StreamedRunner(TransformersRunner):
         finally:
             self._free_all()
 
-    def generate(self, prompts: Sequence[Sequence[int]], max_tokens: int) -> list[tuple[int, ...]]:
+    def generate(self, prompts: Sequence[Sequence[int]], max_tokens: int, **media: Any) -> list[tuple[int, ...]]:
         try:
-            return super().generate(prompts, max_tokens)
+            return super().generate(prompts, max_tokens, **media)
         finally:
             self._free_all()
 

@@ -19,6 +19,7 @@ import numpy as np
 from ..atomic import atomic_file
 from . import prefix_fault, step_logits
 from .fault_names import FAULT_NAMES
+from .faults import vision as vision_faults
 from .scoring import SCORE_KEY
 
 
@@ -50,11 +51,16 @@ def _request_segments(runner: Any, state: _CaptureState, n_tokens: int) -> list[
     return segments
 
 
-def _hidden_and_positions(args: tuple, kwargs: dict, output: Any) -> tuple[Any, Any]:
+def _hidden_and_positions(runner: Any, args: tuple, kwargs: dict, output: Any) -> tuple[Any, Any]:
+    """The forward pass's hidden states and each row's token index in its request."""
     hidden = output[0] if isinstance(output, tuple) else output
     positions = kwargs.get("positions", args[1] if len(args) > 1 else None)
-    if positions is not None and positions.dim() > 1:  # M-RoPE: [3, tokens]; text positions are row 0
-        positions = positions[0]
+    if positions is not None and positions.dim() > 1 and hasattr(hidden, "shape"):
+        # M-RoPE: [3, tokens] rotary positions, which after an image are no token indices (an image of n
+        # tokens advances them by its grid side): the indices come from the persistent batch instead
+        import torch
+
+        positions = torch.from_numpy(step_logits.token_indices(runner, hidden.shape[0]))
     return hidden, positions
 
 
@@ -79,7 +85,7 @@ class CaptureWorkerExtension:
         def hook(module: Any, args: tuple, kwargs: dict, output: Any) -> None:
             if state.wanted is None or state.problem:
                 return
-            hidden, positions = _hidden_and_positions(args, kwargs, output)
+            hidden, positions = _hidden_and_positions(self.model_runner, args, kwargs, output)
             if positions is None or not hasattr(hidden, "shape"):
                 return  # not the last pipeline stage
             import torch
@@ -302,6 +308,6 @@ def _rms_norms(model: Any, fault: str) -> list[Any]:
 FAULTS = {"attention_scale": _attention_scale, "rope_theta": _rope_theta, "rmsnorm_offset": _rmsnorm_offset,
           "overflow": _overflow, "nondeterminism": _nondeterminism, "engine_kill": _engine_kill,
           "engine_hang": _engine_hang, "decode_only": _decode_only, "batch_only": _batch_only,
-          "graph_only": _graph_only, "prefix_only": _prefix_only}
+          "graph_only": _graph_only, "prefix_only": _prefix_only, **vision_faults.FAULTS}
 if tuple(FAULTS) != FAULT_NAMES:  # one list of names: fault_names.py, which option parsing reads
     raise ImportError(f"vllm_worker.FAULTS {tuple(FAULTS)} differ from fault_names.FAULT_NAMES {FAULT_NAMES}")

@@ -13,6 +13,7 @@ from .guard import GUARD
 from .llama import LlamaArch, LlamaStandin
 from .minicpm import MiniCPMStandin
 from .qwen3 import Qwen3Arch
+from .qwen3_vl import Qwen3VLStandin
 from .spec import BUILDER_VERSION, StandinSpec, standin_key
 
 __all__ = ["BUILDER_VERSION", "STANDINS", "StandinSpec", "UnknownStandinError", "get_spec", "standin_key"]
@@ -86,6 +87,15 @@ STANDINS: dict[str, StandinSpec] = {
             "residual branches x scale_depth/sqrt(layers) = 0.28, hidden / 4 before lm_head, LongRoPE "
             "short factors; 4 heads x head_dim 64, 2 KV heads, vocab 1024 byte-level BPE) trained on "
             "the corpus; BF16 weights"
+        ),
+    ),
+    "tiny-Qwen3-VL-8B-Instruct": Qwen3VLStandin(
+        name="tiny-Qwen3-VL-8B-Instruct",
+        description=(
+            "Qwen3VLForConditionalGeneration: 2-layer Qwen3 text stack (4 heads x head_dim 64, 2 KV heads, "
+            "interleaved M-RoPE 12/10/10, untied LM head, vocab 1024 byte-level BPE with the Qwen-VL vision "
+            "tokens) and a 2-block vision tower (hidden 128, patch 16, 2x2 merge, one deepstack merger); trained "
+            "on seeded synthetic images (standins/synthetic.py shapes) to name their colour, shape and count"
         ),
     ),
 }

@@ -28,7 +28,7 @@ class Runner:
 
     def score(self, requests):
         self.events.append(f"{self.side} score {len(requests)}")
-        for _, positions, out in requests:
+        for _, positions, out, *_ in requests:
             rows = np.zeros((len(positions), VOCAB), dtype=np.float32)
             for r, p in enumerate(positions):
                 rows[r, self.favourite(p)] = self.gap
