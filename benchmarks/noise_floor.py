@@ -33,6 +33,8 @@ def main() -> int:
     from pytest_npuprec.capture.session import capture_model
     from pytest_npuprec.config.loader import select_configs
     from pytest_npuprec.measure.kinds import measure_perplexity
+    from pytest_npuprec.capture.taps import model_taps
+    from pytest_npuprec.measure.routing import measure_routing, router_logit_error
     from pytest_npuprec.measure.thresholds import measure
     from pytest_npuprec.runners.device import VllmRunner
     from pytest_npuprec.runners.environment import resolve_device
@@ -58,9 +60,19 @@ def main() -> int:
         for i, (label, factory) in enumerate(sides.items()):
             capture = capture_model(config.name, prompts, precision.max_tokens, precision.positions,
                                     reference=lambda: TransformersRunner(path, trust), device=factory,
-                                    folder=Path(tmp) / f"side{i}")
+                                    folder=Path(tmp) / f"side{i}", taps=model_taps(config, path))
             measured = measure(capture, precision.tie_margin)
             results[label] = {name: cells.summary() for name, cells in measured.cells.items()}
+            routing = measure_routing(capture, 0.0)  # tie margin 0: every differing expert set is counted
+            if routing is not None:
+                load = routing.max_load_difference()
+                results[label]["routing_agreement"] = {"mean": routing.agreement(), "min": routing.agreement(),
+                                                       "max": routing.agreement()}
+                results[label]["expert_load"] = {"mean": load, "min": load, "max": load}
+                results[label]["routing_flip_margins"] = sorted(f.margin for f in routing.flips)
+                error = router_logit_error(capture)  # None for the device: it writes expert ids, not logits
+                if error is not None:
+                    results[label]["router_logit_max_abs_diff"] = error
             if config.checks.perplexity:
                 ppl = measure_perplexity(capture)
                 results[label]["perplexity_ratio"] = {"mean": ppl.ratio, "min": ppl.ratio, "max": ppl.ratio}
@@ -72,6 +84,8 @@ def main() -> int:
     from pytest_npuprec.metrics.registry import METRICS
 
     for name, spec in METRICS.items():
+        if not all(name in results[label] for label in labels):
+            continue  # routing metrics of a dense model
         row = f"{name:<22}"
         for label in labels:
             s = results[label][name]
@@ -81,6 +95,10 @@ def main() -> int:
     if config.checks.perplexity:
         print(f"{'perplexity_ratio':<22}" + "".join(f"{results[label]['perplexity_ratio']['mean']:>30.6g}{'':>14}"
                                                   for label in labels))
+    for label in labels:
+        if "routing_flip_margins" in results[label]:
+            print(f"{label}: differing expert sets at reference margins {results[label]['routing_flip_margins']}; "
+                  f"router logits max |diff| {results[label].get('router_logit_max_abs_diff', 'n/a')}")
     print(json.dumps({"model": config.name, "results": results}))
     return 0
 

@@ -14,6 +14,7 @@ import numpy as np
 from ..runners.scoring import ScoreRequest
 from . import BaselineError, update_command
 from .lm_head import checksum_mismatch, rebuild
+from .record import refuse_taps
 from .store import ReferenceBaseline
 
 
@@ -61,7 +62,9 @@ class BaselineReference:
 
     def score(self, requests: Sequence[ScoreRequest]) -> None:
         for request in requests:
-            self._score_one(*request)
+            if request.taps:
+                raise BaselineError(refuse_taps(self.model, request.taps))
+            self._score_one(*request[:3])
 
     def _score_one(self, tokens: Sequence[int], positions: Sequence[int], out: Path) -> None:
         found = self._by_scored.get((tuple(tokens), tuple(positions)))

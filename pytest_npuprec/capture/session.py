@@ -40,12 +40,14 @@ def scored_positions(prompt_len: int, scored_len: int, mode: PositionsMode) -> t
 def capture_model(model: str, prompts: list[PromptInput], max_tokens: int, positions_mode: PositionsMode,
                   reference: RunnerFactory, device: RunnerFactory, folder: Path,
                   meta: dict[str, Any] | None = None, device_runs: int = 1, steps: bool = False,
-                  batch_passes: bool = False, variants: dict[str, RunnerFactory] | None = None) -> ModelCapture:
+                  batch_passes: bool = False, variants: dict[str, RunnerFactory] | None = None,
+                  taps: Sequence[str] = ()) -> ModelCapture:
     """Capture both sides. Perplexity prompts are scored at every position and not generated from;
     with device_runs > 1 the device generates and scores everything again (determinism check).
     `steps`: the device's generation also writes the logits of each of its steps (capture/steps.py);
     `batch_passes`: each prompt alone and the batch reversed too; `variants`: more device engines
-    (name -> factory, e.g. enforce_eager flipped), each started after the last closed, generating with steps."""
+    (name -> factory, e.g. enforce_eager flipped), each started after the last closed, generating with steps;
+    `taps`: arrays captured beside the logits of the compared prompts' scoring, both sides (e.g. "routing")."""
     writer = CaptureWriter(folder)
     compare = [p for p in prompts if p.kind == "compare"]
     try:
@@ -62,7 +64,9 @@ def capture_model(model: str, prompts: list[PromptInput], max_tokens: int, posit
                 positions[p.index] = scored_positions(len(p.token_ids), len(scored[p.index]), mode)
 
             def requests(side: str) -> list[ScoreRequest]:
-                return [ScoreRequest(scored[p.index], positions[p.index], writer.logits_path(side, p.index))
+                return [ScoreRequest(scored[p.index], positions[p.index], writer.logits_path(side, p.index),
+                                     {tap: writer.tap_path(side, tap, p.index) for tap in taps}
+                                     if p.kind == "compare" else {})
                         for p in prompts]
 
             ref.score(requests("reference"))

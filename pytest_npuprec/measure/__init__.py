@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from .kinds import LabelPair, PerplexityMeasurement, RunDifference, TensorTernary, ThinkingMeasurement
 from .steps import StepDifference
+from .routing import RoutingMeasurement
 from .thresholds import Measurements
 
 
@@ -28,3 +29,4 @@ class Measured:
     decode: Measurements | None = None  # the decode-step rows against the reference (measure/steps.py)
     batch_invariance: list[StepDifference] | None = None
     graph_mode: StepDifference | None = None
+    routing: RoutingMeasurement | None = None  # MoE routing, device vs reference (measure/routing.py)

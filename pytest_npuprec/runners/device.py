@@ -319,11 +319,16 @@ class VllmRunner:
         if not requests:
             return
 
+        taps = sorted({name for r in requests for name in r.taps})
+        tap_paths = {name: {k: str(r.taps[name]) for k, r in enumerate(requests) if name in r.taps} for name in taps}
+
         def call() -> dict[str, Any]:
-            self.llm.collective_rpc("npuprec_arm", args=({k: list(r.positions) for k, r in enumerate(requests)},))
+            self.llm.collective_rpc("npuprec_arm", args=({k: list(r.positions) for k, r in enumerate(requests)},
+                                                         taps))
             self._run([r.tokens[: max(r.positions) + 1] for r in requests], max_tokens=1,
                       extra_args=[{SCORE_KEY: k} for k in range(len(requests))])
-            return self.llm.collective_rpc("npuprec_collect", args=({k: str(r.out) for k, r in enumerate(requests)},))[0]
+            return self.llm.collective_rpc("npuprec_collect",
+                                           args=({k: str(r.out) for k, r in enumerate(requests)}, tap_paths))[0]
 
         result = self._bounded("score", call)
         if "problem" in result:

@@ -195,7 +195,10 @@ class LlamaStandin:
                 del state["lm_head.weight"]  # tied checkpoints ship only the embedding
             fit = corpus_fit(model, doc_ids)
             fit_sentences = corpus_fit(model, [ids for ids, _ in sentence_entries])
+            routing = self.arch.routing_facts(model, doc_ids) if hasattr(self.arch, "routing_facts") else None
 
+        if hasattr(self.arch, "checkpoint_state"):  # the published tensor layout, where it differs from the model's
+            state = self.arch.checkpoint_state(state)
         save_file(state, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
         _write_json(out_dir / "config.json", self.arch.hf_config(eos_id))
         _write_json(
@@ -210,6 +213,7 @@ class LlamaStandin:
             "corpus_fit_bf16": fit,
             "sentence_start_fit_bf16": fit_sentences,
             "prep_seconds": round(t_train - t0, 2),
+            **({"routing": routing} if routing else {}),
         }
 
 

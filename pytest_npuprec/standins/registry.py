@@ -13,6 +13,7 @@ from .guard import GUARD
 from .llama import LlamaArch, LlamaStandin
 from .minicpm import MiniCPMStandin
 from .qwen3 import Qwen3Arch
+from .qwen3_moe import Qwen3MoeArch
 from .spec import BUILDER_VERSION, StandinSpec, standin_key
 
 __all__ = ["BUILDER_VERSION", "STANDINS", "StandinSpec", "UnknownStandinError", "get_spec", "standin_key"]
@@ -87,6 +88,15 @@ STANDINS: dict[str, StandinSpec] = {
             "short factors; 4 heads x head_dim 64, 2 KV heads, vocab 1024 byte-level BPE) trained on "
             "the corpus; BF16 weights"
         ),
+    ),
+    "tiny-Qwen3-30B-A3B": LlamaStandin(
+        name="tiny-Qwen3-30B-A3B",
+        description=(
+            "2-layer Qwen3MoeForCausalLM (per-head q/k RMSNorm, 4 heads x head_dim 64, 2 KV heads, every MLP "
+            "a router over 8 SwiGLU experts of width 128, top-2 renormalised (norm_topk_prob), untied, vocab "
+            "1024 byte-level BPE) trained on the corpus with the load-balancing loss, so experts specialise"
+        ),
+        arch=Qwen3MoeArch(),
     ),
 }
 
