@@ -23,6 +23,7 @@ from ..config.schema import ServeConfig
 from ..env_vars import temporary_env
 from ..errors import NpuprecError
 from .fault_names import DEFAULT_MAGNITUDES, FAULT_NAMES
+from .layouts import refuse_unsupported
 from .scoring import SCORE_KEY, ScoreRequest
 from .watchdog import PhaseError, ProcessTree, phase_timeouts, run_bounded
 
@@ -132,6 +133,7 @@ class VllmRunner:
         return kwargs
 
     def __enter__(self) -> "VllmRunner":
+        refuse_unsupported(self.serve, self.device, self.model)  # before anything starts
         finish_closing()  # the engine before this one must be gone first
         env: dict[str, str] = dict(self.serve.env)  # the config's envs: this engine's environment only
 

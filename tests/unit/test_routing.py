@@ -188,3 +188,13 @@ def test_routing_bounds_in_yaml(tmp_path):
     path.write_text(base + "    expert_load: {min: 0.5}\n")
     with pytest.raises(ConfigError, match="expected a `max` bound"):
         load_config(path)
+
+
+def test_expert_parallel_on_vllm_cpu_is_refused_before_an_engine_starts():
+    from pytest_npuprec.runners.device import VllmRunner
+    from pytest_npuprec.runners.layouts import UnsupportedLayout
+
+    serve = ServeConfig(tensor_parallel_size=2, enable_expert_parallel=True)
+    with pytest.raises(UnsupportedLayout, match=r"m: layout enable_expert_parallel=true, tensor_parallel_size=2 "
+                                                r"is refused on platform cpu.*cpu_fused_moe"):
+        VllmRunner(Path("nowhere"), serve, "cpu", model="m").__enter__()
