@@ -77,7 +77,7 @@ def test_a_pass_where_a_layer_did_not_route_is_a_problem():
     tap = install(model)
     tap.start_pass()
     model.model.layers[0].mlp.experts.router.select_experts(None, torch.randn(2, E))
-    assert "MoE layers [1]" in tap.take(torch.tensor([0]), [0], [0])
+    assert "MoE layers [1] were not called" in tap.take(torch.tensor([0]), [0], [0])
 
 
 def _routed(fault: str, magnitude: float, logits):
@@ -134,3 +134,10 @@ def test_reference_tap_writes_router_logits_at_the_scored_positions(standin, tmp
     assert logits.shape == (3, 2, E) and list(layers) == [0, 1] and top_k == K
     for layer in range(2):
         assert np.allclose(logits[:, layer], out.router_logits[layer].reshape(-1, E)[[3, 10, 19]].numpy())
+
+
+def test_lowprec_router_keeps_the_exact_weights_of_the_chosen_experts():
+    logits = torch.tensor([[2.0, 1.3, 0.2, -1, -1, -1, -1, -1]])
+    clean_w, clean_ids = _routed("expert_scale", 1.0, logits)
+    w, ids = _routed("router_lowprec", 2, logits)  # 2.0 and 1.3 -> 2.0 and 1.25: same experts
+    assert torch.equal(ids, clean_ids) and torch.allclose(w, clean_w)

