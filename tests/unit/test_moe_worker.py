@@ -137,3 +137,14 @@ def test_lowprec_router_flips_only_choices_among_underflowed_probabilities():
     assert set(ids[1].tolist()) == set(clean_ids[1].tolist()) and torch.allclose(w[1], clean_w[1])
     chosen = probs[0, ids[0].long()]
     assert torch.allclose(w[0], chosen / chosen.sum())  # exact probabilities of the chosen, renormalised
+
+
+def test_reference_moe_layers_follow_each_family_s_keys():
+    from types import SimpleNamespace as NS
+
+    from pytest_npuprec.runners.reference_taps.routing import moe_layers, top_k
+
+    assert moe_layers(NS(num_hidden_layers=4, decoder_sparse_step=1, mlp_only_layers=[2])) == [0, 1, 3]
+    assert moe_layers(NS(num_hidden_layers=4, decoder_sparse_step=2, mlp_only_layers=[])) == [1, 3]
+    ernie = NS(num_hidden_layers=3, moe_layer_start_index=1, moe_layer_end_index=-1, moe_layer_interval=1, moe_k=2)
+    assert moe_layers(ernie) == [1, 2] and top_k(ernie) == 2
