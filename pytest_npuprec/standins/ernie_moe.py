@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from .llama import LlamaArch, config_tail
+from .llama import LlamaArch, config_tail, shape_keys
 from .qwen3_moe import split_experts
 
 
@@ -36,18 +36,7 @@ class ErnieMoeArch(LlamaArch):
         return {
             "architectures": [self.architecture],
             "model_type": "ernie4_5_moe",
-            "vocab_size": self.vocab_size,
-            "hidden_size": self.hidden_size,
-            "intermediate_size": self.intermediate_size,
-            "num_hidden_layers": self.num_hidden_layers,
-            "num_attention_heads": self.num_attention_heads,
-            "num_key_value_heads": self.num_key_value_heads,
-            "head_dim": self.head_dim,
-            "hidden_act": "silu",
-            "max_position_embeddings": self.max_position_embeddings,
-            "initializer_range": self.initializer_range,
-            "rms_norm_eps": self.rms_norm_eps,
-            "rope_theta": self.rope_theta,
+            **shape_keys(self),
             "use_bias": False,
             "moe_k": self.num_experts_per_tok,
             "moe_num_experts": self.num_experts,
