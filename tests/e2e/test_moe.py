@@ -48,3 +48,12 @@ def test_moe_fault_fails_the_right_checks(run_suite, failed_checks, fault):
         worst = agreement["worst"]
         assert f"worst flip: layer {worst['layer']}, prompt {worst['prompt_id']}" in agreement["message"]
         assert f"position {worst['position']}" in agreement["message"] and "margin" in agreement["message"]
+
+
+def test_clean_shared_expert_moe_passes(run_suite):
+    """ERNIE-4.5-MoE: a dense first layer, then routed experts plus a shared expert (moe_forward_shared)."""
+    model = "tiny-ERNIE-4.5-21B-A3B"
+    result, report_dir = run_suite(model)
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str()[-3000:]
+    report = json.loads((report_dir / f"{model}.json").read_text())
+    assert report["passed"] and report["routing"]["layers"] == [1, 2] and report["routing"]["agreement"] >= 0.99
