@@ -26,8 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from capture import RssSampler, timed  # benchmarks/capture.py (this script's folder is on sys.path)
-from pytest_npuprec.atomic import staged_dir
+from capture import RssSampler, qwen3_config, random_checkpoint, timed  # benchmarks/capture.py (this script's folder is on sys.path)
 
 VOCAB, HIDDEN, LAYERS, HEADS, KV_HEADS, HEAD_DIM = 151_936, 512, 2, 8, 4, 64
 EXPERTS, TOP_K, MOE_FFN = 64, 8, 256
@@ -36,58 +35,20 @@ BUILD_VERSION = 1
 
 
 def wide_moe(root: Path) -> Path:
-    folder = root / f"wide-qwen3-moe-v{BUILD_VERSION}"
-    if (folder / "done").is_file():
-        return folder
-    import torch
-    from safetensors.torch import save_file
-    from tokenizers import Tokenizer, models, pre_tokenizers
+    config = qwen3_config("Qwen3MoeForCausalLM", "qwen3_moe", VOCAB, HIDDEN, LAYERS, HEADS, KV_HEADS, HEAD_DIM,
+                          intermediate_size=4 * HIDDEN, num_experts=EXPERTS, num_experts_per_tok=TOP_K,
+                          moe_intermediate_size=MOE_FFN, norm_topk_prob=True, decoder_sparse_step=1,
+                          mlp_only_layers=[])
 
-    with staged_dir(folder) as tmp:
-        config = {
-            "architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe", "vocab_size": VOCAB,
-            "hidden_size": HIDDEN, "intermediate_size": 4 * HIDDEN, "num_hidden_layers": LAYERS,
-            "num_attention_heads": HEADS, "num_key_value_heads": KV_HEADS, "head_dim": HEAD_DIM,
-            "num_experts": EXPERTS, "num_experts_per_tok": TOP_K, "moe_intermediate_size": MOE_FFN,
-            "norm_topk_prob": True, "decoder_sparse_step": 1, "mlp_only_layers": [],
-            "max_position_embeddings": 40960, "rope_theta": 1_000_000, "rms_norm_eps": 1e-6,
-            "tie_word_embeddings": True, "torch_dtype": "bfloat16", "hidden_act": "silu",
-            "attention_bias": False, "bos_token_id": 1, "eos_token_id": 1,
-        }
-        (tmp / "config.json").write_text(json.dumps(config, indent=1))
-        (tmp / "generation_config.json").write_text(json.dumps({"eos_token_id": 1}))
-        g = torch.Generator().manual_seed(0)
+    def mlp(p: str, randn) -> dict:
+        tensors = {p + "mlp.gate.weight": randn(EXPERTS, HIDDEN, std=0.5)}  # a router with varied choices
+        for e in range(EXPERTS):
+            q = f"{p}mlp.experts.{e}."
+            tensors.update({q + "gate_proj.weight": randn(MOE_FFN, HIDDEN), q + "up_proj.weight": randn(MOE_FFN, HIDDEN),
+                            q + "down_proj.weight": randn(HIDDEN, MOE_FFN)})
+        return tensors
 
-        def randn(*shape, std=0.02):
-            return (torch.randn(*shape, generator=g) * std).to(torch.bfloat16)
-
-        ones = lambda n: torch.ones(n, dtype=torch.bfloat16)  # noqa: E731
-        tensors = {"model.embed_tokens.weight": randn(VOCAB, HIDDEN), "model.norm.weight": ones(HIDDEN)}
-        for i in range(LAYERS):
-            p = f"model.layers.{i}."
-            tensors.update({
-                p + "self_attn.q_proj.weight": randn(HEADS * HEAD_DIM, HIDDEN),
-                p + "self_attn.k_proj.weight": randn(KV_HEADS * HEAD_DIM, HIDDEN),
-                p + "self_attn.v_proj.weight": randn(KV_HEADS * HEAD_DIM, HIDDEN),
-                p + "self_attn.o_proj.weight": randn(HIDDEN, HEADS * HEAD_DIM),
-                p + "self_attn.q_norm.weight": ones(HEAD_DIM), p + "self_attn.k_norm.weight": ones(HEAD_DIM),
-                p + "mlp.gate.weight": randn(EXPERTS, HIDDEN, std=0.5),  # a router with varied choices
-                p + "input_layernorm.weight": ones(HIDDEN), p + "post_attention_layernorm.weight": ones(HIDDEN),
-            })
-            for e in range(EXPERTS):
-                q = f"{p}mlp.experts.{e}."
-                tensors.update({q + "gate_proj.weight": randn(MOE_FFN, HIDDEN), q + "up_proj.weight": randn(MOE_FFN, HIDDEN),
-                                q + "down_proj.weight": randn(HIDDEN, MOE_FFN)})
-        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        vocab = {"<unk>": 0, "<eos>": 1, **{f"w{i}": i for i in range(2, VOCAB)}}
-        tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-        tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-        tok.save(str(tmp / "tokenizer.json"))
-        (tmp / "tokenizer_config.json").write_text(json.dumps({
-            "tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<eos>", "unk_token": "<unk>",
-            "model_max_length": 40960}))
-        (tmp / "done").write_text("ok")
-    return folder
+    return random_checkpoint(root / f"wide-qwen3-moe-v{BUILD_VERSION}", config, mlp)
 
 
 def main() -> int:
