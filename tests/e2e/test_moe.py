@@ -13,7 +13,8 @@ LOGIT_CHECKS = {"cosine_similarity-mean", "cosine_similarity-min", "pearson_corr
 # on a 2-layer stand-in a wrong layer-0 output moves layer 1's routing too, so the output faults fail routing
 # as well; the low-precision router flips only choices that weigh little, and only the routing checks see it.
 FAULTS = {
-    "router_lowprec": ({"routing_agreement"}, LOGIT_CHECKS | {"token_agreement", "prefix_agreement", "finite_logits"}),
+    "router_lowprec": ({"routing_agreement"}, LOGIT_CHECKS | {f"{c}-decode" for c in LOGIT_CHECKS}
+                       | {"token_agreement", "prefix_agreement", "finite_logits"}),
     "expert_scale": ({"cosine_similarity-mean", "kl_divergence-max", "max_abs_diff"}, {"finite_logits"}),
     "routing_unnormalized": ({"cosine_similarity-mean", "kl_divergence-mean", "routing_agreement"}, {"finite_logits"}),
     "router_long": ({"routing_agreement", "kl_divergence-max"}, {"finite_logits"}),
