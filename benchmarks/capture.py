@@ -40,55 +40,92 @@ BUILD_VERSION = 1
 
 def wide_standin(root: Path) -> Path:
     """A Qwen3ForCausalLM with the real vocabulary and width, random weights, a word-level tokenizer."""
-    folder = root / f"wide-qwen3-v{BUILD_VERSION}"
+    config = qwen3_config("Qwen3ForCausalLM", "qwen3", VOCAB, HIDDEN, LAYERS, HEADS, KV_HEADS, HEAD_DIM,
+                          intermediate_size=FFN)
+
+    def mlp(p: str, randn) -> dict:
+        return {p + "mlp.gate_proj.weight": randn(FFN, HIDDEN), p + "mlp.up_proj.weight": randn(FFN, HIDDEN),
+                p + "mlp.down_proj.weight": randn(HIDDEN, FFN)}
+
+    return random_checkpoint(root / f"wide-qwen3-v{BUILD_VERSION}", config, mlp)
+
+
+def random_checkpoint(folder: Path, config: dict, mlp) -> Path:
+    """Build `folder` once: config.json, random BF16 weights (seed 0; each layer's attention, then mlp(prefix,
+    randn)), a word-level tokenizer."""
     if (folder / "done").is_file():
         return folder
     import torch
     from safetensors.torch import save_file
+
+    hidden, heads, kv_heads, head_dim = (config[k] for k in ("hidden_size", "num_attention_heads",
+                                                              "num_key_value_heads", "head_dim"))
+    with staged_dir(folder) as tmp:
+        (tmp / "config.json").write_text(json.dumps(config, indent=1))
+        randn = seeded_randn(0)
+        tensors = {"model.embed_tokens.weight": randn(config["vocab_size"], hidden),
+                   "model.norm.weight": torch.ones(hidden, dtype=torch.bfloat16)}
+        for i in range(config["num_hidden_layers"]):
+            p = f"model.layers.{i}."
+            tensors.update(attention_tensors(p, randn, hidden, heads, kv_heads, head_dim))
+            tensors.update(mlp(p, randn))
+        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        write_word_tokenizer(tmp, config["vocab_size"])
+    return folder
+
+
+def qwen3_config(architecture: str, model_type: str, vocab: int, hidden: int, layers: int, heads: int,
+                 kv_heads: int, head_dim: int, **more) -> dict:
+    """config.json of a random-weight Qwen3-family checkpoint (tied embeddings, <eos> = 1)."""
+    return {"architectures": [architecture], "model_type": model_type, "vocab_size": vocab, "hidden_size": hidden,
+            "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": kv_heads,
+            "head_dim": head_dim, "max_position_embeddings": 40960, "rope_theta": 1_000_000, "rms_norm_eps": 1e-6,
+            "tie_word_embeddings": True, "torch_dtype": "bfloat16", "hidden_act": "silu", "attention_bias": False,
+            "bos_token_id": 1, "eos_token_id": 1, **more}
+
+
+def seeded_randn(seed: int):
+    """randn(*shape, std=0.02) -> BF16 tensor, from one seeded generator."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+
+    def randn(*shape, std=0.02):
+        return (torch.randn(*shape, generator=g) * std).to(torch.bfloat16)
+
+    return randn
+
+
+def write_word_tokenizer(folder: Path, vocab_size: int) -> None:
+    """A word-level tokenizer ("w<id>" words, <eos> = 1) for random-weight checkpoints, and the done marker."""
     from tokenizers import Tokenizer, models, pre_tokenizers
 
-    with staged_dir(folder) as tmp:
-        config = {
-            "architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "vocab_size": VOCAB,
-            "hidden_size": HIDDEN, "intermediate_size": FFN, "num_hidden_layers": LAYERS,
-            "num_attention_heads": HEADS, "num_key_value_heads": KV_HEADS, "head_dim": HEAD_DIM,
-            "max_position_embeddings": 40960, "rope_theta": 1_000_000, "rms_norm_eps": 1e-6,
-            "tie_word_embeddings": True, "torch_dtype": "bfloat16", "hidden_act": "silu",
-            "attention_bias": False, "bos_token_id": 1, "eos_token_id": 1,
-        }
-        (tmp / "config.json").write_text(json.dumps(config, indent=1))
-        (tmp / "generation_config.json").write_text(json.dumps({"eos_token_id": 1}))
-        g = torch.Generator().manual_seed(0)
+    vocab = {"<unk>": 0, "<eos>": 1, **{f"w{i}": i for i in range(2, vocab_size)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<eos>", "unk_token": "<unk>",
+        "model_max_length": 40960}))
+    (folder / "generation_config.json").write_text(json.dumps({"eos_token_id": 1}))
+    (folder / "done").write_text("ok")
 
-        def randn(*shape, std=0.02):
-            return (torch.randn(*shape, generator=g) * std).to(torch.bfloat16)
 
-        tensors = {"model.embed_tokens.weight": randn(VOCAB, HIDDEN), "model.norm.weight": torch.ones(HIDDEN, dtype=torch.bfloat16)}
-        for i in range(LAYERS):
-            p = f"model.layers.{i}."
-            tensors.update({
-                p + "self_attn.q_proj.weight": randn(HEADS * HEAD_DIM, HIDDEN),
-                p + "self_attn.k_proj.weight": randn(KV_HEADS * HEAD_DIM, HIDDEN),
-                p + "self_attn.v_proj.weight": randn(KV_HEADS * HEAD_DIM, HIDDEN),
-                p + "self_attn.o_proj.weight": randn(HIDDEN, HEADS * HEAD_DIM),
-                p + "self_attn.q_norm.weight": torch.ones(HEAD_DIM, dtype=torch.bfloat16),
-                p + "self_attn.k_norm.weight": torch.ones(HEAD_DIM, dtype=torch.bfloat16),
-                p + "mlp.gate_proj.weight": randn(FFN, HIDDEN),
-                p + "mlp.up_proj.weight": randn(FFN, HIDDEN),
-                p + "mlp.down_proj.weight": randn(HIDDEN, FFN),
-                p + "input_layernorm.weight": torch.ones(HIDDEN, dtype=torch.bfloat16),
-                p + "post_attention_layernorm.weight": torch.ones(HIDDEN, dtype=torch.bfloat16),
-            })
-        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        vocab = {"<unk>": 0, "<eos>": 1, **{f"w{i}": i for i in range(2, VOCAB)}}
-        tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-        tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-        tok.save(str(tmp / "tokenizer.json"))
-        (tmp / "tokenizer_config.json").write_text(json.dumps({
-            "tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<eos>", "unk_token": "<unk>",
-            "model_max_length": 40960}))
-        (tmp / "done").write_text("ok")
-    return folder
+def attention_tensors(prefix: str, randn, hidden: int, heads: int, kv_heads: int, head_dim: int) -> dict:
+    """One Qwen3 decoder layer's attention and norm tensors (random projections, unit norms)."""
+    import torch
+
+    ones = lambda n: torch.ones(n, dtype=torch.bfloat16)  # noqa: E731
+    return {
+        prefix + "self_attn.q_proj.weight": randn(heads * head_dim, hidden),
+        prefix + "self_attn.k_proj.weight": randn(kv_heads * head_dim, hidden),
+        prefix + "self_attn.v_proj.weight": randn(kv_heads * head_dim, hidden),
+        prefix + "self_attn.o_proj.weight": randn(hidden, heads * head_dim),
+        prefix + "self_attn.q_norm.weight": ones(head_dim),
+        prefix + "self_attn.k_norm.weight": ones(head_dim),
+        prefix + "input_layernorm.weight": ones(hidden),
+        prefix + "post_attention_layernorm.weight": ones(hidden),
+    }
 
 
 class RssSampler:

@@ -36,6 +36,8 @@ def main() -> int:
     from pytest_npuprec.checkpoints.locate import locate_weights
     from pytest_npuprec.config.loader import select_configs
     from pytest_npuprec.measure.kinds import measure_perplexity
+    from pytest_npuprec.capture.taps import model_taps
+    from pytest_npuprec.measure.routing import measure_routing, router_logit_error
     from pytest_npuprec.runners.device import VllmRunner
     from pytest_npuprec.runners.environment import resolve_device
     from pytest_npuprec.runners.reference import TransformersRunner
@@ -57,13 +59,24 @@ def main() -> int:
 
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
+        taps = model_taps(config, path)
         first = capture_model(config.name, prompts, precision.max_tokens, precision.positions,
                               reference=lambda: TransformersRunner(path, trust), device=device,
-                              folder=Path(tmp) / "device")
+                              folder=Path(tmp) / "device", taps=taps)
         captures = {floor_label: first} if args.no_vllm else \
-            {floor_label: capture_floor(first, trust, Path(tmp) / "floor"), device_label: first}
+            {floor_label: capture_floor(first, trust, Path(tmp) / "floor", taps), device_label: first}
         for label, capture in captures.items():
             results[label] = summaries(capture, precision.tie_margin)
+            routing = measure_routing(capture, 0.0)  # tie margin 0: every differing expert set is counted
+            if routing is not None:
+                load = routing.max_load_difference()
+                results[label]["routing_agreement"] = {"mean": routing.agreement(), "min": routing.agreement(),
+                                                       "max": routing.agreement()}
+                results[label]["expert_load"] = {"mean": load, "min": load, "max": load}
+                results[label]["routing_flip_margins"] = sorted(f.margin for f in routing.flips)
+                error = router_logit_error(capture)  # None for the device: it writes expert ids, not logits
+                if error is not None:
+                    results[label]["router_logit_max_abs_diff"] = error
             if config.checks.perplexity:
                 ppl = measure_perplexity(capture)
                 results[label]["perplexity_ratio"] = {"mean": ppl.ratio, "min": ppl.ratio, "max": ppl.ratio}
@@ -75,6 +88,8 @@ def main() -> int:
     from pytest_npuprec.metrics.registry import METRICS
 
     for name, spec in METRICS.items():
+        if not all(name in results[label] for label in labels):
+            continue  # routing metrics of a dense model
         row = f"{name:<22}"
         for label in labels:
             s = results[label][name]
@@ -84,6 +99,10 @@ def main() -> int:
     if config.checks.perplexity:
         print(f"{'perplexity_ratio':<22}" + "".join(f"{results[label]['perplexity_ratio']['mean']:>30.6g}{'':>14}"
                                                   for label in labels))
+    for label in labels:
+        if "routing_flip_margins" in results[label]:
+            print(f"{label}: differing expert sets at reference margins {results[label]['routing_flip_margins']}; "
+                  f"router logits max |diff| {results[label].get('router_logit_max_abs_diff', 'n/a')}")
     print(json.dumps({"model": config.name, "results": results}))
     return 0
 

@@ -17,17 +17,20 @@ from .capture.prefix_cache import prefix_cache_inputs
 from .capture.prompts import decode_texts, decode_token, load_tokenizer, perplexity_input, render_prompts
 from .capture.records import ModelCapture, PromptInput
 from .capture.session import capture_model
+from .capture.taps import model_taps
 from .checkpoints.locate import locate_weights
 from .config.schema import ModelConfig, ServeConfig
 from .errors import describe
 from .measure import Measured
 from .measure.kinds import measure_determinism, measure_labels, measure_perplexity, measure_ternary, measure_thinking
 from .measure.prefix_cache import measure_prefix_cache
+from .measure.routing import measure_routing
 from .measure.steps import GRAPH_MODE, decode_summary, measure_batch_invariance, measure_decode, measure_graph_mode
 from .measure.thresholds import Measurements, measure
 from .progress import announced, phase
 from .report.document import build_report
 from .report.figures import figures
+from .report.routing import add_routing
 from .report.steps import add_decode
 from .report.write import write_report
 from .runners import decoding
@@ -108,6 +111,8 @@ def _run(config: ModelConfig, options: RunOptions) -> ModelResult:
     report = build_report(config, measured.thresholds, verdicts, capture.meta, lambda t: decode_token(tokenizer, t))
     if measured.decode is not None:
         add_decode(report, measured.decode, decode_summary(capture, measured.decode))
+    if measured.routing is not None:
+        add_routing(report, measured.routing)
     report["figures"] = figures(capture, measured.thresholds, measured.decode, lambda t: decode_token(tokenizer, t))
     return ModelResult(config, verdicts, report, write_report(report, options.report_dir))
 
@@ -140,7 +145,7 @@ def _capture(config: ModelConfig, options: RunOptions, device: str, model_path: 
         meta=meta,
         device_runs=checks.determinism.runs if checks.determinism else 1,
         steps=bool(config.decode_thresholds or checks.batch_invariance or checks.graph_mode),
-        batch_passes=checks.batch_invariance is not None, variants=variants,
+        batch_passes=checks.batch_invariance is not None, variants=variants, taps=model_taps(config, model_path),
         reference_scoring=precision.reference_scoring,
     )
 
@@ -165,6 +170,7 @@ def _measure(config: ModelConfig, capture: ModelCapture, tokenizer: Any, model_p
         labels=measure_labels(texts, checks.labels) if checks.labels else None,
         thinking=(measure_thinking(texts, checks.thinking, config.serve.enable_thinking) if checks.thinking
                   else None),
+        routing=measure_routing(capture, config.precision.routing_tie_margin),
     )
 
 

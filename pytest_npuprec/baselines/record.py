@@ -17,6 +17,12 @@ from .lm_head import checksums, find_key, postprocess_of, read_weight, rebuild
 REBUILD_RTOL = 1e-6
 
 
+def refuse_taps(model: str, taps: Any) -> str:
+    """Baselines hold logit rows only: a model whose checks need a tap (MoE routing) runs its reference live."""
+    return (f"{model}: its checks need {', '.join(sorted(taps))} from the reference, which baselines do not store "
+            "yet; run it with --npuprec-reference live")
+
+
 class RecordingReference:
     """A Runner (capture/session.py): the TransformersRunner it wraps, plus what a baseline needs."""
 
@@ -62,6 +68,8 @@ class RecordingReference:
 
     def score(self, requests: Sequence[ScoreRequest]) -> None:
         for request in requests:
+            if request.taps:
+                raise BaselineError(refuse_taps(self.model, request.taps))
             self._score_one(request)
 
     def _score_one(self, request: ScoreRequest) -> None:

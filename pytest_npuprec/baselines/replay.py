@@ -14,6 +14,7 @@ import numpy as np
 from ..runners.scoring import ScoreRequest
 from . import BaselineError, update_command
 from .lm_head import checksum_mismatch, rebuild
+from .record import refuse_taps
 from .store import ReferenceBaseline
 
 
@@ -62,6 +63,8 @@ class BaselineReference:
 
     def score(self, requests: Sequence[ScoreRequest]) -> None:
         for request in requests:
+            if request.taps:
+                raise BaselineError(refuse_taps(self.model, request.taps))
             self._score_one(request.tokens, request.positions, request.out)
 
     def _score_one(self, tokens: Sequence[int], positions: Sequence[int], out: Path) -> None:

@@ -26,6 +26,8 @@ class RecordedReference:
     def __init__(self, capture: ModelCapture):
         self.generated = {p.prompt.token_ids: p.generated["reference"] for p in capture.prompts}
         self.logits = {(p.scored, p.positions): p.logits_files["reference"] for p in capture.prompts}
+        self.taps = {(p.scored, p.positions): {tap: sides["reference"] for tap, sides in p.tap_files.items()
+                                               if "reference" in sides} for p in capture.prompts}
         self.info: dict[str, Any] = dict(capture.meta.get("reference") or {}, replayed_from=str(capture.folder))
 
     def __enter__(self) -> "RecordedReference":
@@ -38,8 +40,11 @@ class RecordedReference:
         return [self.generated[tuple(p)] for p in prompts]  # the FP32 run's, whatever images it had
 
     def score(self, requests: Sequence[ScoreRequest]) -> None:
-        for tokens, positions, out, *_ in requests:
-            shutil.copyfile(self.logits[(tuple(tokens), tuple(positions))], out)
+        for request in requests:
+            key = (tuple(request.tokens), tuple(request.positions))
+            shutil.copyfile(self.logits[key], request.out)
+            for tap, path in request.taps.items():  # e.g. the FP32 router logits: the floor of routing too
+                shutil.copyfile(self.taps[key][tap], path)
 
 
 def model_path(capture: ModelCapture) -> Path:
@@ -47,7 +52,8 @@ def model_path(capture: ModelCapture) -> Path:
     return Path(capture.meta.get("converted_path") or capture.meta["model_path"])
 
 
-def capture_floor(capture: ModelCapture, trust_remote_code: bool, folder: Path) -> ModelCapture:
+def capture_floor(capture: ModelCapture, trust_remote_code: bool, folder: Path,
+                  taps: Sequence[str] = ()) -> ModelCapture:
     """transformers BF16 ("device" side) vs the capture's FP32 reference, on the same prompts and positions."""
     from ..runners.reference import TransformersRunner
 
@@ -56,5 +62,5 @@ def capture_floor(capture: ModelCapture, trust_remote_code: bool, folder: Path) 
         capture.meta["positions_mode"],
         reference=lambda: RecordedReference(capture),
         device=lambda: TransformersRunner(model_path(capture), trust_remote_code, dtype=FLOOR_DTYPE),
-        folder=folder, meta={"floor_of": str(capture.folder)},
+        folder=folder, meta={"floor_of": str(capture.folder)}, taps=taps,
     )

@@ -80,9 +80,15 @@ class PromptCapture:
     positions: tuple[int, ...]
     generated: dict[str, tuple[int, ...]]  # side -> greedy continuation token ids (repeat runs too)
     logits_files: dict[str, Path]  # side -> .npy [len(positions) x vocab] float32
+    # tap (e.g. "routing") -> side -> .npz of that tap's arrays at `positions` (TAPS.md)
+    tap_files: dict[str, dict[str, Path]] = field(default_factory=dict)
 
     def logits(self, side: str) -> np.ndarray:
         return np.load(self.logits_files[side], mmap_mode="r")
+
+    def tap(self, name: str, side: str) -> dict[str, np.ndarray]:
+        with np.load(self.tap_files[name][side]) as arrays:
+            return {key: arrays[key] for key in arrays.files}
 
     @property
     def continuation_rows(self) -> np.ndarray:
@@ -127,6 +133,9 @@ class CaptureWriter:
     def logits_path(self, side: str, index: int) -> Path:
         return self.tmp / f"{side}-{index:03d}.npy"
 
+    def tap_path(self, side: str, tap: str, index: int) -> Path:
+        return self.tmp / f"{side}-{index:03d}.{tap}.npz"
+
     def finish(self, capture: ModelCapture) -> ModelCapture:
         doc = {
             "format": FORMAT_VERSION,
@@ -139,6 +148,7 @@ class CaptureWriter:
                     "positions": list(p.positions),
                     "generated": {s: list(t) for s, t in p.generated.items()},
                     "sides": self._sides(p.prompt.index),
+                    "taps": self._taps(p.prompt.index),
                 }
                 for p in capture.prompts
             ],
@@ -150,6 +160,13 @@ class CaptureWriter:
     def _sides(self, index: int) -> list[str]:
         suffix = f"-{index:03d}.npy"
         return sorted(f.name[: -len(suffix)] for f in self.tmp.glob(f"*{suffix}"))
+
+    def _taps(self, index: int) -> dict[str, list[str]]:
+        taps: dict[str, list[str]] = {}
+        for f in sorted(self.tmp.glob(f"*-{index:03d}.*.npz")):
+            side_index, tap = f.name[: -len(".npz")].rsplit(".", 1)
+            taps.setdefault(tap, []).append(side_index[: -len(f"-{index:03d}")])
+        return taps
 
     def abandon(self) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)
@@ -171,5 +188,7 @@ def load_capture(folder: Path) -> ModelCapture:
             positions=tuple(entry["positions"]),
             generated={s: tuple(t) for s, t in entry["generated"].items()},
             logits_files={s: folder / f"{s}-{prompt.index:03d}.npy" for s in entry["sides"]},
+            tap_files={tap: {s: folder / f"{s}-{prompt.index:03d}.{tap}.npz" for s in sides}
+                       for tap, sides in entry.get("taps", {}).items()},
         ))
     return ModelCapture(model=doc["model"], prompts=prompts, meta=doc["meta"], folder=folder)

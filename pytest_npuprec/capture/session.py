@@ -45,13 +45,14 @@ def capture_model(model: str, prompts: list[PromptInput], max_tokens: int, posit
                   reference: RunnerFactory, device: RunnerFactory, folder: Path,
                   meta: dict[str, Any] | None = None, device_runs: int = 1, steps: bool = False,
                   batch_passes: bool = False, variants: dict[str, RunnerFactory] | None = None,
-                  reference_scoring: ReferenceScoring = "reference") -> ModelCapture:
+                  reference_scoring: ReferenceScoring = "reference", taps: Sequence[str] = ()) -> ModelCapture:
     """Capture both sides. Perplexity prompts are scored at every position and not generated from;
     with device_runs > 1 the device generates and scores everything again (determinism check).
     `steps`: the device's generation also writes the logits of each of its steps (capture/steps.py);
     `batch_passes`: each prompt alone and the batch reversed too; `variants`: more device engines
     (name -> factory, e.g. enforce_eager flipped), each started after the last closed, generating with steps.
-    `reference_scoring`: whose greedy continuation both sides score (module docstring)."""
+    `reference_scoring`: whose greedy continuation both sides score (module docstring); `taps`: arrays captured
+    beside the logits of the compared prompts' scoring, both sides (e.g. "routing")."""
     writer = CaptureWriter(folder)
     compare = [p for p in prompts if p.kind == "compare"]
     prefixed = [p for p in prompts if p.kind == "prefix_cache"]  # the reference generates these too
@@ -73,7 +74,8 @@ def capture_model(model: str, prompts: list[PromptInput], max_tokens: int, posit
 
         def requests(side: str) -> list[ScoreRequest]:
             return [ScoreRequest(scored[p.index], positions[p.index], writer.logits_path(side, p.index),
-                                 images=p.images)
+                                 taps={tap: writer.tap_path(side, tap, p.index) for tap in taps}
+                                 if p.kind == "compare" else {}, images=p.images)
                     for p in prompts]
 
         def run_reference() -> dict[str, Any]:

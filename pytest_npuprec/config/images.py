@@ -3,7 +3,6 @@
 folder and must open as images now (collection), so a broken path is one clear config error."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from ..standins.synthetic import PATTERNS

@@ -52,8 +52,8 @@ _LEGACY_SERVE_KEYS = frozenset(_SERVE_FIELDS) - {"seed"}
 _TOP_KEYS = frozenset({"model_name", "hardware", "serve", "precision", "stand_in", "envs", "system_prompt", "gate"})
 KNOWN_TOP_KEYS = _TOP_KEYS | LM_EVAL_KEYS | _LEGACY_SERVE_KEYS
 _PRECISION_KEYS = frozenset({"prompts", "max_tokens", "thresholds", "positions", "chat_template", "tie_margin",
-                             "checks", "timeout_s", "drift", "decode", "lengths", "reference_scoring",
-                             "reference_memory"})
+                             "routing_tie_margin", "checks", "timeout_s", "drift", "decode", "lengths",
+                             "reference_scoring", "reference_memory"})
 _POSITIONS = ("continuation", "all")
 _ROLES = ("system", "user", "assistant")
 _DTYPES = ("auto", "bfloat16", "float16", "float32", "half", "float", "bf16", "fp16")
@@ -167,11 +167,7 @@ def _precision(r: Reader, raw: Any, require_thresholds: bool = True) -> Precisio
             raise r.fail(f"precision.{key}", "missing; expected prompts, max_tokens and thresholds"
                          + (" (--npuprec-calibrate measures the noise floor and writes them)"
                             if key == "thresholds" else ""))
-    tie_margin = raw.get("tie_margin")
-    if tie_margin is not None:
-        r.typed(tie_margin, "precision.tie_margin", float, int)
-        if not tie_margin >= 0:
-            raise r.fail("precision.tie_margin", f"expected a logit gap >= 0, got {tie_margin}")
+    tie_margin, routing_tie_margin = (_margin(r, raw, key) for key in ("tie_margin", "routing_tie_margin"))
     prompts = _prompts(r, raw["prompts"])
     thresholds = parse_thresholds(r, raw["thresholds"], phases=True) if "thresholds" in raw else ()
     decode = r.typed(raw.get("decode", True), "precision.decode", bool)
@@ -188,6 +184,7 @@ def _precision(r: Reader, raw: Any, require_thresholds: bool = True) -> Precisio
         positions=r.choice(raw.get("positions", "continuation"), "precision.positions", _POSITIONS),
         chat_template=r.typed(raw.get("chat_template", False), "precision.chat_template", bool),
         tie_margin=tie_margin,
+        routing_tie_margin=routing_tie_margin,
         checks=parse_checks(r, raw.get("checks"), prompts),
         timeout_s=_timeout(r, raw.get("timeout_s")),
         drift=parse_drift(r, raw.get("drift")),
@@ -196,6 +193,16 @@ def _precision(r: Reader, raw: Any, require_thresholds: bool = True) -> Precisio
         reference_memory=r.choice(raw.get("reference_memory", "auto"), "precision.reference_memory",
                                   get_args(ReferenceMemory)),
     )
+
+
+def _margin(r: Reader, raw: Any, key: str) -> float | None:
+    """precision.tie_margin (next-token logits) or routing_tie_margin (router logits): a gap >= 0 or absent."""
+    value = raw.get(key)
+    if value is not None:
+        r.typed(value, f"precision.{key}", float, int)
+        if not value >= 0:
+            raise r.fail(f"precision.{key}", f"expected a logit gap >= 0, got {value}")
+    return value
 
 
 def _timeout(r: Reader, raw: Any) -> float | dict[str, float] | None:

@@ -297,6 +297,8 @@ class PrecisionConfig:
     positions: PositionsMode = "continuation"
     chat_template: bool = False  # render plain-text prompts as a single user message too
     tie_margin: float | None = None  # logit gap that counts as a BF16 tie; None = one BF16 ulp
+    # router-logit gap under which a differing expert choice counts as a BF16 tie (measure/routing.py)
+    routing_tie_margin: float | None = None
     checks: ChecksConfig = field(default_factory=ChecksConfig)
     # bound on each engine phase, or {start, call}; --npuprec-timeout overrides it
     timeout_s: float | dict[str, float] | None = None

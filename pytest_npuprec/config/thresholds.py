@@ -59,7 +59,9 @@ def _threshold(r: Reader, metric: str, raw: Any, key: str, phases: bool = False)
                                        f"[{spec.lowest:g}, {spec.highest:g}]")
     reduce = r.choice(raw.get("reduce", "mean"), f"{key}.reduce", _REDUCE)
     phase = r.choice(raw.get("phase", "prefill"), f"{key}.phase", _PHASES)
-    if phase == "decode" and spec.per == "prompt":
-        raise r.fail(f"{key}.phase", f"{metric} is measured once per prompt over the whole continuation; "
-                                     "expected phase bounds only on per-position metrics")
+    if phase == "decode" and spec.per != "position":
+        over = ("once per prompt over the whole continuation" if spec.per == "prompt"
+                else "on the routing of the teacher-forced scoring pass")
+        raise r.fail(f"{key}.phase", f"{metric} is measured {over}; expected phase bounds only on per-position "
+                                     "metrics")
     return Threshold(metric, bound, value, reduce, id=metric, phase=phase)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from .kinds import LabelPair, PerplexityMeasurement, RunDifference, TensorTernary, ThinkingMeasurement
 from .prefix_cache import PrefixCacheMeasurement
 from .steps import StepDifference
+from .routing import RoutingMeasurement
 from .thresholds import Measurements
 
 
@@ -30,3 +31,4 @@ class Measured:
     batch_invariance: list[StepDifference] | None = None
     graph_mode: StepDifference | None = None
     prefix_cache: PrefixCacheMeasurement | None = None
+    routing: RoutingMeasurement | None = None  # MoE routing, device vs reference (measure/routing.py)

@@ -15,7 +15,8 @@ class MetricSpec:
     better: Literal["higher", "lower"]
     lowest: float  # smallest value the metric can take
     highest: float  # largest value the metric can take
-    per: Literal["prompt", "position"]  # one value per prompt, or one per scored position
+    # one value per prompt, per scored position, or per route (scored position x MoE layer: measure/routing.py)
+    per: Literal["prompt", "position", "route"]
     description: str
 
     def bound_is_possible(self, bound: Literal["min", "max"], value: float) -> bool:
@@ -42,6 +43,14 @@ _SPECS = [
                "largest absolute logit difference"),
     MetricSpec("mean_abs_diff", "lower", 0.0, math.inf, "position",
                "mean absolute logit difference"),
+    MetricSpec("routing_agreement", "higher", 0.0, 1.0, "route",
+               "share of (scored position, MoE layer) whose selected expert set equals the reference's "
+               "(BF16 router ties count as agreeing)"),
+    MetricSpec("expert_load", "lower", 0.0, 1.0, "route",
+               "largest |device - reference| share of one expert's top-k slots in one MoE layer"),
 ]
+
+# metrics judged on the routing capture of MoE models (measure/routing.py), not on logits rows
+ROUTING_METRICS = ("routing_agreement", "expert_load")
 
 METRICS: dict[str, MetricSpec] = {spec.name: spec for spec in _SPECS}

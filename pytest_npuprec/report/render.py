@@ -5,6 +5,7 @@ from typing import Any
 
 from ..verdicts.verdict import clip
 from .numbers import scaled, words
+from .routing import routing_rows
 
 _MARK = {"match": "yes", "tie": "tie", "mismatch": "NO", "nonfinite": "NaN"}
 
@@ -113,6 +114,9 @@ def render_terminal(report: dict[str, Any]) -> str:
     lines = [_title(report), *_reference_source(report)]
     lines += _text_table(*prompt_rows(report))
     lines.append("")
+    routing = routing_rows(report)
+    if routing:
+        lines += _text_table(*routing) + [""]
     lines += _text_table(*check_rows(report))
     lines.append(f"overall: {_overall(report)}")
     return "\n".join(lines)
@@ -124,6 +128,9 @@ def render_markdown(report: dict[str, Any]) -> str:
              "Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items() if v), ""]
     lines += _md_table(*prompt_rows(report))
     lines.append("")
+    routing = routing_rows(report)
+    if routing:
+        lines += _md_table(*routing) + [""]
     lines += _md_table(*check_rows(report))
     lines += ["", f"**Overall: {_overall(report)}**", ""]
     if report.get("html"):

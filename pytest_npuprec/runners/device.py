@@ -26,6 +26,7 @@ from ..errors import NpuprecError
 from .decoding import greedy_sampling_params
 from . import vllm_media
 from .fault_names import DEFAULT_MAGNITUDES, FAULT_NAMES
+from .layouts import refuse_unsupported
 from .scoring import SCORE_KEY, ScoreRequest
 from .watchdog import PhaseError, ProcessTree, phase_timeouts, run_bounded
 
@@ -133,6 +134,7 @@ class VllmRunner:
         return kwargs
 
     def __enter__(self) -> "VllmRunner":
+        refuse_unsupported(self.serve, self.device, self.model)  # before anything starts
         finish_closing()  # the engine before this one must be gone first
         env: dict[str, str] = dict(self.serve.env)  # the config's envs: this engine's environment only
 
@@ -332,13 +334,18 @@ class VllmRunner:
         if not requests:
             return []
 
+        taps = sorted({name for r in requests for name in r.taps})
+        tap_paths = {name: {k: str(r.taps[name]) for k, r in enumerate(requests) if name in r.taps} for name in taps}
+
         def call() -> tuple[list[Any], dict[str, Any]]:
-            self.llm.collective_rpc("npuprec_arm", args=({k: list(r.positions) for k, r in enumerate(requests)},))
+            self.llm.collective_rpc("npuprec_arm", args=({k: list(r.positions) for k, r in enumerate(requests)},
+                                                         taps))
             outputs = self._run([r.tokens[: max(r.positions) + 1] for r in requests], max_tokens=1, raw=True,
                                 extra_args=[{SCORE_KEY: k} for k in range(len(requests))], cache_salt=cache_salt,
                                 images=[r.images for r in requests] if any(r.images for r in requests) else None)
             return outputs, self.llm.collective_rpc("npuprec_collect",
-                                                    args=({k: str(r.out) for k, r in enumerate(requests)},))[0]
+                                                    args=({k: str(r.out) for k, r in enumerate(requests)},
+                                                          tap_paths))[0]
 
         outputs, result = self._bounded("score", call)
         if "problem" in result:

@@ -9,5 +9,8 @@ DEFAULT_MAGNITUDES = {"attention_scale": 1.25, "rope_theta": 0.01, "rmsnorm_offs
                       "decode_only": 0.05, "batch_only": 0.05, "graph_only": 0.05, "prefix_only": 0.1,
                       # vision-language (runners/faults/vision.py): tower output factor; normalised-pixel shift;
                       # (unused); (unused)
-                      "vision_scale": 1.05, "image_norm": 0.1, "vision_causal": 0, "mrope_collapsed": 0}
+                      "vision_scale": 1.05, "image_norm": 0.1, "vision_causal": 0, "mrope_collapsed": 0,
+                      # MoE (runners/faults/moe.py): the expert probability that underflows to 0 before the
+                      # top-k; expert 0's output factor; (unused); tokens per forward pass routed right
+                      "router_lowprec": 0.03, "expert_scale": 1.5, "routing_unnormalized": 0, "router_long": 64}
 FAULT_NAMES = tuple(DEFAULT_MAGNITUDES)

@@ -9,6 +9,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import decoding, reference_media
+from .reference_taps import REFERENCE_TAPS
 from .scoring import ScoreRequest
 
 
@@ -88,20 +89,27 @@ class TransformersRunner:
             return self.model(input_ids=ids, past_key_values=cache, use_cache=True, **extra)
 
     def score(self, requests: Sequence[ScoreRequest]) -> None:
-        """Write the logits at each request's positions of its tokens to its `out` as float32 [P x vocab], one
-        sequence at a time (no padding to perturb the reference)."""
+        """Write the logits at each request's positions of its tokens to its `out` as float32 [P x vocab] (and
+        each tap's arrays, reference_taps), one sequence at a time (no padding to perturb the reference)."""
         for request in requests:
-            self._score_one(request.tokens, request.positions, request.out, request.images)
+            self._score_one(request)
 
-    def _score_one(self, tokens: Sequence[int], positions: Sequence[int], out: Path, images: tuple[Any, ...]) -> None:
+    def _score_one(self, request: ScoreRequest) -> None:
         import torch
 
+        tokens, positions = request.tokens, request.positions
         ids = torch.tensor([list(tokens[: max(positions) + 1])], dtype=torch.long)
         keep = torch.tensor(list(positions), dtype=torch.long)
-        vision = reference_media.vision_inputs(self.model, self.processor, ids, images)
+        vision = reference_media.vision_inputs(self.model, self.processor, ids, request.images)
+        taps = {name: REFERENCE_TAPS[name] for name in request.taps}
+        extra = {k: v for tap in taps.values() for k, v in tap.forward_kwargs().items()}
         with torch.inference_mode():
             try:
-                logits = self.model(input_ids=ids, logits_to_keep=keep, **vision).logits[0]
+                output = self.model(input_ids=ids, logits_to_keep=keep, **vision, **extra)
+                logits = output.logits[0]
             except TypeError:  # remote code without logits_to_keep: compute all, keep the rows asked for
-                logits = self.model(input_ids=ids, **vision).logits[0].index_select(0, keep)
-        np.save(out, logits.float().numpy())
+                output = self.model(input_ids=ids, **vision, **extra)
+                logits = output.logits[0].index_select(0, keep)
+            for name, tap in taps.items():
+                tap.write(self.model, output, keep, request.taps[name])
+        np.save(request.out, logits.float().numpy())

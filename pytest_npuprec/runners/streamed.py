@@ -65,7 +65,7 @@ class StreamedRunner(TransformersRunner):
         for unit in self.streamed.units:
             unit.calls = 0
         try:
-            self._lockstep.run([lambda r=request: self._score_one(*r) for request in requests])
+            self._lockstep.run([lambda r=request: self._score_one(r) for request in requests])
         finally:
             self._free_all()
 

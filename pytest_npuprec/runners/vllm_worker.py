@@ -17,8 +17,9 @@ from typing import Any
 import numpy as np
 
 from ..atomic import atomic_file
-from . import prefix_fault, step_logits
+from . import prefix_fault, step_logits, worker_taps
 from .fault_names import FAULT_NAMES
+from .faults import moe as moe_faults
 from .faults import vision as vision_faults
 from .scoring import SCORE_KEY
 
@@ -28,6 +29,7 @@ class _CaptureState:
         self.wanted: dict[int, set[int]] | None = None  # scoring request -> positions; None: not capturing
         self.rows: dict[tuple[int, int], Any] = {}  # (scoring request, position) -> logits row
         self.problem: str | None = None
+        self.taps: tuple[str, ...] = ()  # taps (worker_taps) armed for this scoring pass
 
 
 def _request_segments(runner: Any, state: _CaptureState, n_tokens: int) -> list[tuple[int, int, int]]:
@@ -81,6 +83,11 @@ class CaptureWorkerExtension:
         # wraps model.compute_logits for the generation's own steps; the hook below scores with the original
         self._npuprec_steps = step = step_logits.StepCapture(model, self.model_runner)
         model._npuprec_steps = step  # where the compute_logits faults find it
+        self._npuprec_taps = taps = worker_taps.install_all(model)
+
+        def start_pass(module: Any, args: tuple) -> None:
+            for tap in taps.values():
+                tap.start_pass()
 
         def hook(module: Any, args: tuple, kwargs: dict, output: Any) -> None:
             if state.wanted is None or state.problem:
@@ -112,24 +119,42 @@ class CaptureWorkerExtension:
             if logits is None:
                 return
             logits = logits.float().cpu()
-            for row, (key, p) in enumerate(zip(keys, pos.index_select(0, rows).tolist())):
-                state.rows.setdefault((key, int(p)), logits[row])
+            row_positions = [int(p) for p in pos.index_select(0, rows).tolist()]
+            for row, (key, p) in enumerate(zip(keys, row_positions)):
+                state.rows.setdefault((key, p), logits[row])
+            for name in state.taps:
+                state.problem = state.problem or taps[name].take(rows, keys, row_positions)
 
+        if taps:
+            model.register_forward_pre_hook(start_pass)
         model.register_forward_hook(hook, with_kwargs=True)
         return type(model).__name__
 
-    def npuprec_arm(self, positions: dict[int, list[int]]) -> None:
-        """Capture, for each scoring request (SamplingParams.extra_args[SCORE_KEY]), the rows at its positions."""
+    def npuprec_tap_names(self) -> list[str]:
+        """The taps this worker's model has something for (plain strings)."""
+        return sorted(self._npuprec_taps)
+
+    def npuprec_arm(self, positions: dict[int, list[int]], taps: list[str] | tuple[str, ...] = ()) -> None:
+        """Capture, for each scoring request (SamplingParams.extra_args[SCORE_KEY]), the rows at its positions
+        (and the arrays of each named tap at them)."""
         state = self._npuprec_state
         state.wanted = {int(key): {int(p) for p in wanted} for key, wanted in positions.items()}
         state.rows, state.problem = {}, None
+        unknown = [name for name in taps if name not in self._npuprec_taps]
+        if unknown:
+            state.problem = (f"no {', '.join(unknown)} to capture: the model has none of it (taps found: "
+                             f"{', '.join(self._npuprec_taps) or 'none'})")
+        state.taps = tuple(name for name in taps if name in self._npuprec_taps)
+        for name in state.taps:
+            self._npuprec_taps[name].reset()
 
-    def npuprec_collect(self, paths: dict[int, str]) -> dict[str, Any]:
-        """Write each scoring request's rows, in position order, to paths[request] (.npy); report what was
-        captured."""
+    def npuprec_collect(self, paths: dict[int, str], tap_paths: dict[str, dict[int, str]] | None = None
+                        ) -> dict[str, Any]:
+        """Write each scoring request's rows, in position order, to paths[request] (.npy), and each armed tap's
+        arrays to tap_paths[tap][request]; report what was captured."""
         state = self._npuprec_state
-        wanted, rows, problem = state.wanted or {}, state.rows, state.problem
-        state.wanted, state.rows, state.problem = None, {}, None
+        wanted, rows, problem, armed = state.wanted or {}, state.rows, state.problem, state.taps
+        state.wanted, state.rows, state.problem, state.taps = None, {}, None, ()
         if getattr(self, "rank", 0) != 0:
             return {"rank": getattr(self, "rank", 0)}
         if problem:
@@ -146,6 +171,9 @@ class CaptureWorkerExtension:
             with atomic_file(path, "wb") as f:
                 np.save(f, array)
             shapes[key] = list(array.shape)
+        for name in armed:
+            for key, path in (tap_paths or {}).get(name, {}).items():
+                self._npuprec_taps[name].write(int(key), sorted(wanted[int(key)]), path)
         return {"shapes": shapes}
 
     def npuprec_arm_steps(self) -> None:
@@ -308,6 +336,6 @@ def _rms_norms(model: Any, fault: str) -> list[Any]:
 FAULTS = {"attention_scale": _attention_scale, "rope_theta": _rope_theta, "rmsnorm_offset": _rmsnorm_offset,
           "overflow": _overflow, "nondeterminism": _nondeterminism, "engine_kill": _engine_kill,
           "engine_hang": _engine_hang, "decode_only": _decode_only, "batch_only": _batch_only,
-          "graph_only": _graph_only, "prefix_only": _prefix_only, **vision_faults.FAULTS}
+          "graph_only": _graph_only, "prefix_only": _prefix_only, **vision_faults.FAULTS, **moe_faults.FAULTS}
 if tuple(FAULTS) != FAULT_NAMES:  # one list of names: fault_names.py, which option parsing reads
     raise ImportError(f"vllm_worker.FAULTS {tuple(FAULTS)} differ from fault_names.FAULT_NAMES {FAULT_NAMES}")

@@ -67,6 +67,19 @@ def hf_config(arch: LlamaArch, eos_id: int) -> dict:
     return {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
+        **shape_keys(arch),
+        "rope_scaling": None,
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "mlp_bias": False,
+        "pretraining_tp": 1,
+        **config_tail(arch.tie_word_embeddings, eos_id),
+    }
+
+
+def shape_keys(arch: LlamaArch) -> dict:
+    """The config.json keys of the decoder's shape every Llama-like family spells alike."""
+    return {
         "vocab_size": arch.vocab_size,
         "hidden_size": arch.hidden_size,
         "intermediate_size": arch.intermediate_size,
@@ -79,12 +92,6 @@ def hf_config(arch: LlamaArch, eos_id: int) -> dict:
         "initializer_range": arch.initializer_range,
         "rms_norm_eps": arch.rms_norm_eps,
         "rope_theta": arch.rope_theta,
-        "rope_scaling": None,
-        "attention_bias": False,
-        "attention_dropout": 0.0,
-        "mlp_bias": False,
-        "pretraining_tp": 1,
-        **config_tail(arch.tie_word_embeddings, eos_id),
     }
 
 
@@ -195,7 +202,10 @@ class LlamaStandin:
                 del state["lm_head.weight"]  # tied checkpoints ship only the embedding
             fit = corpus_fit(model, doc_ids)
             fit_sentences = corpus_fit(model, [ids for ids, _ in sentence_entries])
+            routing = self.arch.routing_facts(model, doc_ids) if hasattr(self.arch, "routing_facts") else None
 
+        if hasattr(self.arch, "checkpoint_state"):  # the published tensor layout, where it differs from the model's
+            state = self.arch.checkpoint_state(state)
         save_file(state, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
         _write_json(out_dir / "config.json", self.arch.hf_config(eos_id))
         _write_json(
@@ -210,6 +220,7 @@ class LlamaStandin:
             "corpus_fit_bf16": fit,
             "sentence_start_fit_bf16": fit_sentences,
             "prep_seconds": round(t_train - t0, 2),
+            **({"routing": routing} if routing else {}),
         }
 
 

@@ -9,10 +9,12 @@ from __future__ import annotations
 from ..errors import NpuprecError
 from .bitcpm import BitCPMConvertedStandin, BitCPMQATStandin
 from .chat_formats import THINKING
+from .ernie_moe import ErnieMoeArch
 from .guard import GUARD
 from .llama import LlamaArch, LlamaStandin
 from .minicpm import MiniCPMStandin
 from .qwen3 import Qwen3Arch
+from .qwen3_moe import Qwen3MoeArch
 from .qwen3_vl import Qwen3VLStandin
 from .spec import BUILDER_VERSION, StandinSpec, standin_key
 
@@ -97,6 +99,25 @@ STANDINS: dict[str, StandinSpec] = {
             "tokens) and a 2-block vision tower (hidden 128, patch 16, 2x2 merge, one deepstack merger); trained "
             "on seeded synthetic images (standins/synthetic.py shapes) to name their colour, shape and count"
         ),
+    ),
+    "tiny-Qwen3-30B-A3B": LlamaStandin(
+        name="tiny-Qwen3-30B-A3B",
+        description=(
+            "2-layer Qwen3MoeForCausalLM (per-head q/k RMSNorm, 4 heads x head_dim 64, 2 KV heads, every MLP "
+            "a router over 8 SwiGLU experts of width 128, top-2 renormalised (norm_topk_prob), untied, vocab "
+            "1024 byte-level BPE) trained on the corpus with the load-balancing loss, so experts specialise"
+        ),
+        arch=Qwen3MoeArch(),
+    ),
+    "tiny-ERNIE-4.5-21B-A3B": LlamaStandin(
+        name="tiny-ERNIE-4.5-21B-A3B",
+        description=(
+            "3-layer Ernie4_5_MoeForCausalLM (layer 0 dense, layers 1-2 MoE: a router over 8 SwiGLU experts of "
+            "width 128, top-2 renormalised, plus one shared expert; zero score-correction bias; 4 heads x "
+            "head_dim 64, 2 KV heads, tied embeddings, vocab 1024 byte-level BPE) trained on the corpus with the "
+            "load-balancing loss"
+        ),
+        arch=ErnieMoeArch(),
     ),
 }
 

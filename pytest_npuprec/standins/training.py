@@ -134,8 +134,12 @@ def train(model, stream, starts, s: TrainSettings, sentence_entries=()) -> list[
         doc_pick = torch.randint(0, len(starts), (s.batch_size,), generator=gen).tolist()
         sent_pick = torch.randint(0, max(1, len(sentence_entries)), (s.batch_size,), generator=gen).tolist()
         batch = torch.tensor([window(*w) for w in zip(kind, doc_pick, sent_pick)], dtype=torch.long)
-        logits = model(input_ids=batch[:, :-1], use_cache=False).logits
+        out = model(input_ids=batch[:, :-1], use_cache=False)
+        logits = out.logits
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), batch[:, 1:].reshape(-1))
+        aux = getattr(out, "aux_loss", None)  # a MoE's load-balancing loss (config.output_router_logits)
+        if aux is not None:
+            loss = loss + model.config.router_aux_loss_coef * aux
         for g in opt.param_groups:
             g["lr"] = lr_at(step, s)
         opt.zero_grad(set_to_none=True)

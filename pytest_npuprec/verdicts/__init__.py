@@ -8,8 +8,11 @@ from __future__ import annotations
 
 from ..config.schema import ModelConfig, Threshold
 from ..measure import Measured
+from ..measure.routing import RoutingMeasurement
 from ..measure.thresholds import Measurements
+from ..metrics.registry import ROUTING_METRICS
 from .kinds import JUDGES, judge_qat_equivalence
+from .routing import judge_routing
 from .steps import judge_decode
 from .thresholds import FINITE_CHECK, judge_finite, judge_threshold
 from .verdict import Verdict, verdict
@@ -18,17 +21,20 @@ __all__ = ["FINITE_CHECK", "Verdict", "judge_checks", "judge_finite", "judge_thr
            "verdict"]
 
 
-def judge_thresholds(thresholds: tuple[Threshold, ...], measured: Measurements) -> dict[str, Verdict]:
-    """finite_logits and each metric threshold, by check id (messages without the model name)."""
+def judge_thresholds(thresholds: tuple[Threshold, ...], measured: Measurements,
+                     routing: RoutingMeasurement | None = None) -> dict[str, Verdict]:
+    """finite_logits and each metric threshold, by check id (messages without the model name); the routing
+    metrics on `routing` (measure/routing.py)."""
     verdicts = {FINITE_CHECK: judge_finite(measured)}
-    verdicts.update({t.id: judge_threshold(t, measured) for t in thresholds})
+    verdicts.update({t.id: judge_routing(t, routing, measured) if t.metric in ROUTING_METRICS
+                     else judge_threshold(t, measured) for t in thresholds})
     return verdicts
 
 
 def judge_checks(config: ModelConfig, measured: Measured, judged: dict[str, Verdict] | None = None) -> dict[str, Verdict]:
     """Every check of the model, in test order (config.check_ids), each message naming the model; `judged`:
     verdicts judged elsewhere (drift-<metric>, baselines/drift.py)."""
-    verdicts = judge_thresholds(config.thresholds, measured.thresholds)
+    verdicts = judge_thresholds(config.thresholds, measured.thresholds, measured.routing)
     if config.decode_thresholds:
         assert measured.decode is not None
         verdicts.update(judge_decode(config.decode_thresholds, measured.decode))

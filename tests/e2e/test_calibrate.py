@@ -63,7 +63,7 @@ def test_calibrate_writes_bounds_the_next_run_passes_and_refuses_a_faulty_device
         assert f"{metric}: device" in out, metric
     assert (configs / "onboard-llama.yaml").read_text() == onboard
     result.stdout.fnmatch_lines(["*tiny-llama: calibration, factor 3*", "*metric*floor mean*worst*device mean*worst*",
-                                 "*kl_divergence *<= *", f"*tiny-llama: wrote precision.thresholds to *"])
+                                 "*kl_divergence *<= *", "*tiny-llama: wrote precision.thresholds to *"])
 
     written = (configs / "tiny-llama.yaml").read_text()
     assert _is_subsequence(stripped.splitlines(), written.splitlines())  # comments, order, quoting: every line kept

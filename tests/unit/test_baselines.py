@@ -29,8 +29,11 @@ STANDINS = ["tiny-llama", "tiny-Qwen3Guard-Gen-4B", "tiny-Nanbeige4-3B-Thinking-
 
 
 def _shrink(config, n_prompts=2, max_tokens=6):
+    """Fewer prompts and tokens, no drift, and no prefix_cache check: its warm pass needs an engine's prefix cache,
+    and both sides here are transformers."""
+    checks = dataclasses.replace(config.precision.checks, prefix_cache=None)
     precision = dataclasses.replace(config.precision, prompts=config.precision.prompts[:n_prompts],
-                                    max_tokens=max_tokens, drift=())
+                                    max_tokens=max_tokens, drift=(), checks=checks)
     return dataclasses.replace(config, precision=precision)
 
 

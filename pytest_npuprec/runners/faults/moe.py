@@ -1,0 +1,98 @@
+"""MoE device faults: a router or expert kernel that is wrong in a way a port could be (issue 19).
+
+Each wraps `_compute_routing` of every MoE layer's router (vLLM's FusedMoERouter; on CPU a CPURouter): the
+step that turns router logits into (topk_weights, topk_ids). It runs inside the opaque `moe_forward` custom
+op, so in eager Python even in a compiled engine; the routing tap (worker_taps/routing.py) wraps the router's
+public `select_experts` around it and records what the faulty router chose.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from ..worker_taps.routing import moe_routers
+
+
+def _wrap_routing(model: Any, fault: str, change: Callable[..., tuple[Any, Any]]) -> int:
+    """Wrap every router's `_compute_routing` with change(router, original, hidden_states, router_logits, ...)."""
+    routers = moe_routers(model)
+    if not routers:
+        raise RuntimeError(f"{fault} fault: the model has no MoE router (`router.select_experts`); it applies to "
+                           "MoE models only")
+    for _, router in routers:
+        original = router._compute_routing
+
+        def compute(hidden_states: Any, router_logits: Any, *args: Any, _original: Any = original,
+                    _router: Any = router, **kwargs: Any) -> tuple[Any, Any]:
+            return change(_router, _original, hidden_states, router_logits, *args, **kwargs)
+
+        router._compute_routing = compute
+    return len(routers)
+
+
+def router_lowprec(model: Any, floor: float) -> str:
+    """A low-precision router top-k (a gating softmax not kept in FP32, vllm-ascend #9617): expert
+    probabilities below `floor` underflow to zero before the top-k, so where the k-th choice is such a small
+    probability it is made among ties (the kernel's tie order), flipping it; the chosen experts keep the weights
+    their exact probabilities give them. The flipped experts weigh little, so the logits barely move."""
+    import torch
+
+    def change(router: Any, original: Any, hidden: Any, logits: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
+        weights, ids = original(hidden, logits, *args, **kwargs)
+        probs = torch.softmax(logits.float(), dim=-1)
+        flushed = torch.where(probs < floor, torch.zeros_like(probs), probs)
+        low_ids = torch.topk(flushed, ids.shape[-1], dim=-1).indices
+        low_weights = probs.gather(1, low_ids)
+        if getattr(router, "renormalize", True):
+            low_weights = low_weights / low_weights.sum(-1, keepdim=True)
+        return low_weights.to(weights.dtype).contiguous(), low_ids.to(ids.dtype).contiguous()
+
+    n = _wrap_routing(model, "router_lowprec", change)
+    return f"expert probabilities below {floor:g} flushed to zero before the top-k in {n} MoE layers"
+
+
+def expert_scale(model: Any, factor: float) -> str:
+    """One expert's output scaled (a wrong per-expert scale in a grouped GEMM): expert 0's routing weight is
+    multiplied by `factor` wherever it was chosen, which scales its contribution exactly."""
+    import torch
+
+    def change(router: Any, original: Any, hidden: Any, logits: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
+        weights, ids = original(hidden, logits, *args, **kwargs)
+        return torch.where(ids == 0, weights * factor, weights).contiguous(), ids
+
+    n = _wrap_routing(model, "expert_scale", change)
+    return f"expert 0's output x{factor:g} in {n} MoE layers"
+
+
+def routing_unnormalized(model: Any, magnitude: float) -> str:
+    """Routing weights not renormalised over the chosen experts (norm_topk_prob ignored): each chosen expert
+    weighs its softmax probability over all experts, so the weights sum to less than 1."""
+    import torch
+
+    def change(router: Any, original: Any, hidden: Any, logits: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
+        weights, ids = original(hidden, logits, *args, **kwargs)
+        probs = torch.softmax(logits.float(), dim=-1).gather(1, ids.long())
+        return probs.to(weights.dtype).contiguous(), ids
+
+    n = _wrap_routing(model, "routing_unnormalized", change)
+    return f"top-k routing weights not renormalised in {n} MoE layers"
+
+
+def router_long(model: Any, tokens: float) -> str:
+    """A router wrong only above N tokens per forward pass (vllm-ascend #11391: the gating top-k softmax
+    overflowed its buffer at 2048 input tokens): in a pass of more than N tokens, every token after the N-th
+    is routed to the next experts (id + 1 mod E)."""
+    limit = int(tokens)
+
+    def change(router: Any, original: Any, hidden: Any, logits: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
+        weights, ids = original(hidden, logits, *args, **kwargs)
+        if ids.shape[0] > limit:
+            ids = ids.clone()
+            ids[limit:] = (ids[limit:] + 1) % logits.shape[-1]
+        return weights, ids.contiguous()
+
+    n = _wrap_routing(model, "router_long", change)
+    return f"tokens after the {limit}th of a forward pass routed to the wrong experts in {n} MoE layers"
+
+
+FAULTS = {"router_lowprec": router_lowprec, "expert_scale": expert_scale,
+          "routing_unnormalized": routing_unnormalized, "router_long": router_long}

@@ -1,0 +1,7 @@
+"""Reference-side taps (TAPS.md): each a module with `forward_kwargs()` (what the transformers forward call
+needs to produce the tap) and `write(model, output, keep, path)` (the arrays at the kept positions, atomic)."""
+from __future__ import annotations
+
+from . import routing
+
+REFERENCE_TAPS = {"routing": routing}
