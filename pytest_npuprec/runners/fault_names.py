@@ -9,5 +9,10 @@ DEFAULT_MAGNITUDES = {"attention_scale": 1.25, "rope_theta": 0.01, "rmsnorm_offs
                       "decode_only": 0.05, "batch_only": 0.05, "graph_only": 0.05,
                       # MoE (runners/faults/moe.py): significand bits of the router logits; expert 0's output
                       # factor; (unused); tokens per forward pass routed right
-                      "router_lowprec": 2, "expert_scale": 1.5, "routing_unnormalized": 0, "router_long": 64}
+                      "router_lowprec": 2, "expert_scale": 1.5, "routing_unnormalized": 0, "router_long": 64,
+                      # one decoder layer's block (runners/faults/layers.py): its output factor
+                      "layer_scale": 1.25}
 FAULT_NAMES = tuple(DEFAULT_MAGNITUDES)
+# faults confined to one decoder layer and block: NAME[=MAGNITUDE][:layer=N][:block=attention|mlp]
+LAYER_FAULTS = ("layer_scale",)
+FAULT_BLOCKS = ("attention", "mlp", "experts")  # experts: the MLP of a MoE layer
