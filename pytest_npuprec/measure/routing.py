@@ -132,6 +132,10 @@ def measure_routing(capture: ModelCapture, tie_margin: float | None = None) -> R
     records = [r for r in capture.compared() if TAP in r.tap_files]
     if not records:
         return None
+    missing = [r.prompt.id for r in capture.compared() if TAP not in r.tap_files]
+    if missing:
+        raise ValueError(f"prompts {missing[:5]} have no routing capture while others do; routing compares every "
+                         "compared prompt or none")
     refs, devs, prompts, positions = [], [], [], []
     layers, top_k, n_experts = None, None, None
     invalid: list[str] = []

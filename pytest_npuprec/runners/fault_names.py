@@ -7,9 +7,9 @@ from __future__ import annotations
 DEFAULT_MAGNITUDES = {"attention_scale": 1.25, "rope_theta": 0.01, "rmsnorm_offset": 0.1, "overflow": 1,
                       "nondeterminism": 0.01, "engine_kill": 0, "engine_hang": 0,
                       "decode_only": 0.05, "batch_only": 0.05, "graph_only": 0.05,
-                      # MoE (runners/faults/moe.py): significand bits of the router logits; expert 0's output
-                      # factor; (unused); tokens per forward pass routed right
-                      "router_lowprec": 2, "expert_scale": 1.5, "routing_unnormalized": 0, "router_long": 64,
+                      # MoE (runners/faults/moe.py): the expert probability that underflows to 0 before the
+                      # top-k; expert 0's output factor; (unused); tokens per forward pass routed right
+                      "router_lowprec": 0.03, "expert_scale": 1.5, "routing_unnormalized": 0, "router_long": 64,
                       # one decoder layer's block (runners/faults/layers.py): its output factor
                       "layer_scale": 1.25}
 FAULT_NAMES = tuple(DEFAULT_MAGNITUDES)

@@ -67,6 +67,19 @@ def hf_config(arch: LlamaArch, eos_id: int) -> dict:
     return {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
+        **shape_keys(arch),
+        "rope_scaling": None,
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "mlp_bias": False,
+        "pretraining_tp": 1,
+        **config_tail(arch.tie_word_embeddings, eos_id),
+    }
+
+
+def shape_keys(arch: LlamaArch) -> dict:
+    """The config.json keys of the decoder's shape every Llama-like family spells alike."""
+    return {
         "vocab_size": arch.vocab_size,
         "hidden_size": arch.hidden_size,
         "intermediate_size": arch.intermediate_size,
@@ -79,12 +92,6 @@ def hf_config(arch: LlamaArch, eos_id: int) -> dict:
         "initializer_range": arch.initializer_range,
         "rms_norm_eps": arch.rms_norm_eps,
         "rope_theta": arch.rope_theta,
-        "rope_scaling": None,
-        "attention_bias": False,
-        "attention_dropout": 0.0,
-        "mlp_bias": False,
-        "pretraining_tp": 1,
-        **config_tail(arch.tie_word_embeddings, eos_id),
     }
 
 

@@ -57,49 +57,58 @@ class Qwen3MoeArch(Qwen3Arch):
         return Qwen3MoeForCausalLM(cfg).float()
 
     def checkpoint_state(self, state: dict) -> dict:
-        """transformers' fused expert tensors ([experts, 2 x inter, hidden] gate+up, [experts, hidden, inter]
-        down) split into the published per-expert layout."""
-        out = {}
-        for name, tensor in state.items():
-            if name.endswith("mlp.experts.gate_up_proj"):
-                base = name[: -len("gate_up_proj")]
-                for e, fused in enumerate(tensor):
-                    gate, up = fused.chunk(2, dim=0)
-                    out[f"{base}{e}.gate_proj.weight"] = gate.contiguous()
-                    out[f"{base}{e}.up_proj.weight"] = up.contiguous()
-            elif name.endswith("mlp.experts.down_proj"):
-                base = name[: -len("down_proj")]
-                for e, down in enumerate(tensor):
-                    out[f"{base}{e}.down_proj.weight"] = down.contiguous()
-            else:
-                out[name] = tensor
-        return out
+        return split_experts(state)
 
-    def routing_facts(self, model, doc_ids: list[list[int]], max_len: int = 256) -> dict:
-        """How the trained router routes the corpus (for the manifest): per layer each expert's share of the
-        top-k slots, and quantiles of the margin between the k-th and (k+1)-th router logit."""
-        import numpy as np
-        import torch
+    def routing_facts(self, model, doc_ids: list[list[int]]) -> dict:
+        return routing_facts(model, doc_ids, self.num_experts, self.num_experts_per_tok)
 
-        k = self.num_experts_per_tok
-        per_layer: list[list[np.ndarray]] = [[] for _ in range(self.num_hidden_layers)]
-        with torch.no_grad():
-            for ids in doc_ids:
-                out = model(input_ids=torch.tensor([ids[:max_len]]), use_cache=False, output_router_logits=True)
-                for layer, logits in enumerate(out.router_logits):
-                    per_layer[layer].append(logits.float().reshape(-1, self.num_experts).numpy())
-        facts = []
-        for rows in per_layer:
-            logits = np.concatenate(rows)
-            order = np.sort(logits, axis=-1)[:, ::-1]
-            margin = order[:, k - 1] - order[:, k]
-            chosen = np.argsort(-logits, axis=-1, kind="stable")[:, :k]
-            load = np.bincount(chosen.ravel(), minlength=self.num_experts) / chosen.size
-            facts.append({
-                "tokens": int(logits.shape[0]),
-                "expert_load": [round(float(x), 4) for x in load],
-                "distinct_expert_sets": int(len({tuple(sorted(r)) for r in chosen.tolist()})),
-                "margin_quantiles": {q: round(float(np.quantile(margin, float(q))), 4)
-                                     for q in ("0.01", "0.1", "0.5", "0.9", "0.99")},
-            })
-        return {"layers": facts}
+
+def split_experts(state: dict) -> dict:
+    """transformers' fused expert tensors ([experts, 2 x inter, hidden] gate+up, [experts, hidden, inter] down)
+    split into the published per-expert layout (`mlp.experts.<e>.gate_proj.weight`)."""
+    out = {}
+    for name, tensor in state.items():
+        if name.endswith("mlp.experts.gate_up_proj"):
+            base = name[: -len("gate_up_proj")]
+            for e, fused in enumerate(tensor):
+                gate, up = fused.chunk(2, dim=0)
+                out[f"{base}{e}.gate_proj.weight"] = gate.contiguous()
+                out[f"{base}{e}.up_proj.weight"] = up.contiguous()
+        elif name.endswith("mlp.experts.down_proj"):
+            base = name[: -len("down_proj")]
+            for e, down in enumerate(tensor):
+                out[f"{base}{e}.down_proj.weight"] = down.contiguous()
+        else:
+            out[name] = tensor
+    return out
+
+
+def routing_facts(model, doc_ids: list[list[int]], n_experts: int, k: int, max_len: int = 256) -> dict:
+    """How the trained router routes the corpus (for the manifest): per MoE layer each expert's share of the
+    top-k slots, the distinct expert sets, and quantiles of the margin between the k-th and (k+1)-th logit."""
+    import numpy as np
+    import torch
+
+    per_layer: list[list[np.ndarray]] = []
+    with torch.no_grad():
+        for ids in doc_ids:
+            out = model(input_ids=torch.tensor([ids[:max_len]]), use_cache=False, output_router_logits=True)
+            layers = [r for r in out.router_logits if r is not None]
+            per_layer = per_layer or [[] for _ in layers]
+            for layer, logits in enumerate(layers):
+                per_layer[layer].append(logits.float().reshape(-1, n_experts).numpy())
+    facts = []
+    for rows in per_layer:
+        logits = np.concatenate(rows)
+        order = np.sort(logits, axis=-1)[:, ::-1]
+        margin = order[:, k - 1] - order[:, k]
+        chosen = np.argsort(-logits, axis=-1, kind="stable")[:, :k]
+        load = np.bincount(chosen.ravel(), minlength=n_experts) / chosen.size
+        facts.append({
+            "tokens": int(logits.shape[0]),
+            "expert_load": [round(float(x), 4) for x in load],
+            "distinct_expert_sets": int(len({tuple(sorted(r)) for r in chosen.tolist()})),
+            "margin_quantiles": {q: round(float(np.quantile(margin, float(q))), 4)
+                                 for q in ("0.01", "0.1", "0.5", "0.9", "0.99")},
+        })
+    return {"layers": facts}

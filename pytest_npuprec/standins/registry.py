@@ -9,6 +9,7 @@ from __future__ import annotations
 from ..errors import NpuprecError
 from .bitcpm import BitCPMConvertedStandin, BitCPMQATStandin
 from .chat_formats import THINKING
+from .ernie_moe import ErnieMoeArch
 from .guard import GUARD
 from .llama import LlamaArch, LlamaStandin
 from .minicpm import MiniCPMStandin
@@ -107,6 +108,16 @@ STANDINS: dict[str, StandinSpec] = {
             "1024 byte-level BPE) trained on the corpus with the load-balancing loss, so experts specialise"
         ),
         arch=Qwen3MoeArch(),
+    ),
+    "tiny-ERNIE-4.5-21B-A3B": LlamaStandin(
+        name="tiny-ERNIE-4.5-21B-A3B",
+        description=(
+            "3-layer Ernie4_5_MoeForCausalLM (layer 0 dense, layers 1-2 MoE: a router over 8 SwiGLU experts of "
+            "width 128, top-2 renormalised, plus one shared expert; zero score-correction bias; 4 heads x "
+            "head_dim 64, 2 KV heads, tied embeddings, vocab 1024 byte-level BPE) trained on the corpus with the "
+            "load-balancing loss"
+        ),
+        arch=ErnieMoeArch(),
     ),
 }
 

@@ -104,16 +104,6 @@ def test_faults_change_what_the_tap_records():
     w, ids = _routed("router_long", 1, logits)  # token 0 right, token 1 onwards shifted
     assert torch.equal(ids[0], clean_ids[0]) and torch.equal(ids[1], (clean_ids[1] + 1) % E)
 
-    w, ids = _routed("router_lowprec", 2, logits)  # 2.0 and 1.9 both round to 2.0: a tie, near-tie flipped
-    assert set(ids[0].tolist()) == {0, 1} and set(ids[1].tolist()) == set(clean_ids[1].tolist())
-    w, ids = _routed("router_lowprec", 2, torch.tensor([[1.9, 2.0, 1.95, -1, -1, -1, -1, -1]]))
-    assert set(ids[0].tolist()) != {1, 2}  # the reference's top-2 (2.0, 1.95) lost to the rounding
-
-
-def test_round_mantissa():
-    x = torch.tensor([1.0, 1.3, 2.9, -0.7])
-    assert torch.equal(moe_faults.round_mantissa(x, 2), torch.tensor([1.0, 1.25, 3.0, -0.75]))
-
 
 def test_moe_faults_refuse_a_dense_model():
     with pytest.raises(RuntimeError, match="router_long fault: the model has no MoE router"):
@@ -136,8 +126,25 @@ def test_reference_tap_writes_router_logits_at_the_scored_positions(standin, tmp
         assert np.allclose(logits[:, layer], out.router_logits[layer].reshape(-1, E)[[3, 10, 19]].numpy())
 
 
-def test_lowprec_router_keeps_the_exact_weights_of_the_chosen_experts():
-    logits = torch.tensor([[2.0, 1.3, 0.2, -1, -1, -1, -1, -1]])
+def test_lowprec_router_flips_only_choices_among_underflowed_probabilities():
+    # token 0: 2nd and 3rd probability both under 0.03 (they underflow to a tie); token 1: a clear 2nd choice
+    logits = torch.tensor([[6.0, 0.0, 0.5, -1, -1, -1, -1, -1], [2.0, 1.5, 0.0, -1, -1, -1, -1, -1]])
     clean_w, clean_ids = _routed("expert_scale", 1.0, logits)
-    w, ids = _routed("router_lowprec", 2, logits)  # 2.0 and 1.3 -> 2.0 and 1.25: same experts
-    assert torch.equal(ids, clean_ids) and torch.allclose(w, clean_w)
+    probs = torch.softmax(logits, -1)
+    assert probs[0, 2] < 0.03 and probs[1, 1] > 0.03
+    w, ids = _routed("router_lowprec", 0.03, logits)
+    assert set(ids[0].tolist()) != set(clean_ids[0].tolist()) and 0 in ids[0].tolist()  # the 2nd choice flipped
+    assert set(ids[1].tolist()) == set(clean_ids[1].tolist()) and torch.allclose(w[1], clean_w[1])
+    chosen = probs[0, ids[0].long()]
+    assert torch.allclose(w[0], chosen / chosen.sum())  # exact probabilities of the chosen, renormalised
+
+
+def test_reference_moe_layers_follow_each_family_s_keys():
+    from types import SimpleNamespace as NS
+
+    from pytest_npuprec.runners.reference_taps.routing import moe_layers, top_k
+
+    assert moe_layers(NS(num_hidden_layers=4, decoder_sparse_step=1, mlp_only_layers=[2])) == [0, 1, 3]
+    assert moe_layers(NS(num_hidden_layers=4, decoder_sparse_step=2, mlp_only_layers=[])) == [1, 3]
+    ernie = NS(num_hidden_layers=3, moe_layer_start_index=1, moe_layer_end_index=-1, moe_layer_interval=1, moe_k=2)
+    assert moe_layers(ernie) == [1, 2] and top_k(ernie) == 2

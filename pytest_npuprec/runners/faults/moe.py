@@ -13,7 +13,7 @@ from ..worker_taps.routing import moe_routers
 
 
 def _wrap_routing(model: Any, fault: str, change: Callable[..., tuple[Any, Any]]) -> int:
-    """Wrap every router's `_compute_routing` with change(original, hidden_states, router_logits, *a, **kw)."""
+    """Wrap every router's `_compute_routing` with change(router, original, hidden_states, router_logits, ...)."""
     routers = moe_routers(model)
     if not routers:
         raise RuntimeError(f"{fault} fault: the model has no MoE router (`router.select_experts`); it applies to "
@@ -22,40 +22,32 @@ def _wrap_routing(model: Any, fault: str, change: Callable[..., tuple[Any, Any]]
         original = router._compute_routing
 
         def compute(hidden_states: Any, router_logits: Any, *args: Any, _original: Any = original,
-                    **kwargs: Any) -> tuple[Any, Any]:
-            return change(_original, hidden_states, router_logits, *args, **kwargs)
+                    _router: Any = router, **kwargs: Any) -> tuple[Any, Any]:
+            return change(_router, _original, hidden_states, router_logits, *args, **kwargs)
 
         router._compute_routing = compute
     return len(routers)
 
 
-def round_mantissa(x: Any, bits: int) -> Any:
-    """x with its significand rounded to `bits` explicit bits (3: FP8 E4M3's; 7: BF16's), in float32."""
+def router_lowprec(model: Any, floor: float) -> str:
+    """A low-precision router top-k (a gating softmax not kept in FP32, vllm-ascend #9617): expert
+    probabilities below `floor` underflow to zero before the top-k, so where the k-th choice is such a small
+    probability it is made among ties (the kernel's tie order), flipping it; the chosen experts keep the weights
+    their exact probabilities give them. The flipped experts weigh little, so the logits barely move."""
     import torch
 
-    mantissa, exponent = torch.frexp(x.float())
-    scale = float(2 ** (bits + 1))
-    return torch.ldexp(torch.round(mantissa * scale) / scale, exponent)
-
-
-def router_lowprec(model: Any, bits: float) -> str:
-    """A low-precision router top-k (a gate not kept in FP32, vllm-ascend #9617): the experts are chosen on
-    router logits rounded to `bits` significand bits, so near-ties flip (or round to exact ties) beyond BF16's
-    floor; the chosen experts keep the weights their exact logits give them."""
-    import torch
-
-    n_bits = int(bits)
-
-    def change(original: Any, hidden: Any, logits: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
-        rounded = round_mantissa(logits, n_bits)
-        weights, ids = original(hidden, rounded.to(logits.dtype), *args, **kwargs)
-        # weights from the exact logits of the chosen experts, summing as the rounded ones did
-        exact = weights.float() * torch.exp(logits.float().gather(1, ids.long()) - rounded.gather(1, ids.long()))
-        exact = exact * (weights.float().sum(-1, keepdim=True) / exact.sum(-1, keepdim=True))
-        return exact.to(weights.dtype).contiguous(), ids
+    def change(router: Any, original: Any, hidden: Any, logits: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
+        weights, ids = original(hidden, logits, *args, **kwargs)
+        probs = torch.softmax(logits.float(), dim=-1)
+        flushed = torch.where(probs < floor, torch.zeros_like(probs), probs)
+        low_ids = torch.topk(flushed, ids.shape[-1], dim=-1).indices
+        low_weights = probs.gather(1, low_ids)
+        if getattr(router, "renormalize", True):
+            low_weights = low_weights / low_weights.sum(-1, keepdim=True)
+        return low_weights.to(weights.dtype).contiguous(), low_ids.to(ids.dtype).contiguous()
 
     n = _wrap_routing(model, "router_lowprec", change)
-    return f"experts chosen on router logits rounded to {n_bits} significand bits in {n} MoE layers"
+    return f"expert probabilities below {floor:g} flushed to zero before the top-k in {n} MoE layers"
 
 
 def expert_scale(model: Any, factor: float) -> str:
@@ -63,7 +55,7 @@ def expert_scale(model: Any, factor: float) -> str:
     multiplied by `factor` wherever it was chosen, which scales its contribution exactly."""
     import torch
 
-    def change(original: Any, hidden: Any, logits: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
+    def change(router: Any, original: Any, hidden: Any, logits: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
         weights, ids = original(hidden, logits, *args, **kwargs)
         return torch.where(ids == 0, weights * factor, weights).contiguous(), ids
 
@@ -76,7 +68,7 @@ def routing_unnormalized(model: Any, magnitude: float) -> str:
     weighs its softmax probability over all experts, so the weights sum to less than 1."""
     import torch
 
-    def change(original: Any, hidden: Any, logits: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
+    def change(router: Any, original: Any, hidden: Any, logits: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
         weights, ids = original(hidden, logits, *args, **kwargs)
         probs = torch.softmax(logits.float(), dim=-1).gather(1, ids.long())
         return probs.to(weights.dtype).contiguous(), ids
@@ -91,7 +83,7 @@ def router_long(model: Any, tokens: float) -> str:
     is routed to the next experts (id + 1 mod E)."""
     limit = int(tokens)
 
-    def change(original: Any, hidden: Any, logits: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
+    def change(router: Any, original: Any, hidden: Any, logits: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
         weights, ids = original(hidden, logits, *args, **kwargs)
         if ids.shape[0] > limit:
             ids = ids.clone()

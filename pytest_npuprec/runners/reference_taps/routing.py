@@ -17,9 +17,15 @@ def forward_kwargs() -> dict[str, Any]:
 
 
 def moe_layers(config: Any) -> list[int]:
-    """Decoder layers with a routed MoE block, by the Qwen-MoE convention (decoder_sparse_step,
-    mlp_only_layers); every layer for families without those keys."""
+    """Decoder layers with a routed MoE block: ERNIE's moe_layer_start_index / end / interval, else the Qwen-MoE
+    convention (decoder_sparse_step, mlp_only_layers; every layer for families without those keys)."""
     n = int(config.num_hidden_layers)
+    start = getattr(config, "moe_layer_start_index", None)
+    if start is not None:
+        end = getattr(config, "moe_layer_end_index", -1)
+        end = n - 1 if end is None or end < 0 else int(end)
+        interval = int(getattr(config, "moe_layer_interval", 1) or 1)
+        return [i for i in range(n) if int(start) <= i <= end and (i + 1) % interval == 0]
     step = int(getattr(config, "decoder_sparse_step", 1) or 1)
     dense = set(getattr(config, "mlp_only_layers", None) or ())
     return [i for i in range(n) if i not in dense and (i + 1) % step == 0]
@@ -38,6 +44,7 @@ def write(model: Any, output: Any, keep: Any, path: Path) -> None:
     """router_logits [P x L x E] float32, layers [L], top_k."""
     import torch
 
+    _refuse_correction_bias(model)
     router_logits = getattr(output, "router_logits", None)
     if not router_logits:
         raise NpuprecError(f"{type(model).__name__} returned no router_logits with output_router_logits=True; "
@@ -50,3 +57,12 @@ def write(model: Any, output: Any, keep: Any, path: Path) -> None:
     with atomic_file(path, "wb") as f:
         np.savez(f, router_logits=logits, layers=np.asarray(layers, dtype=np.int32),
                  top_k=np.int32(top_k(model.config)))
+
+
+def _refuse_correction_bias(model: Any) -> None:
+    """Routers that choose on softmax + a per-expert correction bias (ERNIE's moe_statics, DeepSeek's
+    e_score_correction_bias) choose on other scores than the logits compared here: refused while non-zero."""
+    for name, tensor in model.named_parameters():
+        if name.endswith("e_score_correction_bias") and bool(tensor.detach().abs().max() > 0):
+            raise NpuprecError(f"{type(model).__name__}: {name} is non-zero: experts are chosen on softmax + that "
+                               "bias, which the routing comparison does not model yet; routing cannot be compared")
