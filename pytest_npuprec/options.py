@@ -26,11 +26,13 @@ from typing import Any
 
 import pytest
 
-from .runners.fault_names import FAULT_NAMES
+from .runners.fault_names import FAULT_NAMES, LAYER_FAULTS
 
 DEFAULT_MODEL = "tiny-llama"
 DEFAULT_CONFIG_DIR = "tests/e2e/models/configs"
 DEVICES = ("auto", "npu", "cuda", "cpu")
+# --npuprec-diagnose (diagnose.py): on a failing logit check (default), for every model run, not at all
+DIAGNOSE_MODES = ("auto", "always", "never")
 # Short forms registered when free; --report-dir is left out on purpose (see the module docstring).
 SHORT_FORMS = ("model", "device", "config-dir", "model-root")
 NEVER_SHORT = {"report-dir": "vllm-ascend's tests/e2e/models/conftest.py registers --report-dir"}
@@ -72,6 +74,13 @@ def _timeout(text: str) -> float | dict[str, float]:
     return bound
 
 
+def _diagnose(text: str) -> str:
+    if text not in DIAGNOSE_MODES:
+        raise argparse.ArgumentTypeError(f"expected one of {', '.join(DIAGNOSE_MODES)} (bare --npuprec-diagnose: "
+                                         f"always), got {text!r}")
+    return text
+
+
 def _changed_files(text: str) -> str:
     if text != "-" and not Path(text).expanduser().is_file():
         raise argparse.ArgumentTypeError(f"{text}: no such file; expected a file listing changed paths, one a "
@@ -105,9 +114,17 @@ OPTIONS: dict[str, dict[str, Any]] = {
                         "missing, it never falls back (default: auto)"),
     "report-dir": dict(default=None, metavar="DIR", dest="npuprec_report_dir",
                        help="where JSON/Markdown reports and captures go (default: <rootdir>/reports/npuprec)"),
-    "fault": dict(default=None, metavar="NAME[=MAGNITUDE][@MODEL]", type=_fault, dest="npuprec_fault",
+    "fault": dict(default=None, metavar="NAME[=MAGNITUDE][:layer=N][:block=B][@MODEL]", type=_fault,
+                  dest="npuprec_fault",
                   help=f"inject a device-side fault ({', '.join(FAULT_NAMES)}), into MODEL's engine only with @MODEL, "
-                       "to prove the checks can fail; for validating the suite itself"),
+                       f"to prove the checks can fail; for validating the suite itself; {', '.join(LAYER_FAULTS)} "
+                       "takes a decoder layer index and a block (attention, mlp)"),
+    "diagnose": dict(nargs="?", const="always", default=None, metavar="auto|always|never", type=_diagnose,
+                     dest="npuprec_diagnose",
+                     help="rerun a model's worst prompt with every decoder layer's output captured on the device "
+                          "(eager), the FP32 reference and transformers BF16 (the floor), and name the first layer "
+                          "(and block) that leaves its floor: auto = when a logit check fails (the default), always "
+                          "(also bare --npuprec-diagnose), never"),
     "timeout": dict(default=None, metavar="SECONDS|start=S,call=S", type=_timeout, dest="npuprec_timeout",
                     help="bound on each engine phase (start; call: each generate and score), in seconds: one "
                          "number for all, or per phase; overrides precision.timeout_s"),

@@ -20,6 +20,7 @@ from .capture.session import capture_model
 from .capture.taps import model_taps
 from .checkpoints.locate import locate_weights
 from .config.schema import ModelConfig, ServeConfig
+from .diagnose import diagnose
 from .errors import describe
 from .measure import Measured
 from .measure.kinds import measure_determinism, measure_labels, measure_perplexity, measure_ternary, measure_thinking
@@ -28,6 +29,7 @@ from .measure.routing import measure_routing
 from .measure.steps import GRAPH_MODE, decode_summary, measure_batch_invariance, measure_decode, measure_graph_mode
 from .measure.thresholds import Measurements, measure
 from .progress import announced, phase
+from .report.diagnosis import add_diagnosis
 from .report.document import build_report
 from .report.figures import figures
 from .report.routing import add_routing
@@ -54,6 +56,7 @@ class RunOptions:
     timeout_s: float | dict[str, float] | None = None
     # --npuprec-reference / --npuprec-baseline-dir / --npuprec-update-baselines (baselines/session.py)
     baselines: baselines.BaselineOptions = field(default_factory=baselines.BaselineOptions)
+    diagnose: str = "auto"  # --npuprec-diagnose: auto (on a failing logit check) | always | never (diagnose.py)
 
 
 @dataclass(frozen=True)
@@ -107,8 +110,12 @@ def _run(config: ModelConfig, options: RunOptions) -> ModelResult:
     if options.baselines.update:
         capture.meta["baseline_update"] = baselines.update(baseline, capture, measured.thresholds, verdicts)
 
+    diagnosis = diagnose(config, options, device_path, capture, measured.thresholds, verdicts,
+                         lambda serve: _engine(config, options, device, device_path, serve))
     capture.meta["timings"]["total_s"] = round(time.perf_counter() - started, 2)
     report = build_report(config, measured.thresholds, verdicts, capture.meta, lambda t: decode_token(tokenizer, t))
+    if diagnosis is not None:
+        add_diagnosis(report, diagnosis)
     if measured.decode is not None:
         add_decode(report, measured.decode, decode_summary(capture, measured.decode))
     if measured.routing is not None:
@@ -123,13 +130,9 @@ def _capture(config: ModelConfig, options: RunOptions, device: str, model_path: 
     (the perplexity text too)."""
     precision, checks, serve = config.precision, config.checks, config.serve
     assert precision is not None
-    fault = Fault.parse(options.fault) if options.fault else None
-    if fault is not None and not fault.applies_to(config.name):
-        fault = None
 
     def engine(serve_as: ServeConfig) -> Callable[[], VllmRunner]:
-        return lambda: VllmRunner(model_path, serve_as, device, fault, model=config.name,
-                                  timeout_s=options.timeout_s, close_in_background=True)
+        return _engine(config, options, device, model_path, serve_as)
 
     variants = {}
     if checks.graph_mode:  # the same device with enforce_eager flipped: a second engine, started after the first
@@ -148,6 +151,16 @@ def _capture(config: ModelConfig, options: RunOptions, device: str, model_path: 
         batch_passes=checks.batch_invariance is not None, variants=variants, taps=model_taps(config, model_path),
         reference_scoring=precision.reference_scoring,
     )
+
+
+def _engine(config: ModelConfig, options: RunOptions, device: str, model_path: Path,
+            serve: ServeConfig) -> Callable[[], VllmRunner]:
+    """The factory of a device engine serving `serve`, with the session's fault if it applies to this model."""
+    fault = Fault.parse(options.fault) if options.fault else None
+    if fault is not None and not fault.applies_to(config.name):
+        fault = None
+    return lambda: VllmRunner(model_path, serve, device, fault, model=config.name, timeout_s=options.timeout_s,
+                              close_in_background=True)
 
 
 def _measure(config: ModelConfig, capture: ModelCapture, tokenizer: Any, model_path: Path,

@@ -79,7 +79,7 @@ class Runs:
         timeout = cli if cli is not None else (model.precision.timeout_s if model.precision else None)
         return RunOptions(device=options.device(self.config), model_roots=options.model_roots(self.config),
                           report_dir=options.report_dir(self.config), fault=self.config.getoption("npuprec_fault"),
-                          timeout_s=timeout,
+                          timeout_s=timeout, diagnose=self.config.getoption("npuprec_diagnose") or "auto",
                           baselines=BaselineOptions(options.reference(self.config), options.baseline_dir(self.config),
                                                     self.config.getoption("npuprec_update_baselines"),
                                                     options.require_records(self.config)))

@@ -41,9 +41,12 @@ def render_html(report: dict[str, Any]) -> str:
         parts.append("<h2>Along the positions</h2>")
         for prompt, series in figures["series"].items():
             parts.append(f"<h3>prompt {_e(prompt)}</h3><div class=\"charts\">"
-                         + _line_chart(series, "kl_divergence", "KL(reference ‖ device)", log=True)
-                         + _line_chart(series, "cosine_similarity", "1 − cosine", log=True, one_minus=True)
+                         + _series_chart(series, "kl_divergence", "KL(reference ‖ device)")
+                         + _series_chart(series, "cosine_similarity", "1 − cosine", one_minus=True)
                          + "</div>")
+    if (report.get("diagnosis") or {}).get("layers"):
+        parts += ["<h2>Layer by layer</h2>", f"<p>{_e(report['diagnosis'].get('message', ''))}</p>",
+                  _layer_chart(report["diagnosis"])]
     if figures.get("abs_diff"):
         parts += ["<h2>|device − reference| over every compared logit</h2>", _histogram(figures["abs_diff"])]
     body = "\n".join(parts)
@@ -96,56 +99,56 @@ def _finite(values: list[Any]) -> list[float | None]:
     return [v if isinstance(v, (int, float)) and math.isfinite(v) else None for v in values]
 
 
-def _line_chart(series: dict[str, Any], metric: str, title: str, log: bool, one_minus: bool = False) -> str:
-    lines, xs_all = [], []
-    for phase, colour in (("prefill", "#1f5fbf"), ("decode", "#d9730d")):
+def _series_chart(series: dict[str, Any], metric: str, title: str, one_minus: bool = False) -> str:
+    """One metric along the positions of a prompt: prefill solid, decode dashed (decode rows repeat prefill's
+    positions)."""
+    lines = []
+    for phase in ("prefill", "decode"):
         data = series.get(phase, {})
-        if metric not in data:
-            continue
-        ys = _finite([1 - v if one_minus and isinstance(v, (int, float)) else v for v in data[metric]])
-        lines.append((phase, colour, data["positions"], ys))
-        xs_all += data["positions"]
+        if metric in data:
+            ys = [1 - v if one_minus and isinstance(v, (int, float)) else v for v in data[metric]]
+            lines.append((phase, data["positions"], ys))
+    return _line_chart(lines, f"{title} per position", "position")
+
+
+def _line_chart(lines: list[tuple[str, list[Any], list[Any]]], title: str, x_name: str) -> str:
+    """Log-scale lines (label, xs, ys); the first solid, the others dashed; a non-finite value marked with a cross,
+    never dropped."""
+    colours = ("#1f5fbf", "#d9730d", "#2a9d4b")
+    lines = [(label, xs, _finite(ys)) for label, xs, ys in lines]
+    xs_all = [x for _, xs, _ in lines for x in xs]
     if not xs_all:
         return ""
-    ys_all = [y for _, _, _, ys in lines for y in ys if y is not None]
-    ys_plot = [max(y, 1e-12) for y in ys_all] if log else ys_all
-    y_lo, y_hi = (min(ys_plot), max(ys_plot)) if ys_plot else (1e-12, 1.0)
-    if log:
-        y_lo, y_hi = math.floor(math.log10(y_lo)), math.ceil(math.log10(y_hi))
-        if y_hi == y_lo:
-            y_hi += 1
+    ys_all = [max(y, 1e-12) for _, _, ys in lines for y in ys if y is not None]
+    y_lo, y_hi = (math.floor(math.log10(min(ys_all))), math.ceil(math.log10(max(ys_all)))) if ys_all else (-12, 0)
+    y_hi = y_hi if y_hi > y_lo else y_lo + 1
     x_lo, x_hi = min(xs_all), max(xs_all) if max(xs_all) > min(xs_all) else min(xs_all) + 1
 
     def sx(x: float) -> float:
         return _PAD + (x - x_lo) / (x_hi - x_lo) * (_W - 2 * _PAD)
 
     def sy(y: float) -> float:
-        v = math.log10(max(y, 1e-12)) if log else y
-        return _H - _PAD + (v - y_lo) / ((y_hi - y_lo) or 1) * (2 * _PAD - _H)
+        return _H - _PAD + (math.log10(max(y, 1e-12)) - y_lo) / (y_hi - y_lo) * (2 * _PAD - _H)
 
     svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{_W}" height="{_H}" role="img" aria-label="{_e(title)}">',
            f'<rect width="{_W}" height="{_H}" fill="#fff" stroke="#ddd"/>',
-           f'<text x="{_PAD}" y="16">{_e(title)} per position{" (0 drawn at 1e-12)" if log else ""}</text>',
+           f'<text x="{_PAD}" y="16">{_e(title)} (log; 0 drawn at 1e-12)</text>',
            f'<line x1="{_PAD}" y1="{_H - _PAD}" x2="{_W - _PAD}" y2="{_H - _PAD}" stroke="#999"/>',
            f'<line x1="{_PAD}" y1="{_PAD}" x2="{_PAD}" y2="{_H - _PAD}" stroke="#999"/>',
-           f'<text x="{_PAD}" y="{_H - 22}">{x_lo}</text><text x="{_W - _PAD - 20}" y="{_H - 22}">{x_hi}</text>',
-           f'<text x="2" y="{_PAD + 4}">{_tick(y_hi, log)}</text><text x="2" y="{_H - _PAD}">{_tick(y_lo, log)}</text>']
-    for i, (phase, colour, xs, ys) in enumerate(lines):
+           f'<text x="{_PAD}" y="{_H - 22}">{x_name} {x_lo}</text><text x="{_W - _PAD - 20}" y="{_H - 22}">{x_hi}</text>',
+           f'<text x="2" y="{_PAD + 4}">1e{y_hi}</text><text x="2" y="{_H - _PAD}">1e{y_lo}</text>']
+    for i, (label, xs, ys) in enumerate(lines):
+        colour = colours[i % len(colours)]
         points = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in zip(xs, ys) if y is not None)
-        dash = ' stroke-dasharray="5,3"' if phase == "decode" else ""  # decode rows repeat prefill's positions
+        dash = ' stroke-dasharray="5,3"' if i else ""
         svg.append(f'<polyline fill="none" stroke="{colour}" stroke-width="1.5"{dash} points="{points}"/>')
-        svg += [f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="2" fill="{colour}"><title>{phase} position {x}: '
+        svg += [f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="2" fill="{colour}"><title>{_e(label)} {x_name} {x}: '
                 f'{y:.3g}</title></circle>' for x, y in zip(xs, ys) if y is not None]
-        for x, y in zip(xs, ys):
-            if y is None:  # a non-finite value: marked, never dropped
-                svg.append(f'<text x="{sx(x) - 3:.1f}" y="{_PAD + 10}" fill="#b00020">✕</text>')
-        svg.append(f'<text x="{_W - _PAD - 60}" y="{16 + 13 * i}" fill="{colour}">{phase}</text>')
+        svg += [f'<text x="{sx(x) - 3:.1f}" y="{_PAD + 10}" fill="#b00020">✕</text>'
+                for x, y in zip(xs, ys) if y is None]
+        svg.append(f'<text x="{_W - _PAD - 60}" y="{16 + 13 * i}" fill="{colour}">{_e(label)}</text>')
     svg.append("</svg>")
     return "".join(svg)
-
-
-def _tick(value: float, log: bool) -> str:
-    return f"1e{int(value)}" if log else f"{value:.3g}"
 
 
 def _histogram(hist: dict[str, Any]) -> str:
@@ -166,3 +169,16 @@ def _histogram(hist: dict[str, Any]) -> str:
     svg.append(f'<text x="{_PAD}" y="16">share of logits per |diff| decade; non-finite: {hist["nonfinite"]}</text>')
     svg.append("</svg>")
     return "".join(svg)
+
+
+def _layer_chart(diagnosis: dict[str, Any]) -> str:
+    """1 - Cosine of each decoder layer's output vs the FP32 reference: the device and the floor (transformers BF16);
+    the first divergent layer named under it."""
+    layers = [entry["layer"] for entry in diagnosis["layers"]]
+    lines = [(side, layers, [1 - c if isinstance(c, (int, float)) else c
+                             for c in (entry["output"][side].get("Cosine") for entry in diagnosis["layers"])])
+             for side in ("device", "floor")]
+    first = diagnosis.get("first_divergent_layer")
+    note = (f"<p>first divergent layer: <b>{_e(first)}</b>, block: <b>{_e(diagnosis.get('block'))}</b></p>"
+            if first is not None else "<p>no layer left its floor</p>")
+    return _line_chart(lines, "1 − Cosine of each layer's output", "layer") + note

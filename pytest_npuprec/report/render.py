@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..verdicts.verdict import clip
+from .diagnosis import diagnosis_heading, diagnosis_rows
 from .numbers import scaled, words
 from .routing import routing_rows
 
@@ -119,6 +120,9 @@ def render_terminal(report: dict[str, Any]) -> str:
         lines += _text_table(*routing) + [""]
     lines += _text_table(*check_rows(report))
     lines.append(f"overall: {_overall(report)}")
+    if report.get("diagnosis"):
+        rows = diagnosis_rows(report, every_block=False)
+        lines += ["", *diagnosis_heading(report), *(_text_table(*rows) if rows else [])]
     return "\n".join(lines)
 
 
@@ -133,6 +137,10 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += _md_table(*routing) + [""]
     lines += _md_table(*check_rows(report))
     lines += ["", f"**Overall: {_overall(report)}**", ""]
+    if report.get("diagnosis"):
+        rows = diagnosis_rows(report, every_block=True)
+        lines += ["## Layer by layer", "", *(f"{line}  " for line in diagnosis_heading(report)), ""]
+        lines += (_md_table(*rows) + [""]) if rows else []
     if report.get("html"):
         lines += [f"Plots (KL and cosine along the positions, the |diff| distribution, the top tokens where the two "
                   f"sides part most): [{report['html']}]({report['html']})", ""]

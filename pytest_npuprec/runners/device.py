@@ -23,9 +23,9 @@ from ..capture.multimodal import image_token_id
 from ..config.schema import ServeConfig
 from ..env_vars import temporary_env
 from ..errors import NpuprecError
-from .decoding import greedy_sampling_params
 from . import vllm_media
-from .fault_names import DEFAULT_MAGNITUDES, FAULT_NAMES
+from .decoding import greedy_sampling_params
+from .fault_names import DEFAULT_MAGNITUDES, FAULT_BLOCKS, FAULT_NAMES, LAYER_FAULTS
 from .layouts import refuse_unsupported
 from .scoring import SCORE_KEY, ScoreRequest
 from .watchdog import PhaseError, ProcessTree, phase_timeouts, run_bounded
@@ -51,19 +51,23 @@ class EngineFailure(DeviceRunError):
 class Fault:
     """A deliberate device-side error, injected to prove that the checks can fail.
 
-    `NAME[=MAGNITUDE][@MODEL]`: with `@MODEL` only that model's engine gets it (the other models of the
-    session run clean), e.g. `engine_kill@tiny-llama`."""
+    `NAME[=MAGNITUDE][:layer=N][:block=B][@MODEL]`: with `@MODEL` only that model's engine gets it (the other
+    models of the session run clean), e.g. `engine_kill@tiny-llama`; `layer=` and `block=` place a layer fault
+    (fault_names.LAYER_FAULTS) in one decoder layer and block, e.g. `layer_scale=1.5:layer=2:block=attention`."""
 
     name: str
     magnitude: float
     model: str | None = None
+    layer: int | None = None
+    block: str | None = None  # attention | mlp ("experts" is read as mlp)
 
     @classmethod
     def parse(cls, text: str) -> "Fault":
         spec, at, model = text.partition("@")
         if at and not model.strip():
             raise ValueError(f"--npuprec-fault {text}: expected a model name after '@'")
-        name, _, value = spec.partition("=")
+        head, *places = spec.split(":")
+        name, _, value = head.partition("=")
         if name not in DEFAULT_MAGNITUDES:
             raise ValueError(f"--npuprec-fault {text}: unknown fault {name!r}; expected one of "
                              f"{', '.join(FAULT_NAMES)} (optionally =MAGNITUDE, @MODEL)")
@@ -71,10 +75,35 @@ class Fault:
             magnitude = float(value) if value else DEFAULT_MAGNITUDES[name]
         except ValueError:
             raise ValueError(f"--npuprec-fault {text}: magnitude {value!r} is not a number") from None
-        return cls(name, magnitude, model.strip() or None)
+        layer, block = _fault_place(text, name, places)
+        return cls(name, magnitude, model.strip() or None, layer, block)
 
     def applies_to(self, model: str) -> bool:
         return self.model is None or self.model == model
+
+    def place(self) -> dict[str, Any]:
+        """layer= / block= as keyword arguments of the fault (only those given)."""
+        return {k: v for k, v in (("layer", self.layer), ("block", self.block)) if v is not None}
+
+
+def _fault_place(text: str, name: str, places: list[str]) -> tuple[int | None, str | None]:
+    """The layer= and block= parts of a fault spec (only layer faults take them)."""
+    found: dict[str, str] = {}
+    for part in places:
+        key, eq, value = part.partition("=")
+        if key not in ("layer", "block") or not eq or not value or key in found:
+            raise ValueError(f"--npuprec-fault {text}: {part!r}: expected layer=N or block=B (each once) after ':'")
+        found[key] = value.strip()
+    if found and name not in LAYER_FAULTS:
+        raise ValueError(f"--npuprec-fault {text}: {name} is not confined to a layer; layer= and block= apply to "
+                         f"{', '.join(LAYER_FAULTS)}")
+    layer = found.get("layer")
+    if layer is not None and not (layer.isdigit()):
+        raise ValueError(f"--npuprec-fault {text}: layer={layer!r}: expected a decoder layer index (0, 1, ...)")
+    block = found.get("block")
+    if block is not None and block not in FAULT_BLOCKS:
+        raise ValueError(f"--npuprec-fault {text}: block={block!r}: expected one of {', '.join(FAULT_BLOCKS)}")
+    return (int(layer) if layer is not None else None), ("mlp" if block == "experts" else block)
 
 
 def cpu_kv_cache_gib(model_path: Path, max_model_len: int, sequences: int = 4) -> int:
@@ -181,7 +210,7 @@ class VllmRunner:
             }
             if self.fault:
                 self.info["fault"] = self._bounded("start", lambda: self.llm.collective_rpc(
-                    "npuprec_inject_fault", args=(self.fault.name, self.fault.magnitude))[0])
+                    "npuprec_inject_fault", args=(self.fault.name, self.fault.magnitude, self.fault.place()))[0])
         except BaseException:
             self.close()  # __exit__ does not run when __enter__ raises
             raise

@@ -1,6 +1,7 @@
 """The reference: transformers in float32 on the CPU, the full-precision baseline."""
 from __future__ import annotations
 
+import contextlib
 import gc
 import time
 from pathlib import Path
@@ -103,7 +104,10 @@ class TransformersRunner:
         vision = reference_media.vision_inputs(self.model, self.processor, ids, request.images)
         taps = {name: REFERENCE_TAPS[name] for name in request.taps}
         extra = {k: v for tap in taps.values() for k, v in tap.forward_kwargs().items()}
-        with torch.inference_mode():
+        with torch.inference_mode(), contextlib.ExitStack() as hooks:
+            for tap in taps.values():
+                if hasattr(tap, "recording"):
+                    hooks.enter_context(tap.recording(self.model))
             try:
                 output = self.model(input_ids=ids, logits_to_keep=keep, **vision, **extra)
                 logits = output.logits[0]

@@ -19,6 +19,7 @@ import numpy as np
 from ..atomic import atomic_file
 from . import prefix_fault, step_logits, worker_taps
 from .fault_names import FAULT_NAMES
+from .faults import layers as layer_faults
 from .faults import moe as moe_faults
 from .faults import vision as vision_faults
 from .scoring import SCORE_KEY
@@ -185,11 +186,15 @@ class CaptureWorkerExtension:
         result = self._npuprec_steps.collect(paths, write=rank == 0)
         return dict(result, rank=rank)
 
-    def npuprec_inject_fault(self, name: str, magnitude: float) -> str:
-        """Deliberately break the device (for proving the suite can fail). Returns what was changed."""
+    def npuprec_inject_fault(self, name: str, magnitude: float, place: dict[str, Any] | None = None) -> str:
+        """Deliberately break the device (for proving the suite can fail). Returns what was changed. `place`:
+        layer= / block= of a fault confined to one decoder layer (faults/layers.py)."""
         if name not in FAULTS:
             raise ValueError(f"unknown fault {name!r}; expected one of {', '.join(FAULTS)}")
-        return FAULTS[name](self._npuprec_model(), magnitude)
+        if name in layer_faults.FAULTS:  # a module hook: say so when this engine's compiled graph will not call it
+            place = dict(place or {}, eager=bool(getattr(getattr(self.model_runner, "model_config", None),
+                                                         "enforce_eager", True)))
+        return FAULTS[name](self._npuprec_model(), magnitude, **(place or {}))
 
 
 def _attention_scale(model: Any, factor: float) -> str:
@@ -336,6 +341,7 @@ def _rms_norms(model: Any, fault: str) -> list[Any]:
 FAULTS = {"attention_scale": _attention_scale, "rope_theta": _rope_theta, "rmsnorm_offset": _rmsnorm_offset,
           "overflow": _overflow, "nondeterminism": _nondeterminism, "engine_kill": _engine_kill,
           "engine_hang": _engine_hang, "decode_only": _decode_only, "batch_only": _batch_only,
-          "graph_only": _graph_only, "prefix_only": _prefix_only, **vision_faults.FAULTS, **moe_faults.FAULTS}
+          "graph_only": _graph_only, "prefix_only": _prefix_only, **vision_faults.FAULTS, **moe_faults.FAULTS,
+          **layer_faults.FAULTS}
 if tuple(FAULTS) != FAULT_NAMES:  # one list of names: fault_names.py, which option parsing reads
     raise ImportError(f"vllm_worker.FAULTS {tuple(FAULTS)} differ from fault_names.FAULT_NAMES {FAULT_NAMES}")

@@ -100,6 +100,16 @@ STANDINS: dict[str, StandinSpec] = {
             "on seeded synthetic images (standins/synthetic.py shapes) to name their colour, shape and count"
         ),
     ),
+    # no real model behind it: deep enough (4 layers) for the layer-by-layer diagnosis to name one layer
+    # (pytest_npuprec/diagnose.py; its e2e test injects a fault into one layer and block)
+    "tiny-llama-deep": LlamaStandin(
+        name="tiny-llama-deep",
+        description=(
+            "tiny-llama with 4 decoder layers instead of 2 (LlamaForCausalLM, hidden 256, 4 heads x head_dim 64, "
+            "2 KV heads, vocab 1024 byte-level BPE), trained the same way; for the layer-by-layer diagnosis"
+        ),
+        arch=LlamaArch(num_hidden_layers=4),
+    ),
     "tiny-Qwen3-30B-A3B": LlamaStandin(
         name="tiny-Qwen3-30B-A3B",
         description=(

@@ -1,7 +1,8 @@
 """Reference-side taps (TAPS.md): each a module with `forward_kwargs()` (what the transformers forward call
-needs to produce the tap) and `write(model, output, keep, path)` (the arrays at the kept positions, atomic)."""
+needs to produce the tap), optionally `recording(model)` (a context manager around the forward call, for taps
+that hook modules), and `write(model, output, keep, path)` (the arrays at the kept positions, atomic)."""
 from __future__ import annotations
 
-from . import routing
+from . import layers, routing
 
-REFERENCE_TAPS = {"routing": routing}
+REFERENCE_TAPS = {"routing": routing, "layers": layers}

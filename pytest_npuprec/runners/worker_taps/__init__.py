@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import routing
+from . import layers, routing
 
 # tap name -> installer; one per MoE/modality concern
-INSTALLERS = {"routing": routing.install}
+INSTALLERS = {"routing": routing.install, "layers": layers.install}
 
 
 def install_all(model: Any) -> dict[str, Any]:

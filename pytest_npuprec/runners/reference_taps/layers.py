@@ -1,0 +1,63 @@
+"""Layers tap (reference side): the output of every decoder layer (the residual stream) and of its attention and
+MLP, at the scored positions, from forward hooks on transformers' modules (pytest_npuprec/diagnose.py).
+
+Hooks rather than output_hidden_states: transformers' last hidden state is taken after the final norm, the
+device's layer output before it; and the sub-blocks have no output flag."""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from ...atomic import atomic_file
+from ...errors import NpuprecError
+from ..decoder_layers import BLOCKS, block_module, decoder_layers, first_tensor, is_moe, residual_stream
+
+KINDS = ("output", *BLOCKS)
+
+
+def forward_kwargs() -> dict[str, Any]:
+    return {}
+
+
+@contextlib.contextmanager
+def recording(model: Any) -> Iterator[None]:
+    """Hooks on every decoder layer and its blocks for the forward passes inside; what they saw is kept on the
+    model (`_npuprec_layers`: (kind, layer) -> [tokens x hidden]) for `write`."""
+    layers = decoder_layers(model)
+    if not layers:
+        raise NpuprecError(f"{type(model).__name__}: no decoder layers found (a `layers` list whose entries have "
+                           "self_attn and mlp); the layer-by-layer diagnosis cannot capture this model")
+    seen: dict[tuple[str, int], Any] = {}
+    model._npuprec_layers = seen
+    model._npuprec_moe = [is_moe(layer) for layer in layers]
+
+    def hook(kind: str, index: int) -> Any:
+        def keep(module: Any, args: tuple, output: Any) -> None:
+            tensor = residual_stream(output) if kind == "output" else first_tensor(output)
+            seen[(kind, index)] = tensor.detach().reshape(-1, tensor.shape[-1]).float().clone()
+
+        return keep
+
+    handles = []
+    for i, layer in enumerate(layers):
+        handles.append(layer.register_forward_hook(hook("output", i)))
+        handles += [block_module(layer, block).register_forward_hook(hook(block, i)) for block in BLOCKS]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def write(model: Any, output: Any, keep: Any, path: Path) -> None:
+    """output / attention / mlp: float32 [L x P x hidden]; moe: bool [L]."""
+    import torch
+
+    seen, moe = model._npuprec_layers, model._npuprec_moe
+    arrays = {kind: torch.stack([seen[(kind, i)].index_select(0, keep) for i in range(len(moe))]).numpy()
+              for kind in KINDS}
+    with atomic_file(path, "wb") as f:
+        np.savez(f, **{k: v.astype(np.float32) for k, v in arrays.items()}, moe=np.asarray(moe, dtype=bool))
