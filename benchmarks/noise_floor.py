@@ -27,6 +27,8 @@ def main() -> int:
     parser.add_argument("--config-dir", type=Path, default=REPO / "tests/e2e/models/configs")
     parser.add_argument("--model-root", type=Path, action="append", default=[])
     parser.add_argument("--no-vllm", action="store_true", help="only the transformers BF16 vs FP32 floor")
+    parser.add_argument("--per-prompt", action="store_true",
+                        help="also print each prompt's KL mean and max (which prompts set the worst values)")
     args = parser.parse_args()
 
     from pytest_npuprec.capture.prompts import load_tokenizer, perplexity_input, render_prompts
@@ -61,6 +63,12 @@ def main() -> int:
                                     folder=Path(tmp) / f"side{i}")
             measured = measure(capture, precision.tie_margin)
             results[label] = {name: cells.summary() for name, cells in measured.cells.items()}
+            if args.per_prompt:
+                kl = measured.cells["kl_divergence"]
+                for p in prompts[:n_compared]:
+                    values = kl.values[kl.prompt == p.index]
+                    print(f"{label}: {p.id:<24} {len(p.token_ids):>6} tokens  KL mean {values.mean():.3g} "
+                          f"max {values.max():.3g} over {values.size} rows")
             if config.checks.perplexity:
                 ppl = measure_perplexity(capture)
                 results[label]["perplexity_ratio"] = {"mean": ppl.ratio, "min": ppl.ratio, "max": ppl.ratio}

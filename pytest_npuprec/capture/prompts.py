@@ -36,7 +36,7 @@ def render_prompts(config: ModelConfig, tokenizer: Any) -> list[PromptInput]:
                 f"max_tokens {config.precision.max_tokens} = {needed} exceeds serve.max_model_len "
                 f"{config.serve.max_model_len}")
         out.append(PromptInput(index=index, id=prompt.id, label=prompt.label, token_ids=tuple(ids)))
-    return out + length_prompts(config.precision.lengths, tokenizer, len(out))
+    return out + length_prompts(config, tokenizer, len(out))
 
 
 def _token_ids(config: ModelConfig, prompt: Prompt, tokenizer: Any) -> list[int]:

@@ -9,7 +9,7 @@ import yaml
 from .checks import parse_checks
 from .decode import decode_thresholds
 from .drift import parse_drift
-from .lengths import check_lengths_fit, parse_lengths
+from .lengths import check_lengths_fit, parse_length_text, parse_lengths
 from .reader import ConfigError, Reader
 from .schema import Message, ModelConfig, PrecisionConfig, Prompt, ServeConfig
 from .thresholds import parse_thresholds
@@ -50,7 +50,7 @@ _LEGACY_SERVE_KEYS = frozenset(_SERVE_FIELDS) - {"seed"}
 _TOP_KEYS = frozenset({"model_name", "hardware", "serve", "precision", "stand_in", "envs", "system_prompt", "gate"})
 KNOWN_TOP_KEYS = _TOP_KEYS | LM_EVAL_KEYS | _LEGACY_SERVE_KEYS
 _PRECISION_KEYS = frozenset({"prompts", "max_tokens", "thresholds", "positions", "chat_template", "tie_margin",
-                             "checks", "timeout_s", "drift", "decode", "lengths"})
+                             "checks", "timeout_s", "drift", "decode", "lengths", "length_text"})
 _POSITIONS = ("continuation", "all")
 _ROLES = ("system", "user", "assistant")
 _DTYPES = ("auto", "bfloat16", "float16", "float32", "half", "float", "bf16", "fp16")
@@ -176,6 +176,7 @@ def _precision(r: Reader, raw: Any) -> PrecisionConfig:
         thresholds=tuple(t for t in thresholds if t.phase == "prefill"),
         decode_thresholds=decode_thresholds(thresholds, decode),
         lengths=lengths,
+        length_text=parse_length_text(r, raw.get("length_text"), lengths),
         positions=r.choice(raw.get("positions", "continuation"), "precision.positions", _POSITIONS),
         chat_template=r.typed(raw.get("chat_template", False), "precision.chat_template", bool),
         tie_margin=tie_margin,

@@ -213,6 +213,14 @@ CHECK_KINDS = ("qat_equivalence", "ternary_weights", "determinism", "perplexity"
 
 
 @dataclass(frozen=True)
+class LengthText:
+    """precision.length_text: the text the length prompts are cut from (repeated as needed)."""
+
+    text: str
+    source: str  # the file's name, or "precision.length_text.text": what the prompt labels name
+
+
+@dataclass(frozen=True)
 class PrecisionConfig:
     prompts: tuple[Prompt, ...]
     max_tokens: int
@@ -227,6 +235,8 @@ class PrecisionConfig:
     # bounds on the decode-step rows (config/decode.py): the `phase: decode` ones, else the prefill bounds
     decode_thresholds: tuple[Threshold, ...] = ()
     lengths: tuple[int, ...] = ()  # precision.lengths: prompts len-<n> of exactly n tokens (capture/lengths.py)
+    # cut from this text; None: a stand-in's training stream, or capture/lengths.py's fixed text for real models
+    length_text: LengthText | None = None
 
 
 @dataclass(frozen=True)
