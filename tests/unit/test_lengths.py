@@ -132,3 +132,13 @@ def test_every_standin_config_has_long_prefill(path):
     assert c.stand_in and c.precision.length_text is None
     assert {1, 127, 128, 129} <= set(c.precision.lengths) and max(c.precision.lengths) > 2048
     assert max(c.precision.lengths) + c.precision.max_tokens <= c.serve.max_model_len
+
+
+def test_a_text_that_tokenizes_to_nothing_is_an_error_naming_the_config(tmp_path):
+    from pytest_npuprec.capture.lengths import LengthTextError
+
+    c = load(tmp_path, "  lengths: [4]\n  length_text: {text: \"\\u200b\"}\n")
+    nothing = lambda text, add_special_tokens=True: {"input_ids": [] if "\u200b" in text else [5]}  # noqa: E731
+    with pytest.raises(LengthTextError, match=r"M.yaml: precision.lengths: precision.length_text.text tokenizes to "
+                                              r"no tokens; expected some text"):
+        render_prompts(c, nothing)
