@@ -29,7 +29,7 @@ STANDINS = ["tiny-llama", "tiny-Qwen3Guard-Gen-4B", "tiny-Nanbeige4-3B-Thinking-
 
 def _shrink(config, n_prompts=2, max_tokens=6):
     precision = dataclasses.replace(config.precision, prompts=config.precision.prompts[:n_prompts],
-                                    max_tokens=max_tokens, drift=())
+                                    max_tokens=max_tokens, drift=(), lengths=())
     return dataclasses.replace(config, precision=precision)
 
 
