@@ -27,6 +27,8 @@ def main() -> int:
     parser.add_argument("--config-dir", type=Path, default=REPO / "tests/e2e/models/configs")
     parser.add_argument("--model-root", type=Path, action="append", default=[])
     parser.add_argument("--no-vllm", action="store_true", help="only the transformers BF16 vs FP32 floor")
+    parser.add_argument("--per-prompt", action="store_true",
+                        help="also print each prompt's KL mean and max (which prompts set the worst values)")
     args = parser.parse_args()
 
     from pytest_npuprec.calibrate.floor import FLOOR_DTYPE, capture_floor
@@ -35,9 +37,10 @@ def main() -> int:
     from pytest_npuprec.capture.session import capture_model
     from pytest_npuprec.checkpoints.locate import locate_weights
     from pytest_npuprec.config.loader import select_configs
-    from pytest_npuprec.measure.kinds import measure_perplexity
     from pytest_npuprec.capture.taps import model_taps
+    from pytest_npuprec.measure.kinds import measure_perplexity
     from pytest_npuprec.measure.routing import measure_routing, router_logit_error
+    from pytest_npuprec.measure.thresholds import measure
     from pytest_npuprec.runners.device import VllmRunner
     from pytest_npuprec.runners.environment import resolve_device
     from pytest_npuprec.runners.reference import TransformersRunner
@@ -77,6 +80,12 @@ def main() -> int:
                 error = router_logit_error(capture)  # None for the device: it writes expert ids, not logits
                 if error is not None:
                     results[label]["router_logit_max_abs_diff"] = error
+            if args.per_prompt:
+                kl = measure(capture, precision.tie_margin).cells["kl_divergence"]
+                for p in prompts[:n_compared]:
+                    values = kl.values[kl.prompt == p.index]
+                    print(f"{label}: {p.id:<24} {len(p.token_ids):>6} tokens  KL mean {values.mean():.3g} "
+                          f"max {values.max():.3g} over {values.size} rows")
             if config.checks.perplexity:
                 ppl = measure_perplexity(capture)
                 results[label]["perplexity_ratio"] = {"mean": ppl.ratio, "min": ppl.ratio, "max": ppl.ratio}

@@ -49,7 +49,7 @@ def render_prompts(config: ModelConfig, tokenizer: Any, model_path: Path | None 
                 f"{config.serve.max_model_len}")
         out.append(PromptInput(index=index, id=prompt.id, label=prompt.label, token_ids=tuple(ids), images=images,
                                media_positions=media))
-    return out + length_prompts(config.precision.lengths, tokenizer, len(out))
+    return out + length_prompts(config, tokenizer, len(out))
 
 
 def _token_ids(config: ModelConfig, prompt: Prompt, tokenizer: Any) -> list[int]:

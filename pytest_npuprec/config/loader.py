@@ -10,7 +10,7 @@ from .checks import parse_checks
 from .decode import decode_thresholds
 from .drift import parse_drift
 from .images import check_image_limit, parse_content, parse_images
-from .lengths import check_lengths_fit, parse_lengths
+from .lengths import check_lengths_fit, parse_length_text, parse_lengths
 from .prefix_cache import settle_prefix_cache
 from .reader import ConfigError, Reader
 from .schema import Message, ModelConfig, PrecisionConfig, Prompt, ReferenceMemory, ReferenceScoring, ServeConfig
@@ -53,7 +53,7 @@ _TOP_KEYS = frozenset({"model_name", "hardware", "serve", "precision", "stand_in
 KNOWN_TOP_KEYS = _TOP_KEYS | LM_EVAL_KEYS | _LEGACY_SERVE_KEYS
 _PRECISION_KEYS = frozenset({"prompts", "max_tokens", "thresholds", "positions", "chat_template", "tie_margin",
                              "routing_tie_margin", "checks", "timeout_s", "drift", "decode", "lengths",
-                             "reference_scoring", "reference_memory"})
+                             "reference_scoring", "reference_memory", "length_text"})
 _POSITIONS = ("continuation", "all")
 _ROLES = ("system", "user", "assistant")
 _DTYPES = ("auto", "bfloat16", "float16", "float32", "half", "float", "bf16", "fp16")
@@ -181,6 +181,7 @@ def _precision(r: Reader, raw: Any, require_thresholds: bool = True) -> Precisio
         thresholds=tuple(t for t in thresholds if t.phase == "prefill"),
         decode_thresholds=decode_thresholds(thresholds, decode),
         lengths=lengths,
+        length_text=parse_length_text(r, raw.get("length_text"), lengths),
         positions=r.choice(raw.get("positions", "continuation"), "precision.positions", _POSITIONS),
         chat_template=r.typed(raw.get("chat_template", False), "precision.chat_template", bool),
         tie_margin=tie_margin,

@@ -290,6 +290,14 @@ CHECK_KINDS = ("qat_equivalence", "ternary_weights", "determinism", "perplexity"
 
 
 @dataclass(frozen=True)
+class LengthText:
+    """precision.length_text: the text the length prompts are cut from (repeated as needed)."""
+
+    text: str
+    source: str  # the file's name, or "precision.length_text.text": what the prompt labels name
+
+
+@dataclass(frozen=True)
 class PrecisionConfig:
     prompts: tuple[Prompt, ...]
     max_tokens: int
@@ -308,6 +316,8 @@ class PrecisionConfig:
     lengths: tuple[int, ...] = ()  # precision.lengths: prompts len-<n> of exactly n tokens (capture/lengths.py)
     reference_scoring: ReferenceScoring = "reference"
     reference_memory: ReferenceMemory = "auto"
+    # cut from this text; None: a stand-in's training stream, or capture/lengths.py's fixed text for real models
+    length_text: LengthText | None = None
 
 
 @dataclass(frozen=True)

@@ -118,6 +118,10 @@ class BitCPMConvertedStandin:
     def requires(self) -> tuple[BitCPMQATStandin]:
         return (self.qat,)
 
+    def training_pieces(self) -> list[tuple[str, ...]]:
+        """What the QAT checkpoint it converts was trained on."""
+        return self.qat.training_pieces()
+
     def key_material(self) -> dict:
         # imported here: `python -m pytest_npuprec.standins.qat_convert` must find it not yet imported
         from . import qat_convert

@@ -5,7 +5,10 @@ the checkpoint apart from BUILDER_VERSION) and ``build(out_dir, *required_dirs) 
 the checkpoint files except the manifest into the existing folder ``out_dir`` and returns facts
 for the manifest). A spec built from other stand-ins names their specs in ``requires`` (objects,
 not names; default none): the cache builds those first and passes their folders to ``build`` in
-that order, and their keys belong in the spec's key material.
+that order, and their keys belong in the spec's key material. A spec trained on text provides
+``training_pieces() -> list[tuple[str, ...]]`` (its training documents in build order, each as the
+pieces the build tokenizes apart): a stand-in's length prompts are cut from them (capture/lengths.py;
+without it, from the corpus' prose documents).
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ def _shrink(config, n_prompts=2, max_tokens=6):
     and both sides here are transformers."""
     checks = dataclasses.replace(config.precision.checks, prefix_cache=None)
     precision = dataclasses.replace(config.precision, prompts=config.precision.prompts[:n_prompts],
-                                    max_tokens=max_tokens, drift=(), checks=checks)
+                                    max_tokens=max_tokens, drift=(), checks=checks, lengths=())
     return dataclasses.replace(config, precision=precision)
 
 
