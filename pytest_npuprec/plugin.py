@@ -55,7 +55,8 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
     terminal = session.config.pluginmanager.get_plugin("terminalreporter")
     quiet = session.config.get_verbosity() < 0
-    progress.set_writer(progress.Writer(terminal) if terminal is not None and not quiet else None)
+    capture = session.config.pluginmanager.get_plugin("capturemanager")
+    progress.set_writer(progress.Writer(terminal, capture) if terminal is not None and not quiet else None)
     if options.device(session.config) == "npu":
         from .runners.environment import npu_stack_missing
 

@@ -8,30 +8,37 @@ call each then changes nothing it computes) when the output is a terminal; a bat
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any, Callable, ContextManager, Iterator, Sequence
 
 _writer: "Writer | None" = None
 
 
 class Writer:
-    """Lines (and, on a terminal, a bar redrawn in place) through pytest's terminal writer."""
+    """Lines (and, on a terminal, a bar redrawn in place) through pytest's terminal writer, with pytest's output
+    capture suspended while writing (a model runs inside a test's call, where stdout is captured)."""
 
-    def __init__(self, terminal: Any):
-        self.terminal = terminal
+    def __init__(self, terminal: Any, capture: Any = None):
+        self.terminal, self.capture = terminal, capture
         self.isatty = bool(getattr(getattr(terminal, "_tw", None), "isatty", lambda: False)())
 
+    def _uncaptured(self) -> Any:
+        disabled = getattr(self.capture, "global_and_fixture_disabled", None)
+        return disabled() if disabled is not None else nullcontext()
+
     def line(self, text: str) -> None:
-        self.terminal.write_line(text)
+        with self._uncaptured():
+            self.terminal.write_line(text)
 
     def bar(self, label: str, done: int, total: int) -> None:
         if not self.isatty:
             return
         width = 24
         filled = int(width * done / max(total, 1))
-        self.terminal.write(f"\r{label} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}", flush=True)
-        if done == total:
-            self.terminal.write("\r" + " " * (len(label) + width + 16) + "\r", flush=True)
+        with self._uncaptured():
+            self.terminal.write(f"\r{label} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}", flush=True)
+            if done == total:
+                self.terminal.write("\r" + " " * (len(label) + width + 16) + "\r", flush=True)
 
 
 def set_writer(writer: Writer | None) -> None:

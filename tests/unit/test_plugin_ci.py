@@ -262,7 +262,7 @@ def test_configs_without_precision_sections(pytester):
 def test_readme_fixture_example_runs(repo):
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    readme = (Path(__file__).resolve().parents[2] / "docs" / "configs.md").read_text(encoding="utf-8")
     section = readme[readme.index("## Writing your own precision tests"):]
     start = section.index("```python\n") + len("```python\n")
     code = section[start:section.index("```\n", start)]

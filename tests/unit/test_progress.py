@@ -102,3 +102,17 @@ def test_quiet_runs_print_no_progress(pytester):
     """)
     assert "WRITER True" in pytester.runpytest_subprocess("-s").stdout.str()
     assert "WRITER False" in pytester.runpytest_subprocess("-s", "-q").stdout.str()
+
+
+def test_progress_is_seen_while_a_test_runs_under_output_capture(pytester):
+    """A model runs inside a test's call, where pytest captures stdout: the lines must reach the terminal anyway."""
+    pytester.makepyfile("""
+        from pytest_npuprec import progress
+
+        def test_phase():
+            with progress.phase("toy", "device: start"):
+                print("CAPTURED")
+    """)
+    out = pytester.runpytest_subprocess().stdout.str()  # default capture (fd)
+    assert "npuprec: toy: device: start ..." in out and "npuprec: toy: device: start: " in out
+    assert "CAPTURED" not in out  # the test's own output stays captured
