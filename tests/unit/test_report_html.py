@@ -32,6 +32,7 @@ precision:
 
 
 def _report(tmp_path, make_capture, reference, device):
+    tmp_path.mkdir(exist_ok=True)
     (tmp_path / "Toy.yaml").write_text(CONFIG)
     config = load_config(tmp_path / "Toy.yaml")
     capture = make_capture(reference, device)
@@ -125,12 +126,16 @@ def _not_blank(png):
 
 
 @needs_browser
-def test_a_real_browser_renders_the_page_without_console_errors(failing, tmp_path):
+def test_a_real_browser_renders_the_page_without_console_errors(failing, tmp_path, make_capture, confident_logits):
     report, drawn = failing
     shot, console, run = _browse(render_html(report), tmp_path)
     assert shot.is_file(), run.stderr[-2000:]
     assert console == [], console
     assert _not_blank(shot)
+    clean, _ = _report(tmp_path / "clean-config", make_capture, confident_logits, [r.copy() for r in confident_logits])
+    assert clean["passed"]
+    shot, console, run = _browse(render_html(clean), tmp_path / "clean")
+    assert shot.is_file() and console == [] and _not_blank(shot), (console, run.stderr[-2000:])
     # the two probes can fail: a page with a script error is heard, a blank page is seen
     bad, console, _ = _browse("<!DOCTYPE html><html><body><script>undefinedCall()</script></body></html>",
                               tmp_path / "bad")
