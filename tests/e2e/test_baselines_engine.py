@@ -20,7 +20,7 @@ from pytest_npuprec.config.loader import load_config
 from pytest_npuprec.measure.thresholds import measure
 from pytest_npuprec.runners.scoring import ScoreRequest
 
-# a softmax scale off by 1 %: inside every tiny-llama bound (KL mean 3.3e-6 <= 1e-5, max |diff| 0.13 <= 0.25),
+# a softmax scale off by 1 %: inside every per-position bound of tiny-llama's prompts (KL mean 3.3e-6 <= 1e-5, max |diff| 0.13 <= 0.25),
 # outside its drift tolerance (KL mean +74 % > 50 %, relative L2 mean +50 % > 25 %); 2 % already fails max |diff|
 SMALL_FAULT = "attention_scale=1.01"
 NO_MODEL_CONFTEST = """
@@ -95,7 +95,9 @@ def test_update_then_baseline_equals_live_and_drift_catches_a_small_fault(run_su
     out = result.stdout.str()
     assert result.ret == pytest.ExitCode.TESTS_FAILED, out[-3000:]
     failed = set(re.findall(r"FAILED .*test_precision\[tiny-llama-([\w-]+)\]", out))
-    assert failed == drift_ids, (failed, out[-3000:])
+    # prefix_cache judges 256-token-prefix prompts on KL bounds of their own, where a 1 % scale error grows with the
+    # context (measured: it fails there too); every per-position bound of the model's own prompts holds
+    assert failed - {"prefix_cache"} == drift_ids, (failed, out[-3000:])
     report = json.loads((report_dir / "tiny-llama.json").read_text())
     assert report["run"]["reference_source"]["source"] == "baseline"
     assert report["run"]["reference"]["source"] == "baseline" and report["run"]["timings"]["reference_s"] < 5

@@ -22,5 +22,5 @@ def test_prefix_only_fault_fails_prefix_cache_alone(run_suite, failed_checks):
     assert set(cached) == {"prefix-p1", "prefix-chat-france"} and min(cached.values()) >= 128, cached
     assert re.search(r"tiny-llama: prefix_cache: 2 prompts after a shared prefix, scored warm \(prefix from the cache\) "
                      r"vs cold and vs reference: FAILED: warm vs cold: logits max \|diff\| [\d.]+ misses max \|diff\| "
-                     r"<= 0.25 at prompt prefix-\S+ position \d+", out)
+                     r"<= [\d.]+ at prompt prefix-\S+ position \d+", out)
     assert "warm vs reference: kl_divergence mean = " in out

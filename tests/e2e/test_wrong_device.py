@@ -67,7 +67,7 @@ def test_clean_device_passes_and_writes_the_report(run_suite, pytester, tmp_path
     drift = {"drift-kl_divergence", "drift-relative_l2"}
     decode = {f"{c}-decode" for c in LOGIT_CHECKS}  # the same bounds on the device's own decode steps
     assert {c["check"] for c in report["checks"]} == \
-        ALL_METRIC_CHECKS | decode | {"finite_logits", "batch_invariance"} | drift
+        ALL_METRIC_CHECKS | decode | {"finite_logits", "batch_invariance", "prefix_cache"} | drift
 
     # a clean repeat on the committed baseline and device record: the reference replayed, drift green
     assert report["run"]["reference_source"]["source"] == "baseline", report["run"]["reference_source"]
