@@ -56,12 +56,8 @@ def _torch_dtype(name: str) -> Any:
     return dtype
 
 
-def read_tensor(path: Path, key: str, headers: dict[Path, tuple[dict, int]]) -> Any:
-    """One tensor of a safetensors file in memory of its own, floating point upcast to FP32 (exactly, as
-    from_pretrained(dtype=float32) does). Read in chunks of READ_CHUNK bytes straight into the FP32 tensor, so a
-    4 GB embedding matrix in FP32 does not also hold its 2 GB of BF16 (headers: a cache of parsed headers)."""
-    import torch
-
+def _tensor_info(path: Path, key: str, headers: dict[Path, tuple[dict, int]]) -> tuple[dict, int, Any]:
+    """(header entry, offset of the data, stored torch dtype) of one tensor (headers: a cache of parsed headers)."""
     from ..checkpoints.tensors import _header
 
     if path not in headers:
@@ -70,23 +66,67 @@ def read_tensor(path: Path, key: str, headers: dict[Path, tuple[dict, int]]) -> 
     info = header.get(key)
     if info is None:
         raise StreamError(f"{path}: no tensor {key} (the index names this file for it)")
-    start, end = info["data_offsets"]
     stored = _torch_dtype(info["dtype"])
-    out = torch.empty(info["shape"], dtype=torch.float32 if stored.is_floating_point else stored)
-    itemsize = torch.empty(0, dtype=stored).element_size()
-    if out.numel() * itemsize != end - start:
+    start, end = info["data_offsets"]
+    count = 1
+    for d in info["shape"]:
+        count *= d
+    if count * _itemsize(stored) != end - start:
         raise StreamError(f"{path}: tensor {key}: {end - start} bytes for shape {info['shape']} of {info['dtype']}")
-    flat, step = out.view(-1), max(1, READ_CHUNK // itemsize)
-    buffer = bytearray(min(step, out.numel()) * itemsize)
+    return info, offset + start, stored
+
+
+def _itemsize(dtype: Any) -> int:
+    import torch
+
+    return torch.empty(0, dtype=dtype).element_size()
+
+
+def _read_into(fh: Any, flat: Any, stored: Any, where: str) -> None:
+    """Fill `flat` (1-D) from the file's current position, READ_CHUNK bytes at a time, upcast on the copy."""
+    import torch
+
+    itemsize = _itemsize(stored)
+    step = max(1, READ_CHUNK // itemsize)
+    buffer = bytearray(min(step, flat.numel()) * itemsize)
+    for first in range(0, flat.numel(), step):
+        count = min(step, flat.numel() - first)
+        view = memoryview(buffer)[: count * itemsize]
+        if fh.readinto(view) != len(view):
+            raise StreamError(f"{where}: truncated, the tensor runs past the end of the file")
+        flat[first:first + count].copy_(torch.frombuffer(view, dtype=stored))
+
+
+def read_tensor(path: Path, key: str, headers: dict[Path, tuple[dict, int]], rows: tuple[int, int] | None = None) -> Any:
+    """One tensor of a safetensors file (or its rows [first, last) of the first dimension) in memory of its own,
+    floating point upcast to FP32 (exactly, as from_pretrained(dtype=float32) does). Read in chunks of READ_CHUNK
+    bytes straight into the FP32 tensor, so a 4 GB embedding matrix in FP32 does not also hold its 2 GB of BF16,
+    and never memory-mapped: a mapped shard's pages count in the process's RSS for as long as it stays mapped."""
+    import torch
+
+    info, data, stored = _tensor_info(path, key, headers)
+    shape = list(info["shape"])
+    skip = 0
+    if rows is not None:
+        row_items = 1
+        for d in shape[1:]:
+            row_items *= d
+        skip, shape[0] = rows[0] * row_items * _itemsize(stored), rows[1] - rows[0]
+    out = torch.empty(shape, dtype=torch.float32 if stored.is_floating_point else stored)
     with open(path, "rb") as fh:
-        fh.seek(offset + start)
-        for first in range(0, out.numel(), step):
-            count = min(step, out.numel() - first)
-            view = memoryview(buffer)[: count * itemsize]
-            if fh.readinto(view) != len(view):
-                raise StreamError(f"{path}: truncated, tensor {key} runs past the end of the file")
-            flat[first:first + count].copy_(torch.frombuffer(view, dtype=stored))
+        fh.seek(data + skip)
+        _read_into(fh, out.view(-1), stored, f"{path}: tensor {key}")
     return out
+
+
+def read_rows_into(out: Any, path: Path, key: str, rows: list[int], headers: dict[Path, tuple[dict, int]]) -> None:
+    """Rows `rows` of a 2-D tensor into the same rows of `out` (FP32, the tensor's full shape)."""
+    info, data, stored = _tensor_info(path, key, headers)
+    row_bytes = info["shape"][1] * _itemsize(stored)
+    with open(path, "rb") as fh:
+        for row in rows:
+            fh.seek(data + row * row_bytes)
+            _read_into(fh, out[row], stored, f"{path}: tensor {key}")
 
 
 @contextlib.contextmanager
@@ -153,29 +193,70 @@ def _return_freed_memory() -> None:
         _LIBC.malloc_trim(0)
 
 
+CHUNK_BYTES = 128 << 20  # a Linear whose FP32 weight is larger is read and applied this many bytes of rows at a time
+
+
 class Unit:
-    """One module whose parameters are loaded together: name -> (the module owning it, attribute, tensor key)."""
+    """One module whose parameters are loaded together: (the module owning each, attribute, tensor key).
+    kind "whole": all of them before the module runs; "rows": an embedding matrix of which only the rows of the
+    token ids looked up are read (the rest stays untouched, never resident); "chunks": a Linear applied a block of
+    output rows at a time (its forward replaced), each block read once for every sequence."""
 
     def __init__(self, label: str, module: Any):
         self.label, self.module = label, module
         self.params: list[tuple[Any, str, str]] = []
+        self.kind = "whole"
         self.loaded = False
         self.calls = 0
+        self.rows: set[int] = set()  # "rows": the rows read so far
+        self.blocks: list[tuple[int, int]] = []  # "chunks": [first, last) output rows of each block
+        self.block: tuple[int, Any, Any] | None = None  # "chunks": (index, weight rows, bias rows) held now
+        self.block_calls: dict[int, int] = {}
+
+
+class _Alone:
+    """The pace of one sequence at a time (no lockstep): every unit is freed after each call."""
+
+    sequences = 1
+
+    def after_unit(self) -> None:
+        pass
+
+
+def _is_leaf(module: Any) -> bool:
+    return next(module.children(), None) is None
+
+
+def _splittable(child: Any) -> bool:
+    """A layer child whose parameters all sit in leaf modules (Linear, norms), each called once by its forward:
+    each such leaf can be a unit of its own. MoE blocks (experts modules with an activation child, expert lists)
+    stay whole."""
+    from torch import nn
+
+    if any(isinstance(m, (nn.ModuleList, nn.ModuleDict)) for m in child.modules()):
+        return False
+    return all(_is_leaf(m) for m in child.modules() if any(True for _ in m.parameters(recurse=False)))
 
 
 class StreamedModel:
-    """The model skeleton and its units; `load(unit)` / `free(unit)` move one unit's weights in and out."""
+    """The model skeleton and its units, loaded before and freed after each runs (`attach()`): a unit is freed
+    once `pace.sequences` calls have run through it, and `pace.after_unit()` is called after each unit (and each
+    block of a chunked Linear) so that sequences run in lockstep (lockstep.py)."""
 
-    def __init__(self, folder: Path, trust_remote_code: bool = False):
+    def __init__(self, folder: Path, trust_remote_code: bool = False, pace: Any = None,
+                 chunk_bytes: int | None = None):
         import torch
-        from transformers import AutoConfig, AutoModelForCausalLM
+        from transformers import AutoConfig
 
         self.folder = Path(folder)
         self.files = weight_map(self.folder)
+        self.pace = pace or _Alone()
+        self.chunk_bytes = CHUNK_BYTES if chunk_bytes is None else chunk_bytes
         _map_large_blocks()
         config = AutoConfig.from_pretrained(str(self.folder), trust_remote_code=trust_remote_code)
         with _params_on_meta():
-            model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, trust_remote_code=trust_remote_code)
+            model = _model_class(self.folder, config, trust_remote_code).from_config(
+                config, dtype=torch.float32, trust_remote_code=trust_remote_code)
         self.model = model.eval()
         self.model.tie_weights()
         if (self.folder / "generation_config.json").is_file():  # what from_pretrained reads too (eos, pad ids)
@@ -183,13 +264,15 @@ class StreamedModel:
 
             self.model.generation_config = GenerationConfig.from_pretrained(str(self.folder))
         self.units = self._units()
-        self.bytes_read = 0
+        self.bytes_read = 0  # whole units and blocks
+        self.row_bytes_read = 0  # rows of embedding matrices
         self._headers: dict[Path, tuple[dict, int]] = {}
 
     def _units(self) -> list[Unit]:
-        """Each decoder layer's children (attention, MLP or MoE block with its experts, norms) and the layer's own
-        parameters, or the whole layer when a child is a bare container (a ModuleList of experts called by the
-        layer itself, whose hooks would never run); outside the layers, each module owning parameters."""
+        """Each decoder layer's children (attention, MLP, norms; a child of leaves only split into its leaves:
+        q/k/v/o, gate/up/down) or the MoE block with its experts whole, and the layer's own parameters; the whole
+        layer when a child is a bare container (a ModuleList of experts called by the layer itself, whose hooks
+        would never run); outside the layers, each module owning parameters."""
         from torch import nn
 
         layers = decoder_layers(self.model)
@@ -204,9 +287,15 @@ class StreamedModel:
                 continue
             owner_of[id(layer)] = whole
             for name, child in children:
-                unit = Unit(f"layer {i}.{name}", child)
-                units.append(unit)
-                owner_of.update({id(sub): unit for sub in child.modules()})
+                if not _splittable(child):
+                    unit = Unit(f"layer {i}.{name}", child)
+                    units.append(unit)
+                    owner_of.update({id(sub): unit for sub in child.modules()})
+                    continue
+                for sub_name, sub in child.named_modules():
+                    if any(True for _ in sub.parameters(recurse=False)):
+                        units.append(Unit(f"layer {i}.{name}{'.' if sub_name else ''}{sub_name}", sub))
+                        owner_of[id(sub)] = units[-1]
         inside = {id(sub) for layer in layers for sub in layer.modules()}
         for name, module in self.model.named_modules():
             if id(module) not in inside and any(True for _ in module.parameters(recurse=False)):
@@ -230,40 +319,142 @@ class StreamedModel:
             raise StreamError(f"{self.folder}: no tensor for parameter(s) {', '.join(missing[:5])}"
                               f"{' ...' if len(missing) > 5 else ''} in the safetensors files; the streamed reference "
                               "reads each parameter by its own name (use reference_memory: in_memory)")
-        return [u for u in units if u.params]
+        units = [u for u in units if u.params]
+        for unit in units:
+            self._choose_kind(unit)
+        return units
+
+    def _choose_kind(self, unit: Unit) -> None:
+        """Rows for a plain embedding (its forward reads only the rows looked up), chunks for a plain Linear above
+        chunk_bytes in FP32 (each output row is its own dot product); subclasses (remote code, QAT layers that
+        quantize the whole weight) stay whole."""
+        from torch import nn
+
+        module, attrs = unit.module, sorted(attr for m, attr, _ in unit.params if m is unit.module)
+        if len(attrs) != len(unit.params):
+            return
+        if type(module).forward is nn.Embedding.forward and attrs == ["weight"] and module.max_norm is None:
+            unit.kind = "rows"
+        elif type(module) is nn.Linear and attrs in (["weight"], ["bias", "weight"]) \
+                and module.weight.numel() * 4 > self.chunk_bytes:
+            out_rows, in_features = module.weight.shape
+            count = -(-module.weight.numel() * 4 // self.chunk_bytes)
+            step = -(-out_rows // count)
+            unit.kind, unit.blocks = "chunks", [(lo, min(lo + step, out_rows)) for lo in range(0, out_rows, step)]
 
     def load(self, unit: Unit) -> None:
-        """Read the unit's tensors from their shards, floating ones upcast to FP32. Read, not mapped: pages of a
-        mapped shard count in the process's RSS for as long as it stays mapped (a whole layer's BF16 on top of its
-        FP32 copy)."""
+        """Read a whole unit's tensors from their shards, floating ones upcast to FP32; a rows unit gets its
+        matrix allocated untouched (only the rows read later become resident)."""
         import torch
 
         for module, attr, key in unit.params:
-            tensor = read_tensor(self.files[key], key, self._headers)
-            self.bytes_read += tensor.numel() * tensor.element_size()
+            if unit.kind == "rows":
+                tensor = torch.empty(tuple(getattr(module, attr).shape), dtype=torch.float32)
+            else:
+                tensor = read_tensor(self.files[key], key, self._headers)
+                self.bytes_read += tensor.numel() * tensor.element_size()
             module._parameters[attr] = torch.nn.Parameter(tensor, requires_grad=False)
         unit.loaded = True
+
+    def read_rows(self, unit: Unit, ids: Any) -> None:
+        """The rows of the token ids `ids` not read yet, into the loaded rows unit."""
+        wanted = sorted({int(i) for i in ids.reshape(-1).tolist()} - unit.rows)
+        if not wanted:
+            return
+        module, attr, key = unit.params[0]
+        read_rows_into(getattr(module, attr).data, self.files[key], key, wanted, self._headers)
+        unit.rows.update(wanted)
+        self.row_bytes_read += len(wanted) * getattr(module, attr).shape[1] * 4
 
     def free(self, unit: Unit) -> None:
         import torch
 
-        for module, attr, _ in unit.params:
-            module._parameters[attr] = torch.nn.Parameter(module._parameters[attr].to("meta"), requires_grad=False)
-        unit.loaded = False
+        if unit.kind != "chunks":
+            for module, attr, _ in unit.params:
+                module._parameters[attr] = torch.nn.Parameter(module._parameters[attr].to("meta"), requires_grad=False)
+        unit.loaded, unit.rows, unit.block = False, set(), None
         _return_freed_memory()
 
-    def hook(self, before: Callable[[Unit], None], after: Callable[[Unit], None]) -> Callable[[], None]:
-        """Call before(unit) / after(unit) around each unit's forward; returns the function removing the hooks."""
+    def _block(self, unit: Unit, index: int) -> tuple[Any, Any]:
+        """Weight (and bias) rows of block `index` of a chunked Linear, read when not held already."""
+        if unit.block is None or unit.block[0] != index:
+            unit.block = None
+            _return_freed_memory()
+            keys = {attr: key for _, attr, key in unit.params}
+            rows = unit.blocks[index]
+            weight = read_tensor(self.files[keys["weight"]], keys["weight"], self._headers, rows)
+            bias = read_tensor(self.files[keys["bias"]], keys["bias"], self._headers, rows) if "bias" in keys else None
+            self.bytes_read += 4 * (weight.numel() + (bias.numel() if bias is not None else 0))
+            unit.block = (index, weight, bias)
+        return unit.block[1], unit.block[2]
+
+    def _chunked_forward(self, unit: Unit, input: Any) -> Any:  # noqa: A002 (nn.Linear's argument name)
+        import torch
+        import torch.nn.functional as F
+
+        outputs = []
+        for index in range(len(unit.blocks)):
+            weight, bias = self._block(unit, index)
+            outputs.append(F.linear(input, weight, bias))
+            unit.block_calls[index] = unit.block_calls.get(index, 0) + 1
+            if unit.block_calls[index] % self.pace.sequences == 0:  # every sequence has applied this block
+                unit.block = None
+                _return_freed_memory()
+            self.pace.after_unit()
+        return torch.cat(outputs, dim=-1)
+
+    def _before(self, unit: Unit, args: tuple, kwargs: dict) -> None:
+        if unit.kind == "chunks":
+            return
+        if not unit.loaded:
+            self.load(unit)
+        if unit.kind == "rows":
+            self.read_rows(unit, args[0] if args else kwargs["input"])
+
+    def _after(self, unit: Unit) -> None:
+        unit.calls += 1
+        if unit.calls % self.pace.sequences == 0:  # every sequence has run through it
+            self.free(unit)
+        self.pace.after_unit()
+
+    def attach(self) -> Callable[[], None]:
+        """Load / free each unit around its forward (chunked Linears get their own forward); returns the function
+        undoing it."""
         handles = []
         for unit in self.units:
-            handles.append(unit.module.register_forward_pre_hook(lambda m, a, u=unit: before(u)))
-            handles.append(unit.module.register_forward_hook(lambda m, a, o, u=unit: after(u)))
-        return lambda: [h.remove() for h in handles]
+            handles.append(unit.module.register_forward_pre_hook(
+                lambda m, a, k, u=unit: self._before(u, a, k), with_kwargs=True))
+            handles.append(unit.module.register_forward_hook(lambda m, a, o, u=unit: self._after(u)))
+            if unit.kind == "chunks":
+                unit.module.forward = lambda input, u=unit: self._chunked_forward(u, input)
+
+        def detach() -> None:
+            for handle in handles:
+                handle.remove()
+            for unit in self.units:
+                unit.module.__dict__.pop("forward", None)
+
+        return detach
+
+    def reset(self) -> None:
+        """Before a call over new sequences: no counts, nothing held."""
+        for unit in self.units:
+            unit.calls, unit.block_calls = 0, {}
+            if unit.loaded or unit.block is not None:
+                self.free(unit)
 
     def fp32_bytes(self) -> int:
         """The model's parameters in FP32 (tied ones once)."""
         return sum(p.numel() * 4 for p in {id(p): p for p in self.model.parameters()}.values())
 
     def pass_bytes(self) -> int:
-        """What one pass reads: every unit's parameters in FP32 (a tied embedding twice, as input and as lm_head)."""
-        return sum(getattr(module, attr).numel() * 4 for unit in self.units for module, attr, _ in unit.params)
+        """What one pass reads apart from embedding rows: every other unit's parameters in FP32 (a tied embedding
+        as lm_head)."""
+        return sum(getattr(module, attr).numel() * 4 for unit in self.units if unit.kind != "rows"
+                   for module, attr, _ in unit.params)
+
+
+def _model_class(folder: Path, config: Any, trust_remote_code: bool) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM

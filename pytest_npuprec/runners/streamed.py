@@ -9,7 +9,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from .layer_stream import StreamedModel, Unit
+from . import decoding
+from .layer_stream import StreamedModel
 from .lockstep import Lockstep
 from .reference import TransformersRunner
 from .scoring import ScoreRequest
@@ -30,9 +31,10 @@ class StreamedRunner(TransformersRunner):
         import torch
 
         started = time.perf_counter()
-        self.streamed = StreamedModel(self.model_path, self.trust_remote_code)
+        self.streamed = StreamedModel(self.model_path, self.trust_remote_code, pace=self._lockstep)
         self.model = self.streamed.model
-        self._unhook = self.streamed.hook(self._before, self._after)
+        self._unhook = self.streamed.attach()
+        self._eos = decoding.eos_ids(self.model.generation_config.eos_token_id, self._tokenizer_eos())
         self.info = {"platform": "cpu", "dtype": "float32", "model_class": type(self.model).__name__,
                      "threads": torch.get_num_threads(), "memory": "streamed", "units": len(self.streamed.units),
                      "fp32_weight_bytes": self.streamed.fp32_bytes(), "pass_bytes": self.streamed.pass_bytes(),
@@ -43,40 +45,22 @@ class StreamedRunner(TransformersRunner):
         if self._unhook is not None:
             self._unhook()
         if self.streamed is not None:
-            self.info["bytes_read"] = self.streamed.bytes_read
+            self.info.update(bytes_read=self.streamed.bytes_read, row_bytes_read=self.streamed.row_bytes_read)
         self.streamed, self.model, self._unhook = None, None, None
         gc.collect()
-
-    def _before(self, unit: Unit) -> None:
-        assert self.streamed is not None
-        if not unit.loaded:
-            self.streamed.load(unit)
-
-    def _after(self, unit: Unit) -> None:
-        assert self.streamed is not None
-        unit.calls += 1
-        if unit.calls % self._lockstep.sequences == 0:  # every sequence has run through it
-            self.streamed.free(unit)
-        self._lockstep.after_unit()
 
     def score(self, requests: Sequence[ScoreRequest]) -> None:
         """All sequences in one pass over the weights, each computed alone (as the in-memory runner does)."""
         assert self.streamed is not None
-        for unit in self.streamed.units:
-            unit.calls = 0
+        self.streamed.reset()
         try:
             self._lockstep.run([lambda r=request: self._score_one(r) for request in requests])
         finally:
-            self._free_all()
+            self.streamed.reset()
 
     def generate(self, prompts: Sequence[Sequence[int]], max_tokens: int, **media: Any) -> list[tuple[int, ...]]:
         try:
             return super().generate(prompts, max_tokens, **media)
         finally:
-            self._free_all()
-
-    def _free_all(self) -> None:
-        assert self.streamed is not None
-        for unit in self.streamed.units:
-            if unit.loaded:
-                self.streamed.free(unit)
+            assert self.streamed is not None
+            self.streamed.reset()

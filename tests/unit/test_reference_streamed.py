@@ -30,7 +30,9 @@ def _run(runner, sequences, folder: Path, tag: str):
     requests = [ScoreRequest(s, tuple(range(len(s))), folder / f"{tag}-{i}.npy") for i, s in enumerate(sequences)]
     with runner as ref:
         ref.score(requests)
-        after_score = dict(ref.info, bytes_read=getattr(getattr(ref, "streamed", None), "bytes_read", None))
+        streamed = getattr(ref, "streamed", None)
+        after_score = dict(ref.info, bytes_read=getattr(streamed, "bytes_read", None),
+                           row_bytes_read=getattr(streamed, "row_bytes_read", None))
         tokens = ref.generate([sequences[0]], 3)
     return [np.load(r.out) for r in requests], tokens, after_score
 
@@ -60,7 +62,9 @@ def test_streamed_reference_gives_the_in_memory_logits(name, standin, tmp_path):
     assert max(rel_diff(a, b) for a, b in zip(memory, streamed)) <= REL_TOL
     assert streamed_tokens == memory_tokens and len(memory_tokens[0]) >= 1
     assert info["memory"] == "streamed" and info["bytes_read"] == info["pass_bytes"]  # one pass for 3 sequences
-    assert info["pass_bytes"] == info["fp32_weight_bytes"] + (vocab * hidden_of(path) * 4 if tied(path) else 0)
+    embedding = vocab * hidden_of(path) * 4  # read by rows: only those of the tokens looked up
+    assert info["pass_bytes"] == info["fp32_weight_bytes"] - (0 if tied(path) else embedding)
+    assert info["row_bytes_read"] == len({t for s in sequences for t in s}) * hidden_of(path) * 4
 
 
 def test_lockstep_runs_every_sequence_through_a_unit_before_the_next():
