@@ -394,8 +394,8 @@ class StreamedModel:
 
         outputs = []
         for index in range(len(unit.blocks)):
-            weight, bias = self._block(unit, index)
-            outputs.append(F.linear(input, weight, bias))
+            # no local name for the block: a sequence waiting for its turn would keep it alive past its free
+            outputs.append(F.linear(input, *self._block(unit, index)))
             unit.block_calls[index] = unit.block_calls.get(index, 0) + 1
             if unit.block_calls[index] % self.pace.sequences == 0:  # every sequence has applied this block
                 unit.block = None
