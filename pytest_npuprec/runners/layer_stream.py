@@ -119,6 +119,25 @@ def read_tensor(path: Path, key: str, headers: dict[Path, tuple[dict, int]], row
     return out
 
 
+def read_experts(shape: Any, files: dict[str, Path], keys: list[list[str]], headers: dict[Path, tuple[dict, int]]) -> Any:
+    """A fused experts parameter [experts x ...] in FP32: expert e is keys[e]'s tensors concatenated along their
+    first dimension (gate then up: transformers' MergeModulelist + Concatenate), each read straight into its
+    place."""
+    import torch
+
+    out = torch.empty(tuple(shape), dtype=torch.float32)
+    for expert, parts in enumerate(keys):
+        first = 0
+        for key in parts:
+            info, data, stored = _tensor_info(files[key], key, headers)
+            rows = info["shape"][0]
+            with open(files[key], "rb") as fh:
+                fh.seek(data)
+                _read_into(fh, out[expert, first:first + rows].view(-1), stored, f"{files[key]}: tensor {key}")
+            first += rows
+    return out
+
+
 def read_rows_into(out: Any, path: Path, key: str, rows: list[int], headers: dict[Path, tuple[dict, int]]) -> None:
     """Rows `rows` of a 2-D tensor into the same rows of `out` (FP32, the tensor's full shape)."""
     info, data, stored = _tensor_info(path, key, headers)
@@ -204,7 +223,7 @@ class Unit:
 
     def __init__(self, label: str, module: Any):
         self.label, self.module = label, module
-        self.params: list[tuple[Any, str, str]] = []
+        self.params: list[tuple[Any, str, Any]] = []  # key: a tensor name, or per-expert names (read_experts)
         self.kind = "whole"
         self.loaded = False
         self.calls = 0
@@ -263,10 +282,11 @@ class StreamedModel:
             from transformers import GenerationConfig
 
             self.model.generation_config = GenerationConfig.from_pretrained(str(self.folder))
+        self._headers: dict[Path, tuple[dict, int]] = {}
         self.units = self._units()
+        self.model.npuprec_stored_parameter = self.stored_parameter
         self.bytes_read = 0  # whole units and blocks
         self.row_bytes_read = 0  # rows of embedding matrices
-        self._headers: dict[Path, tuple[dict, int]] = {}
 
     def _units(self) -> list[Unit]:
         """Each decoder layer's children (attention, MLP, norms; a child of leaves only split into its leaves:
@@ -302,15 +322,16 @@ class StreamedModel:
                 units.append(Unit(name, module))
                 owner_of[id(module)] = units[-1]
         missing = []
+        renamed = _renamed_keys(self.model, self.files)
         tensors_of: dict[int, str] = {}  # id(parameter) -> a checkpoint key holding it (tied parameters share one)
         names = list(self.model.named_parameters(remove_duplicate=False))
         for name, param in names:
-            if name in self.files:
-                tensors_of.setdefault(id(param), name)
+            if name in renamed:
+                tensors_of.setdefault(id(param), renamed[name])
         for name, param in names:
             module_name, _, attr = name.rpartition(".")
             module = self.model.get_submodule(module_name)
-            key = name if name in self.files else tensors_of.get(id(param))
+            key = tensors_of.get(id(param)) or self._expert_keys(name, param.shape)
             if key is None:
                 missing.append(name)
                 continue
@@ -323,6 +344,34 @@ class StreamedModel:
         for unit in units:
             self._choose_kind(unit)
         return units
+
+    def _expert_keys(self, name: str, shape: Any) -> list[list[str]] | None:
+        """The per-expert checkpoint tensors a fused experts parameter (`...experts.gate_up_proj` [E x 2I x H],
+        `...experts.down_proj` [E x H x I]) is built from, as transformers converts them on load; None when the
+        checkpoint does not hold them in exactly that layout."""
+        prefix, _, attr = name.rpartition(".")
+        parts = {"gate_up_proj": ("gate_proj", "up_proj"), "down_proj": ("down_proj",)}.get(attr)
+        if parts is None or not prefix.endswith("experts") or len(shape) != 3:
+            return None
+        keys = [[f"{prefix}.{e}.{part}.weight" for part in parts] for e in range(shape[0])]
+        if any(key not in self.files for row in keys for key in row):
+            return None
+        for row in keys:
+            shapes = [_tensor_info(self.files[key], key, self._headers)[0]["shape"] for key in row]
+            if [sum(s[0] for s in shapes), *shapes[0][1:]] != list(shape[1:]) or any(s[1:] != shapes[0][1:] for s in shapes):
+                return None
+        return keys
+
+    def stored_parameter(self, name: str) -> Any:
+        """One parameter's value read from the checkpoint in FP32, whether its unit is loaded or not (for checks on
+        the weights after a forward, e.g. the routing tap's correction bias)."""
+        for unit in self.units:
+            for module, attr, key in unit.params:
+                if module is self.model.get_submodule(name.rpartition(".")[0]) and attr == name.rpartition(".")[2]:
+                    if isinstance(key, list):
+                        return read_experts(getattr(module, attr).shape, self.files, key, self._headers)
+                    return read_tensor(self.files[key], key, self._headers)
+        raise StreamError(f"{self.folder}: no parameter {name} in the streamed model")
 
     def _choose_kind(self, unit: Unit) -> None:
         """Rows for a plain embedding (its forward reads only the rows looked up), chunks for a plain Linear above
@@ -350,6 +399,9 @@ class StreamedModel:
         for module, attr, key in unit.params:
             if unit.kind == "rows":
                 tensor = torch.empty(tuple(getattr(module, attr).shape), dtype=torch.float32)
+            elif isinstance(key, list):
+                tensor = read_experts(getattr(module, attr).shape, self.files, key, self._headers)
+                self.bytes_read += tensor.numel() * tensor.element_size()
             else:
                 tensor = read_tensor(self.files[key], key, self._headers)
                 self.bytes_read += tensor.numel() * tensor.element_size()
@@ -452,6 +504,24 @@ class StreamedModel:
         as lm_head)."""
         return sum(getattr(module, attr).numel() * 4 for unit in self.units if unit.kind != "rows"
                    for module, attr, _ in unit.params)
+
+
+def _renamed_keys(model: Any, files: dict[str, Path]) -> dict[str, str]:
+    """parameter name -> checkpoint key: each key as named, or as transformers' own renamings for the model
+    (its checkpoint conversion mapping, applied on load: e.g. ERNIE-4.5's mlp.moe_statics -> mlp.gate.moe_statics)
+    rename it. Merging converters (fused experts) are read_experts' part."""
+    names = {key: key for key in files}
+    try:
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import WeightRenaming, rename_source_key
+
+        renamings = [t for t in get_model_conversion_mapping(model) if isinstance(t, WeightRenaming)]
+    except (ImportError, AttributeError, TypeError):  # a transformers without conversion mappings: names as stored
+        return names
+    if renamings:
+        for key in files:
+            names.setdefault(rename_source_key(key, renamings, [])[0], key)
+    return names
 
 
 def _model_class(folder: Path, config: Any, trust_remote_code: bool) -> Any:
