@@ -171,11 +171,13 @@ def _params_on_meta() -> Iterator[None]:
 
 
 def decoder_layers(model: Any) -> Any:
-    """The model's largest ModuleList of one repeated module class: its decoder layers."""
+    """The model's largest ModuleList of one repeated module class outside a vision tower: its decoder layers."""
     from torch import nn
 
     best = None
-    for module in model.modules():
+    for name, module in model.named_modules():
+        if _in_vision_tower(name):
+            continue
         if isinstance(module, nn.ModuleList) and len(module) and len({type(m) for m in module}) == 1:
             if best is None or len(module) > len(best):
                 best = module
@@ -227,6 +229,9 @@ class Unit:
         self.kind = "whole"
         self.loaded = False
         self.calls = 0
+        # a vision tower's: run only by the sequences with images, so freed after each call (read once per such
+        # sequence) rather than after every sequence has run it
+        self.alone = False
         self.rows: set[int] = set()  # "rows": the rows read so far
         self.blocks: list[tuple[int, int]] = []  # "chunks": [first, last) output rows of each block
         self.block: tuple[int, Any, Any] | None = None  # "chunks": (index, weight rows, bias rows) held now
@@ -274,7 +279,7 @@ class StreamedModel:
         _map_large_blocks()
         config = AutoConfig.from_pretrained(str(self.folder), trust_remote_code=trust_remote_code)
         with _params_on_meta():
-            model = _model_class(self.folder, config, trust_remote_code).from_config(
+            model = _model_class(self.folder).from_config(
                 config, dtype=torch.float32, trust_remote_code=trust_remote_code)
         self.model = model.eval()
         self.model.tie_weights()
@@ -320,6 +325,7 @@ class StreamedModel:
         for name, module in self.model.named_modules():
             if id(module) not in inside and any(True for _ in module.parameters(recurse=False)):
                 units.append(Unit(name, module))
+                units[-1].alone = _in_vision_tower(name)
                 owner_of[id(module)] = units[-1]
         missing = []
         renamed = _renamed_keys(self.model, self.files)
@@ -465,7 +471,7 @@ class StreamedModel:
 
     def _after(self, unit: Unit) -> None:
         unit.calls += 1
-        if unit.calls % self.pace.sequences == 0:  # every sequence has run through it
+        if unit.alone or unit.calls % self.pace.sequences == 0:  # every sequence has run through it
             self.free(unit)
         self.pace.after_unit()
 
@@ -524,7 +530,17 @@ def _renamed_keys(model: Any, files: dict[str, Path]) -> dict[str, str]:
     return names
 
 
-def _model_class(folder: Path, config: Any, trust_remote_code: bool) -> Any:
-    from transformers import AutoModelForCausalLM
+def _model_class(folder: Path) -> Any:
+    """The auto class the in-memory reference loads the checkpoint with (runners/reference.py)."""
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
-    return AutoModelForCausalLM
+    from .reference_media import is_vision_language
+
+    return AutoModelForImageTextToText if is_vision_language(folder) else AutoModelForCausalLM
+
+
+VISION_PARTS = frozenset({"visual", "vision_tower", "vision_model", "vision"})
+
+
+def _in_vision_tower(name: str) -> bool:
+    return not VISION_PARTS.isdisjoint(name.split("."))

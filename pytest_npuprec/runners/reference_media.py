@@ -15,11 +15,13 @@ def is_vision_language(model_path: Path) -> bool:
 
 
 def load_model_and_processor(model_path: Path, dtype: Any, trust_remote_code: bool) -> tuple[Any, Any]:
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoModelForImageTextToText
+
+    from ..capture.multimodal import load_processor
 
     model = AutoModelForImageTextToText.from_pretrained(str(model_path), dtype=dtype,
                                                         trust_remote_code=trust_remote_code).eval()
-    return model, AutoProcessor.from_pretrained(str(model_path), trust_remote_code=trust_remote_code)
+    return model, load_processor(model_path, trust_remote_code)
 
 
 def vision_inputs(model: Any, processor: Any, ids: Any, images: Sequence[Any]) -> dict[str, Any]:

@@ -9,7 +9,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from . import decoding
+from ..capture.multimodal import load_processor
+from . import decoding, reference_media
 from .layer_stream import StreamedModel
 from .lockstep import Lockstep
 from .reference import TransformersRunner
@@ -33,6 +34,8 @@ class StreamedRunner(TransformersRunner):
         started = time.perf_counter()
         self.streamed = StreamedModel(self.model_path, self.trust_remote_code, pace=self._lockstep)
         self.model = self.streamed.model
+        if reference_media.is_vision_language(self.model_path):
+            self.processor = load_processor(self.model_path, self.trust_remote_code)
         self._unhook = self.streamed.attach()
         self._eos = decoding.eos_ids(self.model.generation_config.eos_token_id, self._tokenizer_eos())
         self.info = {"platform": "cpu", "dtype": "float32", "model_class": type(self.model).__name__,
