@@ -167,3 +167,90 @@ def test_a_model_larger_than_the_memory_cap_is_referenced_within_it(tmp_path):
     assert streamed["grown"] <= cap, streamed
     for i in range(2):
         assert rel_diff(np.load(tmp_path / "memory" / f"{i}.npy"), np.load(tmp_path / "streamed" / f"{i}.npy")) <= REL_TOL
+
+
+@pytest.mark.parametrize("name", ("tiny-Qwen3-30B-A3B", "tiny-ERNIE-4.5-21B-A3B"))
+def test_moe_experts_stream_with_their_layer_and_route_the_same(name, standin, tmp_path):
+    """The fused experts parameters transformers builds on load (experts.gate_up_proj, experts.down_proj) read
+    expert by expert from the checkpoint's per-expert tensors, ERNIE's moe_statics found under transformers' own
+    renaming: the same logits and greedy tokens, router logits identical (the routing tap), and the whole MoE
+    block (router and every expert) one unit read once for all sequences."""
+    from pytest_npuprec.runners.reference import TransformersRunner
+    from pytest_npuprec.runners.scoring import ScoreRequest
+    from pytest_npuprec.runners.streamed import StreamedRunner
+
+    path = standin(name)
+    rng = np.random.default_rng(2)
+    sequences = [rng.integers(3, 1000, size=n).tolist() for n in (9, 4, 14)]
+    out = {}
+    for tag, runner in (("memory", TransformersRunner(path)), ("streamed", StreamedRunner(path))):
+        requests = [ScoreRequest(s, tuple(range(len(s))), tmp_path / f"{tag}-{i}.npy",
+                                 taps={"routing": tmp_path / f"{tag}-{i}-routing.npz"}) for i, s in enumerate(sequences)]
+        with runner as ref:
+            ref.score(requests)
+            units = [u.label for u in ref.streamed.units] if tag == "streamed" else []
+            read, one_pass = (ref.streamed.bytes_read, ref.streamed.pass_bytes()) if tag == "streamed" else (0, 0)
+            out[tag] = [np.load(r.out) for r in requests], ref.generate([sequences[0]], 3)
+    assert max(rel_diff(a, b) for a, b in zip(out["memory"][0], out["streamed"][0])) <= REL_TOL
+    assert out["memory"][1] == out["streamed"][1]
+    assert "layer 1.mlp" in units and read == one_pass  # the MoE block whole, read once for the 3 sequences
+    for i in range(len(sequences)):
+        memory, streamed = (np.load(tmp_path / f"{tag}-{i}-routing.npz") for tag in ("memory", "streamed"))
+        assert memory["router_logits"].shape[1] >= 1 and memory.files == streamed.files
+        for field in memory.files:
+            assert np.array_equal(memory[field], streamed[field]), (name, i, field)
+
+
+def test_vision_language_model_streams_with_its_images(standin, tmp_path):
+    """Qwen3-VL: the vision tower streamed too (its units read per sequence with images, since only those run
+    it), sequences with one image, none and two in one call: the in-memory logits and greedy tokens."""
+    from pytest_npuprec.capture.multimodal import load_processor
+    from pytest_npuprec.runners.reference import TransformersRunner
+    from pytest_npuprec.runners.scoring import ScoreRequest
+    from pytest_npuprec.runners.streamed import StreamedRunner
+    from pytest_npuprec.standins.synthetic import synthetic_image
+
+    path = standin("tiny-Qwen3-VL-8B-Instruct")
+    processor = load_processor(path, False)
+    images = [(synthetic_image("shapes", (96, 96), 1),), (),
+              (synthetic_image("noise", (64, 32), 2), synthetic_image("shapes", (96, 96), 3))]
+    sequences = []
+    for group in images:
+        content = [*({"type": "image"} for _ in group), {"type": "text", "text": "Describe it."}]
+        text = processor.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
+                                             add_generation_prompt=True)
+        sequences.append([int(t) for t in processor(text=[text], images=list(group) or None,
+                                                    return_tensors="np")["input_ids"][0]])
+    out = {}
+    for tag, runner in (("memory", TransformersRunner(path)), ("streamed", StreamedRunner(path))):
+        requests = [ScoreRequest(s, tuple(range(len(s))), tmp_path / f"{tag}-{i}.npy", images=group)
+                    for i, (s, group) in enumerate(zip(sequences, images))]
+        with runner as ref:
+            ref.score(requests)
+            vision = [u for u in ref.streamed.units if u.alone] if tag == "streamed" else []
+            out[tag] = [np.load(r.out) for r in requests], ref.generate([sequences[2]], 3, images=[images[2]])
+    assert max(rel_diff(a, b) for a, b in zip(out["memory"][0], out["streamed"][0])) <= REL_TOL
+    assert out["memory"][1] == out["streamed"][1]
+    assert any("visual.blocks" in u.label for u in vision) and not any("language_model" in u.label for u in vision)
+
+
+def test_large_linears_apply_block_by_block(standin, tmp_path, monkeypatch):
+    """Linears above CHUNK_BYTES (here lowered so tiny-llama's MLP projections and lm_head qualify) are applied a
+    block of output rows at a time, each block read once for all sequences: the in-memory logits."""
+    from pytest_npuprec.runners import layer_stream
+    from pytest_npuprec.runners.reference import TransformersRunner
+    from pytest_npuprec.runners.streamed import StreamedRunner
+
+    path = standin("tiny-llama")
+    monkeypatch.setattr(layer_stream, "CHUNK_BYTES", 300_000)  # lm_head 1 MB -> 4 blocks; gate/up/down 0.7 MB -> 3
+    rng = np.random.default_rng(3)
+    sequences = [rng.integers(3, 1000, size=n).tolist() for n in (9, 4, 14)]
+    memory, memory_tokens, _ = _run(TransformersRunner(path), sequences, tmp_path, "memory")
+    runner = StreamedRunner(path)
+    streamed, streamed_tokens, info = _run(runner, sequences, tmp_path, "streamed")
+    assert max(rel_diff(a, b) for a, b in zip(memory, streamed)) <= REL_TOL
+    assert streamed_tokens == memory_tokens
+    assert info["bytes_read"] == info["pass_bytes"]  # every block once for the 3 sequences
+    with StreamedRunner(path) as ref:
+        chunked = {u.label: len(u.blocks) for u in ref.streamed.units if u.kind == "chunks"}
+    assert chunked["lm_head"] == 4 and chunked["layer 0.mlp.gate_proj"] == 3, chunked
