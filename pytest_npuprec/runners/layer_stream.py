@@ -399,7 +399,7 @@ class StreamedModel:
             unit.kind = "rows"
         elif type(module) is nn.Linear and attrs in (["weight"], ["bias", "weight"]) \
                 and module.weight.numel() * 4 > self.chunk_bytes:
-            out_rows, in_features = module.weight.shape
+            out_rows = module.weight.shape[0]
             count = -(-module.weight.numel() * 4 // self.chunk_bytes)
             step = -(-out_rows // count)
             unit.kind, unit.blocks = "chunks", [(lo, min(lo + step, out_rows)) for lo in range(0, out_rows, step)]
@@ -453,7 +453,7 @@ class StreamedModel:
             unit.block = (index, weight, bias)
         return unit.block[1], unit.block[2]
 
-    def _chunked_forward(self, unit: Unit, input: Any) -> Any:  # noqa: A002 (nn.Linear's argument name)
+    def _chunked_forward(self, unit: Unit, input: Any) -> Any:
         import torch
         import torch.nn.functional as F
 
