@@ -254,3 +254,24 @@ def test_large_linears_apply_block_by_block(standin, tmp_path, monkeypatch):
     with StreamedRunner(path) as ref:
         chunked = {u.label: len(u.blocks) for u in ref.streamed.units if u.kind == "chunks"}
     assert chunked["lm_head"] == 4 and chunked["layer 0.mlp.gate_proj"] == 3, chunked
+
+
+def test_layers_tap_keeps_each_sequence_its_own_arrays(standin, tmp_path):
+    """The diagnosis's layers tap hooks every decoder layer; the streamed reference runs the sequences in threads
+    through the same modules, so each hook keeps only its own sequence's outputs: the in-memory arrays, bitwise."""
+    from pytest_npuprec.runners.reference import TransformersRunner
+    from pytest_npuprec.runners.scoring import ScoreRequest
+    from pytest_npuprec.runners.streamed import StreamedRunner
+
+    path = standin("tiny-llama")
+    rng = np.random.default_rng(4)
+    sequences = [rng.integers(3, 1000, size=n).tolist() for n in (9, 4, 14)]
+    for tag, runner in (("memory", TransformersRunner(path)), ("streamed", StreamedRunner(path))):
+        with runner as ref:
+            ref.score([ScoreRequest(s, tuple(range(len(s))), tmp_path / f"{tag}-{i}.npy",
+                                    taps={"layers": tmp_path / f"{tag}-{i}.npz"}) for i, s in enumerate(sequences)])
+    for i, sequence in enumerate(sequences):
+        memory, streamed = np.load(tmp_path / f"memory-{i}.npz"), np.load(tmp_path / f"streamed-{i}.npz")
+        assert memory["output"].shape[1] == len(sequence) and memory.files == streamed.files
+        for field in memory.files:
+            assert np.array_equal(memory[field], streamed[field]), (i, field)

@@ -6,6 +6,7 @@ device's layer output before it; and the sub-blocks have no output flag."""
 from __future__ import annotations
 
 import contextlib
+import threading
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -25,17 +26,22 @@ def forward_kwargs() -> dict[str, Any]:
 @contextlib.contextmanager
 def recording(model: Any) -> Iterator[None]:
     """Hooks on every decoder layer and its blocks for the forward passes inside; what they saw is kept on the
-    model (`_npuprec_layers`: (kind, layer) -> [tokens x hidden]) for `write`."""
+    model (`_npuprec_layers`: thread -> (kind, layer) -> [tokens x hidden]) for `write`."""
     layers = decoder_layers(model)
     if not layers:
         raise NpuprecError(f"{type(model).__name__}: no decoder layers found (a `layers` list whose entries have "
                            "self_attn and mlp); the layer-by-layer diagnosis cannot capture this model")
     seen: dict[tuple[str, int], Any] = {}
-    model._npuprec_layers = seen
+    # per thread: the streamed reference runs each sequence in a thread of its own through the same modules, so a
+    # hook keeps only what its own sequence's forward passes produce
+    owner = threading.get_ident()
+    model.__dict__.setdefault("_npuprec_layers", {})[owner] = seen
     model._npuprec_moe = [is_moe(layer) for layer in layers]
 
     def hook(kind: str, index: int) -> Any:
         def keep(module: Any, args: tuple, output: Any) -> None:
+            if threading.get_ident() != owner:
+                return
             tensor = residual_stream(output) if kind == "output" else first_tensor(output)
             seen[(kind, index)] = tensor.detach().reshape(-1, tensor.shape[-1]).float().clone()
 
@@ -56,7 +62,7 @@ def write(model: Any, output: Any, keep: Any, path: Path) -> None:
     """output / attention / mlp: float32 [L x P x hidden]; moe: bool [L]."""
     import torch
 
-    seen, moe = model._npuprec_layers, model._npuprec_moe
+    seen, moe = model._npuprec_layers.pop(threading.get_ident()), model._npuprec_moe
     arrays = {kind: torch.stack([seen[(kind, i)].index_select(0, keep) for i in range(len(moe))]).numpy()
               for kind in KINDS}
     with atomic_file(path, "wb") as f:
