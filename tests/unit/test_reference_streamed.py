@@ -275,3 +275,14 @@ def test_layers_tap_keeps_each_sequence_its_own_arrays(standin, tmp_path):
         assert memory["output"].shape[1] == len(sequence) and memory.files == streamed.files
         for field in memory.files:
             assert np.array_equal(memory[field], streamed[field]), (i, field)
+
+
+def test_streamed_generation_stops_at_the_same_end_of_sequence_ids(standin):
+    from pytest_npuprec.runners.reference import TransformersRunner
+    from pytest_npuprec.runners.streamed import StreamedRunner
+
+    path = standin("tiny-Qwen3Guard-Gen-4B")
+    with TransformersRunner(path) as memory:
+        expected = memory._eos
+    with StreamedRunner(path) as streamed:
+        assert streamed._eos == expected and expected
