@@ -20,7 +20,7 @@ from .capture.diagnosis import capture_layers
 from .capture.records import ModelCapture, PromptCapture
 from .config.schema import ModelConfig
 from .errors import describe
-from .measure.layers import load_layers, measure_layers
+from .measure.layers import load_layers, measure_layers, measure_vision
 from .measure.thresholds import Measurements
 from .metrics.registry import METRICS, ROUTING_METRICS
 from .verdicts import Verdict
@@ -103,20 +103,34 @@ def _run(config: ModelConfig, options: "RunOptions", model_path: Path, record: P
         "device": device_engine(dataclasses.replace(config.serve, enforce_eager=True)),
     }
     layers = capture_layers(record.scored, record.positions, runners,
-                            options.report_dir / "captures" / f"{config.name}-diagnosis")
+                            options.report_dir / "captures" / f"{config.name}-diagnosis", record.prompt.images)
     arrays = {side: load_layers(path) for side, path in layers.layers.items()}
     rows = measure_layers(arrays["device"], arrays["reference"], arrays["floor"])
-    judged = judge_layers(rows)
-    return {
+    vision = measure_vision(arrays["device"], arrays["reference"], arrays["floor"])
+    judged = judge_layers(rows, vision)
+    section = {
+        "where": judged.where,
         "first_divergent_layer": judged.first_divergent_layer,
         "block": judged.block,
         "message": judged.message,
         "device": {"engine": "vLLM, enforce_eager", "fault": layers.info["device"].get("fault")},
         "floor": f"transformers {FLOOR_DTYPE} vs the FP32 reference",
-        "layers": [{"layer": row.layer, "moe": row.moe,
-                    **{kind: {"device": row.device[kind], "floor": row.floor[kind], "diverged": j.diverged[kind],
-                              "floor_ratio": j.ratio[kind]} for kind in row.device}}
-                   for row, j in zip(rows, judged.judged)],
+        "layers": [_entry("layer", row, j) for row, j in zip(rows, judged.judged)],
         "capture": str(layers.folder),
         "side_seconds": layers.seconds,
     }
+    if vision:
+        section.update(first_divergent_vision_block=judged.first_divergent_vision_block,
+                       vision_blocks=[_entry("block", row, j) for row, j in zip(vision, judged.vision_judged)])
+    return section
+
+
+def _entry(name: str, row: Any, judged: Any) -> dict[str, Any]:
+    """One decoder layer (name "layer") or vision block ("block"): per kind both comparisons, diverged, floor_ratio;
+    a MoE layer's routes."""
+    entry = {name: row.layer, **({"moe": row.moe} if name == "layer" else {}),
+             **{kind: {"device": row.device[kind], "floor": row.floor[kind], "diverged": judged.diverged[kind],
+                       "floor_ratio": judged.ratio[kind]} for kind in row.device}}
+    if row.routes is not None:
+        entry["router"]["routes"] = row.routes
+    return entry
