@@ -14,7 +14,7 @@ import dataclasses
 import math
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from .capture.diagnosis import capture_layers
 from .capture.records import ModelCapture, PromptCapture
@@ -71,9 +71,11 @@ def wanted(mode: str, verdicts: dict[str, Verdict]) -> bool:
 
 def diagnose(config: ModelConfig, options: "RunOptions", model_path: Path, capture: ModelCapture,
              measured: Measurements, verdicts: dict[str, Verdict],
-             device_engine: Callable[[Any], Callable[[], Any]]) -> dict[str, Any] | None:
+             device_engine: Callable[[Any], Callable[[], Any]],
+             images: Mapping[int, tuple[Any, ...]] | None = None) -> dict[str, Any] | None:
     """The report's `diagnosis` section, or None when none is wanted. `device_engine(serve)` makes the device
-    engine's factory for a serve config (the session's fault included)."""
+    engine's factory for a serve config (the session's fault included); `images`: prompt index -> its images (a
+    capture read back from disk holds their digests only)."""
     if not wanted(options.diagnose, verdicts):
         return None
     started = time.perf_counter()
@@ -85,7 +87,7 @@ def diagnose(config: ModelConfig, options: "RunOptions", model_path: Path, captu
     section: dict[str, Any] = {"prompt_index": index, "prompt_id": record.prompt.id, "prompt": record.prompt.label,
                                "why": why, "positions": len(record.positions), "rule": RULE}
     try:
-        section.update(_run(config, options, model_path, record, device_engine))
+        section.update(_run(config, options, model_path, record, device_engine, (images or {}).get(index, ())))
     except Exception as exc:  # the model's verdicts stand; the report says why there is no diagnosis
         section["error"] = describe(exc)
     section["seconds"] = round(time.perf_counter() - started, 2)
@@ -93,9 +95,12 @@ def diagnose(config: ModelConfig, options: "RunOptions", model_path: Path, captu
 
 
 def _run(config: ModelConfig, options: "RunOptions", model_path: Path, record: PromptCapture,
-         device_engine: Callable[[Any], Callable[[], Any]]) -> dict[str, Any]:
+         device_engine: Callable[[Any], Callable[[], Any]], images: tuple[Any, ...]) -> dict[str, Any]:
     from .runners.reference import TransformersRunner
 
+    if record.prompt.media_positions and not images:
+        raise ValueError(f"prompt {record.prompt.id} has image placeholders but its images are not at hand; the "
+                         "diagnosis cannot rerun it")
     trust = config.serve.trust_remote_code
     runners = {
         "reference": lambda: TransformersRunner(model_path, trust),
@@ -103,7 +108,7 @@ def _run(config: ModelConfig, options: "RunOptions", model_path: Path, record: P
         "device": device_engine(dataclasses.replace(config.serve, enforce_eager=True)),
     }
     layers = capture_layers(record.scored, record.positions, runners,
-                            options.report_dir / "captures" / f"{config.name}-diagnosis", record.prompt.images)
+                            options.report_dir / "captures" / f"{config.name}-diagnosis", images)
     arrays = {side: load_layers(path) for side, path in layers.layers.items()}
     rows = measure_layers(arrays["device"], arrays["reference"], arrays["floor"])
     vision = measure_vision(arrays["device"], arrays["reference"], arrays["floor"])
