@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..vision_blocks import VISION_BLOCKS, flat, vision_block_module, vision_blocks
+from ..vision_blocks import VISION_BLOCKS, hook_block, vision_blocks
 
 VISION_KINDS = ("output", *VISION_BLOCKS)
 
@@ -15,15 +15,14 @@ def hook_vision(model: Any, seen: dict[tuple[str, int], list[Any]]) -> tuple[int
     blocks = vision_blocks(model)
     handles = []
 
-    def hook(kind: str, index: int) -> Any:
-        def keep(module: Any, args: tuple, output: Any) -> None:
-            seen.setdefault((f"vision_{kind}", index), []).append(flat(output).detach().float().clone())
+    def keeper(index: int) -> Any:
+        def keep(kind: str, tensor: Any) -> None:
+            seen.setdefault((f"vision_{kind}", index), []).append(tensor.detach().float().clone())
 
         return keep
 
     for i, block in enumerate(blocks):
-        handles.append(block.register_forward_hook(hook("output", i)))
-        handles += [vision_block_module(block, part).register_forward_hook(hook(part, i)) for part in VISION_BLOCKS]
+        handles += hook_block(block, keeper(i))
     return len(blocks), handles
 
 

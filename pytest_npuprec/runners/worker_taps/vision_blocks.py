@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..vision_blocks import VISION_BLOCKS, flat, vision_block_module, vision_blocks
+from ..vision_blocks import VISION_BLOCKS, hook_block, vision_blocks
 
 VISION_KINDS = ("output", *VISION_BLOCKS)
 
@@ -17,13 +17,11 @@ class VisionWatch:
 
     def install(self) -> None:
         for i, block in enumerate(self.blocks):
-            block.register_forward_hook(self._hook("output", i))
-            for part in VISION_BLOCKS:
-                vision_block_module(block, part).register_forward_hook(self._hook(part, i))
+            hook_block(block, self._keeper(i))
 
-    def _hook(self, kind: str, index: int) -> Any:
-        def keep(module: Any, args: tuple, output: Any) -> None:
-            self.seen.setdefault((kind, index), []).append(flat(output).detach().float().cpu().clone())
+    def _keeper(self, index: int) -> Any:
+        def keep(kind: str, tensor: Any) -> None:
+            self.seen.setdefault((kind, index), []).append(tensor.detach().float().cpu().clone())
 
         return keep
 
