@@ -38,10 +38,10 @@ def add_routers(rows: list[Any], device: Mapping[str, np.ndarray], reference: Ma
     if "router_layers" not in reference:
         return
     for side, arrays in (("device", device), ("floor", floor)):
-        if "router_layers" not in arrays or list(arrays["router_layers"]) != list(reference["router_layers"]):
-            raise ValueError(f"layers tap: the {side}'s MoE routers "
-                             f"{list(arrays.get('router_layers', []))} vs the reference's "
-                             f"{list(reference['router_layers'])}: both sides must route the same layers")
+        mine, want = [int(i) for i in arrays.get("router_layers", [])], [int(i) for i in reference["router_layers"]]
+        if mine != want:
+            raise ValueError(f"layers tap: the {side}'s MoE routers {mine} vs the reference's {want}: both sides "
+                             "must route the same layers")
     for m, layer in enumerate(int(i) for i in reference["router_layers"]):
         ref_logits, ref_ids = reference["router_logits"][m], reference["router_ids"][m]
         floor_cols = compare_tensors(floor["router_logits"][m], ref_logits)
