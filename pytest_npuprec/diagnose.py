@@ -4,9 +4,11 @@ When a model fails a logit check (or with `--npuprec-diagnose always`), its wors
 value of the failing logit check that misses its bound by the most, else of the largest KL) is scored again on
 three sides with the layers tap: transformers FP32 (the reference), transformers BF16 (the floor) and the device
 in an eager engine (module hooks do not run in a compiled graph), with the session's fault if any. Per decoder
-layer the residual stream and the attention and MLP outputs are compared (measure/layers.py) and the first layer
-that leaves its floor is named, with its block (verdicts/layers.py). A diagnosis that cannot run says why in the
-report; it never changes the model's verdicts.
+layer the residual stream and the attention and MLP outputs are compared (measure/layers.py; a MoE layer's router
+logits and chosen experts too), and per vision block of a vision-language model's tower its hidden state and
+attention and MLP outputs; the first vision block, else decoder layer, that leaves its floor is named, with its
+block: attention, mlp, or in a MoE layer router or experts (verdicts/layers.py). A diagnosis that cannot run says
+why in the report; it never changes the model's verdicts.
 """
 from __future__ import annotations
 
