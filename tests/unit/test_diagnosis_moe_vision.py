@@ -78,6 +78,14 @@ def test_a_moe_layer_routed_as_the_reference_is_named_experts():
     assert (judged.first_divergent_layer, judged.block, judged.where) == (1, "experts", "layer 1, experts")
 
 
+def test_a_router_flipping_routes_under_layers_at_their_floor_is_still_said():
+    reference, floor, device = _moe_stacks(7)
+    ranked = np.argsort(-reference["router_logits"][0], axis=-1)
+    device["router_ids"][0] = np.stack([ranked[:, 0], ranked[:, 5]], axis=-1)
+    judged = judge_layers(measure_layers(device, reference, floor))
+    assert judged.where is None and "the routers of MoE layers [1] left their floor all the same" in judged.message
+
+
 def test_routers_on_other_layers_are_refused():
     reference, floor, device = _moe_stacks()
     device["router_layers"] = np.array([0, 1])
