@@ -154,7 +154,7 @@ def test_report_rows_show_vision_blocks_first_and_the_router_with_its_flips():
     assert [r[:2] for r in table] == [["vision 0", "output"], ["vision 1", "output"], ["0", "output"],
                                       ["1", "output"], ["2", "output"], ["2", "attention"], ["2", "router"],
                                       ["2", "experts"]]
-    assert table[6][-1] == f" (0/{P} routes flipped beyond ties, floor 0)" and table[7][-1] == "YES"
+    assert table[6][-1] == f"(0/{P} routes flipped beyond ties, floor 0)" and table[7][-1] == "YES"
     assert len(diagnosis_rows(report, every_block=True)[1]) == 2 * 3 + 3 + 2 * 4
 
     from pytest_npuprec.report.html import _layer_chart
