@@ -65,7 +65,8 @@ def _rows(entries: list[dict[str, Any]], name: str, label: str, first: Any, ever
             rows.append([f"{label}{entry[name]}", _block(kind, entry.get("moe", False)),
                          *(_cell(cell["device"][c], c) for c in COLUMNS),
                          _cell(cell["floor"]["Cosine"], "Cosine"), _cell(cell["floor"]["RelL2"], "RelL2"),
-                         words(cell["floor_ratio"], ".3g"), (("YES" if cell["diverged"] else "") + _routes(cell)).strip()])
+                         words(cell["floor_ratio"], ".3g"),
+                         (("YES" if cell["diverged"] else "") + _routes(cell)).strip()])
     return rows
 
 

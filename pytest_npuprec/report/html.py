@@ -183,14 +183,15 @@ def _layer_chart(diagnosis: dict[str, Any]) -> str:
     blocks = diagnosis.get("vision_blocks") or []
     if blocks:
         xs = [entry["block"] for entry in blocks]
-        charts.append(_line_chart([(side, xs, _one_minus_cosine(blocks, "output", side)) for side in ("device", "floor")],
-                                  "1 − Cosine of each vision block's output", "vision block"))
+        lines = [(side, xs, _one_minus_cosine(blocks, "output", side)) for side in ("device", "floor")]
+        charts.append(_line_chart(lines, "1 − Cosine of each vision block's output", "vision block"))
     entries = diagnosis["layers"]
     layers = [entry["layer"] for entry in entries]
     lines = [(side, layers, _one_minus_cosine(entries, "output", side)) for side in ("device", "floor")]
     routed = [entry for entry in entries if "router" in entry]
     if routed:
-        lines.append(("router logits (device)", [e["layer"] for e in routed], _one_minus_cosine(routed, "router", "device")))
+        lines.append(("router logits (device)", [e["layer"] for e in routed],
+                      _one_minus_cosine(routed, "router", "device")))
     charts.append(_line_chart(lines, "1 − Cosine of each layer's output", "layer"))
     where = diagnosis.get("where")
     note = (f"<p>first divergent: <b>{_e(where)}</b></p>" if where else "<p>no layer left its floor</p>")

@@ -63,8 +63,8 @@ def test_moe_router_and_expert_faults_in_one_layer_are_named_router_and_experts(
     for spec, where in [("router_lowprec=0.3:layer=1", "layer 1, router"),
                         ("expert_scale=2:layer=1", "layer 1, experts")]:
         fault = Fault.parse(spec)
-        device = capture_layers(tokens, positions, {"device": lambda: VllmRunner(path, serve, "cpu", fault, model=MOE)},
-                                tmp_path / fault.name)
+        engine = lambda fault=fault: VllmRunner(path, serve, "cpu", fault, model=MOE)  # noqa: E731
+        device = capture_layers(tokens, positions, {"device": engine}, tmp_path / fault.name)
         assert device.info["device"]["fault"].endswith("in MoE layer 1"), device.info["device"]
         arrays = _layer_rows({**clean.layers, **device.layers})
         rows = measure_layers(arrays["device"], arrays["reference"], arrays["floor"])
