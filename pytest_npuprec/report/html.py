@@ -190,7 +190,7 @@ def _layer_chart(diagnosis: dict[str, Any]) -> str:
     lines = [(side, layers, _one_minus_cosine(entries, "output", side)) for side in ("device", "floor")]
     routed = [entry for entry in entries if "router" in entry]
     if routed:
-        lines.append(("router logits (device)", [e["layer"] for e in routed],
+        lines.append(("router logits", [e["layer"] for e in routed],
                       _one_minus_cosine(routed, "router", "device")))
     charts.append(_line_chart(lines, "1 − Cosine of each layer's output", "layer"))
     where = diagnosis.get("where")
