@@ -1,5 +1,7 @@
 """The layer-by-layer diagnosis on a real engine: a fault planted in one decoder layer and block of the 4-layer
-stand-in fails the logit checks, and the diagnosis (run by default on that failure) names that layer and block."""
+stand-in fails the logit checks, and the diagnosis (run by default on that failure) names that layer and block; a
+router fault and an expert fault in one MoE layer are named router and experts; a fault in one vision block is
+named at that block of the tower."""
 from __future__ import annotations
 
 import json
