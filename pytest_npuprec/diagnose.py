@@ -4,9 +4,11 @@ When a model fails a logit check (or with `--npuprec-diagnose always`), its wors
 value of the failing logit check that misses its bound by the most, else of the largest KL) is scored again on
 three sides with the layers tap: transformers FP32 (the reference), transformers BF16 (the floor) and the device
 in an eager engine (module hooks do not run in a compiled graph), with the session's fault if any. Per decoder
-layer the residual stream and the attention and MLP outputs are compared (measure/layers.py) and the first layer
-that leaves its floor is named, with its block (verdicts/layers.py). A diagnosis that cannot run says why in the
-report; it never changes the model's verdicts.
+layer the residual stream and the attention and MLP outputs are compared (measure/layers.py; a MoE layer's router
+logits and chosen experts too), and per vision block of a vision-language model's tower its hidden state and
+attention and MLP outputs; the first vision block, else decoder layer, that leaves its floor is named, with its
+block: attention, mlp, or in a MoE layer router or experts (verdicts/layers.py). A diagnosis that cannot run says
+why in the report; it never changes the model's verdicts.
 """
 from __future__ import annotations
 
@@ -14,13 +16,13 @@ import dataclasses
 import math
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from .capture.diagnosis import capture_layers
 from .capture.records import ModelCapture, PromptCapture
 from .config.schema import ModelConfig
 from .errors import describe
-from .measure.layers import load_layers, measure_layers
+from .measure.layers import load_layers, measure_layers, measure_vision
 from .measure.thresholds import Measurements
 from .metrics.registry import METRICS, ROUTING_METRICS
 from .verdicts import Verdict
@@ -71,9 +73,11 @@ def wanted(mode: str, verdicts: dict[str, Verdict]) -> bool:
 
 def diagnose(config: ModelConfig, options: "RunOptions", model_path: Path, capture: ModelCapture,
              measured: Measurements, verdicts: dict[str, Verdict],
-             device_engine: Callable[[Any], Callable[[], Any]]) -> dict[str, Any] | None:
+             device_engine: Callable[[Any], Callable[[], Any]],
+             images: Mapping[int, tuple[Any, ...]] | None = None) -> dict[str, Any] | None:
     """The report's `diagnosis` section, or None when none is wanted. `device_engine(serve)` makes the device
-    engine's factory for a serve config (the session's fault included)."""
+    engine's factory for a serve config (the session's fault included); `images`: prompt index -> its images (a
+    capture read back from disk holds their digests only)."""
     if not wanted(options.diagnose, verdicts):
         return None
     started = time.perf_counter()
@@ -85,7 +89,7 @@ def diagnose(config: ModelConfig, options: "RunOptions", model_path: Path, captu
     section: dict[str, Any] = {"prompt_index": index, "prompt_id": record.prompt.id, "prompt": record.prompt.label,
                                "why": why, "positions": len(record.positions), "rule": RULE}
     try:
-        section.update(_run(config, options, model_path, record, device_engine))
+        section.update(_run(config, options, model_path, record, device_engine, (images or {}).get(index, ())))
     except Exception as exc:  # the model's verdicts stand; the report says why there is no diagnosis
         section["error"] = describe(exc)
     section["seconds"] = round(time.perf_counter() - started, 2)
@@ -93,9 +97,12 @@ def diagnose(config: ModelConfig, options: "RunOptions", model_path: Path, captu
 
 
 def _run(config: ModelConfig, options: "RunOptions", model_path: Path, record: PromptCapture,
-         device_engine: Callable[[Any], Callable[[], Any]]) -> dict[str, Any]:
+         device_engine: Callable[[Any], Callable[[], Any]], images: tuple[Any, ...]) -> dict[str, Any]:
     from .runners.reference import TransformersRunner
 
+    if record.prompt.media_positions and not images:
+        raise ValueError(f"prompt {record.prompt.id} has image placeholders but its images are not at hand; the "
+                         "diagnosis cannot rerun it")
     trust = config.serve.trust_remote_code
     runners = {
         "reference": lambda: TransformersRunner(model_path, trust),
@@ -103,20 +110,34 @@ def _run(config: ModelConfig, options: "RunOptions", model_path: Path, record: P
         "device": device_engine(dataclasses.replace(config.serve, enforce_eager=True)),
     }
     layers = capture_layers(record.scored, record.positions, runners,
-                            options.report_dir / "captures" / f"{config.name}-diagnosis")
+                            options.report_dir / "captures" / f"{config.name}-diagnosis", images)
     arrays = {side: load_layers(path) for side, path in layers.layers.items()}
     rows = measure_layers(arrays["device"], arrays["reference"], arrays["floor"])
-    judged = judge_layers(rows)
-    return {
+    vision = measure_vision(arrays["device"], arrays["reference"], arrays["floor"])
+    judged = judge_layers(rows, vision)
+    section = {
+        "where": judged.where,
         "first_divergent_layer": judged.first_divergent_layer,
         "block": judged.block,
         "message": judged.message,
         "device": {"engine": "vLLM, enforce_eager", "fault": layers.info["device"].get("fault")},
         "floor": f"transformers {FLOOR_DTYPE} vs the FP32 reference",
-        "layers": [{"layer": row.layer, "moe": row.moe,
-                    **{kind: {"device": row.device[kind], "floor": row.floor[kind], "diverged": j.diverged[kind],
-                              "floor_ratio": j.ratio[kind]} for kind in row.device}}
-                   for row, j in zip(rows, judged.judged)],
+        "layers": [_entry("layer", row, j) for row, j in zip(rows, judged.judged)],
         "capture": str(layers.folder),
         "side_seconds": layers.seconds,
     }
+    if vision:
+        section.update(first_divergent_vision_block=judged.first_divergent_vision_block,
+                       vision_blocks=[_entry("block", row, j) for row, j in zip(vision, judged.vision_judged)])
+    return section
+
+
+def _entry(name: str, row: Any, judged: Any) -> dict[str, Any]:
+    """One decoder layer (name "layer") or vision block ("block"): per kind both comparisons, diverged, floor_ratio;
+    a MoE layer's routes."""
+    entry = {name: row.layer, **({"moe": row.moe} if name == "layer" else {}),
+             **{kind: {"device": row.device[kind], "floor": row.floor[kind], "diverged": judged.diverged[kind],
+                       "floor_ratio": judged.ratio[kind]} for kind in row.device}}
+    if row.routes is not None:
+        entry["router"]["routes"] = row.routes
+    return entry

@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from .runners.fault_names import FAULT_NAMES, LAYER_FAULTS
+from .runners.fault_names import FAULT_NAMES, LAYER_FAULTS, VISION_BLOCK_FAULTS
 
 DEFAULT_MODEL = "tiny-llama"
 DEFAULT_CONFIG_DIR = "tests/e2e/models/configs"
@@ -118,7 +118,9 @@ OPTIONS: dict[str, dict[str, Any]] = {
                   dest="npuprec_fault",
                   help=f"inject a device-side fault ({', '.join(FAULT_NAMES)}), into MODEL's engine only with @MODEL, "
                        f"to prove the checks can fail; for validating the suite itself; {', '.join(LAYER_FAULTS)} "
-                       "takes a decoder layer index and a block (attention, mlp)"),
+                       "takes a decoder layer index and a block (attention, mlp), the MoE faults a MoE layer index "
+                       f"(layer=N), {', '.join(VISION_BLOCK_FAULTS)} a vision block (layer=N) and a part "
+                       "(block=attention|mlp)"),
     "diagnose": dict(nargs="?", const="always", default=None, metavar="auto|always|never", type=_diagnose,
                      dest="npuprec_diagnose",
                      help="rerun a model's worst prompt with every decoder layer's output captured on the device "

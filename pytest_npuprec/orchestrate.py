@@ -111,7 +111,8 @@ def _run(config: ModelConfig, options: RunOptions) -> ModelResult:
         capture.meta["baseline_update"] = baselines.update(baseline, capture, measured.thresholds, verdicts)
 
     diagnosis = diagnose(config, options, device_path, capture, measured.thresholds, verdicts,
-                         lambda serve: _engine(config, options, device, device_path, serve))
+                         lambda serve: _engine(config, options, device, device_path, serve),
+                         {p.index: p.images for p in prompts if p.images})
     capture.meta["timings"]["total_s"] = round(time.perf_counter() - started, 2)
     report = build_report(config, measured.thresholds, verdicts, capture.meta, lambda t: decode_token(tokenizer, t))
     if diagnosis is not None:

@@ -25,14 +25,16 @@ class LayerCapture:
 
 
 def capture_layers(tokens: Sequence[int], positions: Sequence[int], runners: Mapping[str, RunnerFactory],
-                   folder: Path) -> LayerCapture:
-    """Score `tokens` at `positions` on every side (name -> runner factory, run in that order)."""
+                   folder: Path, images: tuple[Any, ...] = ()) -> LayerCapture:
+    """Score `tokens` (with the prompt's `images`) at `positions` on every side (name -> runner factory, run in
+    that order)."""
     info, seconds = {}, {}
     with staged_dir(folder) as tmp:
         for side, factory in runners.items():
             started = time.perf_counter()
             with factory() as runner:
-                runner.score([ScoreRequest(tokens, positions, tmp / f"{side}.npy", {TAP: tmp / f"{side}.{TAP}.npz"})])
+                runner.score([ScoreRequest(tokens, positions, tmp / f"{side}.npy", {TAP: tmp / f"{side}.{TAP}.npz"},
+                                            images)])
                 info[side] = runner.info
             seconds[side] = round(time.perf_counter() - started, 2)
     folder = Path(folder)

@@ -9,7 +9,9 @@ msprobe's compare tables, with their meanings (the device is msprobe's NPU side,
   MaxRelativeErr            max |device - reference| / |reference| (a zero reference element counts as eps)
   One Thousandth Err Ratio  share of elements whose relative error is below 0.001
 and RelL2 (||device - reference|| / ||reference||), which sees a change of scale that the cosine cannot.
-Which layer diverged first is judged on these rows in verdicts/layers.py.
+A MoE layer adds its router: the router logits (the same columns) and the experts chosen (measure/layer_routes.py).
+A vision-language model's tower adds one row per vision block (its output, attention and MLP), over every patch.
+Which layer or block diverged first is judged on these rows in verdicts/layers.py.
 """
 from __future__ import annotations
 
@@ -18,8 +20,11 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from .layer_routes import add_routers
+
 COLUMNS = ("Cosine", "MaxAbsErr", "MaxRelativeErr", "One Thousandth Err Ratio", "RelL2")
 KINDS = ("output", "attention", "mlp")  # per decoder layer: its output (the residual stream), its blocks
+VISION_KINDS = ("output", "attention", "mlp")  # per vision block: its output (the hidden state), its parts
 
 
 def compare_tensors(device: np.ndarray, reference: np.ndarray) -> dict[str, float]:
@@ -46,10 +51,11 @@ def compare_tensors(device: np.ndarray, reference: np.ndarray) -> dict[str, floa
 
 @dataclass
 class LayerRow:
-    layer: int
+    layer: int  # decoder layer, or vision block
     moe: bool
-    device: dict[str, dict[str, float]]  # kind (layer, attention, mlp) -> columns, device vs reference
+    device: dict[str, dict[str, float]]  # kind (output, attention, mlp; router) -> columns, device vs reference
     floor: dict[str, dict[str, float]]  # kind -> columns, transformers BF16 vs reference
+    routes: dict[str, Any] | None = None  # a MoE layer: the experts chosen (measure/layer_routes.py)
 
 
 def measure_layers(device: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray],
@@ -63,10 +69,32 @@ def measure_layers(device: Mapping[str, np.ndarray], reference: Mapping[str, np.
                 raise ValueError(f"layers tap: {side} {kind} {arrays[kind].shape} vs reference "
                                  f"{reference[kind].shape}; both sides must hold the same layers and positions")
     moe = np.asarray(reference.get("moe", np.zeros(n_layers, dtype=bool)), dtype=bool)
-    return [LayerRow(i, bool(moe[i]) if i < moe.size else False,
+    rows = [LayerRow(i, bool(moe[i]) if i < moe.size else False,
                      {k: compare_tensors(device[k][i], reference[k][i]) for k in KINDS},
                      {k: compare_tensors(floor[k][i], reference[k][i]) for k in KINDS})
             for i in range(n_layers)]
+    add_routers(rows, device, reference, floor)
+    return rows
+
+
+def measure_vision(device: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray],
+                   floor: Mapping[str, np.ndarray]) -> list[LayerRow]:
+    """One row per vision block (vision_output / vision_attention / vision_mlp: [blocks x patches x hidden]); none
+    when the reference's tower did not run (a model without one, a prompt without images)."""
+    if "vision_output" not in reference:
+        return []
+    for side, arrays in (("device", device), ("floor", floor)):
+        for kind in VISION_KINDS:
+            got = arrays.get(f"vision_{kind}")
+            want = reference[f"vision_{kind}"].shape
+            if got is None or got.shape != want:
+                raise ValueError(f"layers tap: the {side}'s vision tower gave {kind} "
+                                 f"{'nothing' if got is None else got.shape} vs the reference's {want}; both "
+                                 "towers must see the same images as the same patches")
+    return [LayerRow(i, False, {k: compare_tensors(device[f"vision_{k}"][i], reference[f"vision_{k}"][i])
+                                for k in VISION_KINDS},
+                     {k: compare_tensors(floor[f"vision_{k}"][i], reference[f"vision_{k}"][i]) for k in VISION_KINDS})
+            for i in range(reference["vision_output"].shape[0])]
 
 
 def load_layers(path: Any) -> dict[str, np.ndarray]:

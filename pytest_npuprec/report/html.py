@@ -171,14 +171,28 @@ def _histogram(hist: dict[str, Any]) -> str:
     return "".join(svg)
 
 
+def _one_minus_cosine(entries: list[dict[str, Any]], kind: str, side: str) -> list[Any]:
+    return [1 - c if isinstance(c, (int, float)) else c for c in (e[kind][side].get("Cosine") for e in entries)]
+
+
 def _layer_chart(diagnosis: dict[str, Any]) -> str:
-    """1 - Cosine of each decoder layer's output vs the FP32 reference: the device and the floor (transformers BF16);
-    the first divergent layer named under it."""
-    layers = [entry["layer"] for entry in diagnosis["layers"]]
-    lines = [(side, layers, [1 - c if isinstance(c, (int, float)) else c
-                             for c in (entry["output"][side].get("Cosine") for entry in diagnosis["layers"])])
-             for side in ("device", "floor")]
-    first = diagnosis.get("first_divergent_layer")
-    note = (f"<p>first divergent layer: <b>{_e(first)}</b>, block: <b>{_e(diagnosis.get('block'))}</b></p>"
-            if first is not None else "<p>no layer left its floor</p>")
-    return _line_chart(lines, "1 − Cosine of each layer's output", "layer") + note
+    """1 - Cosine of each decoder layer's output vs the FP32 reference: the device and the floor (transformers BF16),
+    and of each MoE layer's router logits; a vision tower's blocks in a chart of their own, before it; where the
+    device first left its floor named under them."""
+    charts = []
+    blocks = diagnosis.get("vision_blocks") or []
+    if blocks:
+        xs = [entry["block"] for entry in blocks]
+        lines = [(side, xs, _one_minus_cosine(blocks, "output", side)) for side in ("device", "floor")]
+        charts.append(_line_chart(lines, "1 − Cosine of each vision block's output", "vision block"))
+    entries = diagnosis["layers"]
+    layers = [entry["layer"] for entry in entries]
+    lines = [(side, layers, _one_minus_cosine(entries, "output", side)) for side in ("device", "floor")]
+    routed = [entry for entry in entries if "router" in entry]
+    if routed:
+        lines.append(("router logits", [e["layer"] for e in routed],
+                      _one_minus_cosine(routed, "router", "device")))
+    charts.append(_line_chart(lines, "1 − Cosine of each layer's output", "layer"))
+    where = diagnosis.get("where")
+    note = (f"<p>first divergent: <b>{_e(where)}</b></p>" if where else "<p>no layer left its floor</p>")
+    return "".join(charts) + note

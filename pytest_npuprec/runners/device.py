@@ -25,7 +25,8 @@ from ..env_vars import temporary_env
 from ..errors import NpuprecError
 from . import vllm_media
 from .decoding import greedy_sampling_params
-from .fault_names import DEFAULT_MAGNITUDES, FAULT_BLOCKS, FAULT_NAMES, LAYER_FAULTS
+from .fault_names import (DEFAULT_MAGNITUDES, FAULT_BLOCKS, FAULT_NAMES, LAYER_FAULTS, MOE_LAYER_FAULTS, PLACED_FAULTS,
+                          VISION_BLOCK_FAULTS)
 from .layouts import refuse_unsupported
 from .scoring import SCORE_KEY, ScoreRequest
 from .watchdog import PhaseError, ProcessTree, phase_timeouts, run_bounded
@@ -53,7 +54,9 @@ class Fault:
 
     `NAME[=MAGNITUDE][:layer=N][:block=B][@MODEL]`: with `@MODEL` only that model's engine gets it (the other
     models of the session run clean), e.g. `engine_kill@tiny-llama`; `layer=` and `block=` place a layer fault
-    (fault_names.LAYER_FAULTS) in one decoder layer and block, e.g. `layer_scale=1.5:layer=2:block=attention`."""
+    (fault_names.LAYER_FAULTS) in one decoder layer and block, e.g. `layer_scale=1.5:layer=2:block=attention`; a MoE
+    fault in one MoE layer's router (`expert_scale:layer=1`); a vision fault in one vision block and part
+    (`vision_scale=1.5:layer=1:block=attention`: layer= is the vision block)."""
 
     name: str
     magnitude: float
@@ -94,15 +97,19 @@ def _fault_place(text: str, name: str, places: list[str]) -> tuple[int | None, s
         if key not in ("layer", "block") or not eq or not value or key in found:
             raise ValueError(f"--npuprec-fault {text}: {part!r}: expected layer=N or block=B (each once) after ':'")
         found[key] = value.strip()
-    if found and name not in LAYER_FAULTS:
+    if found and name not in PLACED_FAULTS:
         raise ValueError(f"--npuprec-fault {text}: {name} is not confined to a layer; layer= and block= apply to "
-                         f"{', '.join(LAYER_FAULTS)}")
+                         f"{', '.join(LAYER_FAULTS + VISION_BLOCK_FAULTS)}, layer= to {', '.join(MOE_LAYER_FAULTS)}")
+    if "block" in found and name in MOE_LAYER_FAULTS:
+        raise ValueError(f"--npuprec-fault {text}: {name} is a router fault, confined to a MoE layer with layer=N; "
+                         "it takes no block=")
     layer = found.get("layer")
     if layer is not None and not (layer.isdigit()):
         raise ValueError(f"--npuprec-fault {text}: layer={layer!r}: expected a decoder layer index (0, 1, ...)")
     block = found.get("block")
-    if block is not None and block not in FAULT_BLOCKS:
-        raise ValueError(f"--npuprec-fault {text}: block={block!r}: expected one of {', '.join(FAULT_BLOCKS)}")
+    blocks = ("attention", "mlp") if name in VISION_BLOCK_FAULTS else FAULT_BLOCKS
+    if block is not None and block not in blocks:
+        raise ValueError(f"--npuprec-fault {text}: block={block!r}: expected one of {', '.join(blocks)}")
     return (int(layer) if layer is not None else None), ("mlp" if block == "experts" else block)
 
 

@@ -19,3 +19,8 @@ FAULT_NAMES = tuple(DEFAULT_MAGNITUDES)
 # faults confined to one decoder layer and block: NAME[=MAGNITUDE][:layer=N][:block=attention|mlp]
 LAYER_FAULTS = ("layer_scale",)
 FAULT_BLOCKS = ("attention", "mlp", "experts")  # experts: the MLP of a MoE layer
+# MoE faults confined to one MoE decoder layer's router (layer=N only; every MoE layer without it)
+MOE_LAYER_FAULTS = ("router_lowprec", "expert_scale", "routing_unnormalized", "router_long")
+# vision faults confined to one vision block and part: layer=N is the vision block, block=attention|mlp
+VISION_BLOCK_FAULTS = ("vision_scale",)
+PLACED_FAULTS = LAYER_FAULTS + MOE_LAYER_FAULTS + VISION_BLOCK_FAULTS

@@ -3,7 +3,10 @@
 Each wraps `_compute_routing` of every MoE layer's router (vLLM's FusedMoERouter; on CPU a CPURouter): the
 step that turns router logits into (topk_weights, topk_ids). It runs inside the opaque `moe_forward` custom
 op, so in eager Python even in a compiled engine; the routing tap (worker_taps/routing.py) wraps the router's
-public `select_experts` around it and records what the faulty router chose.
+public `select_experts` around it and records what the faulty router chose. `layer=N` (`--npuprec-fault
+expert_scale:layer=1`) confines a fault to the router of MoE decoder layer N, for the layer-by-layer diagnosis:
+a wrong routing decision (router_lowprec, router_long) is named there as the layer's router, a wrong use of it by
+the expert kernels (expert_scale, routing_unnormalized: the same experts, other weights) as its experts.
 """
 from __future__ import annotations
 
@@ -12,12 +15,18 @@ from typing import Any, Callable
 from ..worker_taps.routing import moe_routers
 
 
-def _wrap_routing(model: Any, fault: str, change: Callable[..., tuple[Any, Any]]) -> int:
-    """Wrap every router's `_compute_routing` with change(router, original, hidden_states, router_logits, ...)."""
+def _wrap_routing(model: Any, fault: str, change: Callable[..., tuple[Any, Any]], layer: int | None = None) -> str:
+    """Wrap every router's (or only decoder layer `layer`'s) `_compute_routing` with change(router, original,
+    hidden_states, router_logits, ...); where, in words."""
     routers = moe_routers(model)
     if not routers:
         raise RuntimeError(f"{fault} fault: the model has no MoE router (`router.select_experts`); it applies to "
                            "MoE models only")
+    if layer is not None:
+        layers = [i for i, _ in routers]
+        routers = [(i, r) for i, r in routers if i == layer]
+        if not routers:
+            raise RuntimeError(f"{fault} fault: layer={layer}, but the MoE layers are {layers}")
     for _, router in routers:
         original = router._compute_routing
 
@@ -26,10 +35,10 @@ def _wrap_routing(model: Any, fault: str, change: Callable[..., tuple[Any, Any]]
             return change(_router, _original, hidden_states, router_logits, *args, **kwargs)
 
         router._compute_routing = compute
-    return len(routers)
+    return f"MoE layer {layer}" if layer is not None else f"{len(routers)} MoE layers"
 
 
-def router_lowprec(model: Any, floor: float) -> str:
+def router_lowprec(model: Any, floor: float, layer: int | None = None) -> str:
     """A low-precision router top-k (a gating softmax not kept in FP32, vllm-ascend #9617): expert
     probabilities below `floor` underflow to zero before the top-k, so where the k-th choice is such a small
     probability it is made among ties (the kernel's tie order), flipping it; the chosen experts keep the weights
@@ -46,11 +55,11 @@ def router_lowprec(model: Any, floor: float) -> str:
             low_weights = low_weights / low_weights.sum(-1, keepdim=True)
         return low_weights.to(weights.dtype).contiguous(), low_ids.to(ids.dtype).contiguous()
 
-    n = _wrap_routing(model, "router_lowprec", change)
-    return f"expert probabilities below {floor:g} flushed to zero before the top-k in {n} MoE layers"
+    where = _wrap_routing(model, "router_lowprec", change, layer)
+    return f"expert probabilities below {floor:g} flushed to zero before the top-k in {where}"
 
 
-def expert_scale(model: Any, factor: float) -> str:
+def expert_scale(model: Any, factor: float, layer: int | None = None) -> str:
     """One expert's output scaled (a wrong per-expert scale in a grouped GEMM): expert 0's routing weight is
     multiplied by `factor` wherever it was chosen, which scales its contribution exactly."""
     import torch
@@ -59,11 +68,11 @@ def expert_scale(model: Any, factor: float) -> str:
         weights, ids = original(hidden, logits, *args, **kwargs)
         return torch.where(ids == 0, weights * factor, weights).contiguous(), ids
 
-    n = _wrap_routing(model, "expert_scale", change)
-    return f"expert 0's output x{factor:g} in {n} MoE layers"
+    where = _wrap_routing(model, "expert_scale", change, layer)
+    return f"expert 0's output x{factor:g} in {where}"
 
 
-def routing_unnormalized(model: Any, magnitude: float) -> str:
+def routing_unnormalized(model: Any, magnitude: float, layer: int | None = None) -> str:
     """Routing weights not renormalised over the chosen experts (norm_topk_prob ignored): each chosen expert
     weighs its softmax probability over all experts, so the weights sum to less than 1."""
     import torch
@@ -73,11 +82,11 @@ def routing_unnormalized(model: Any, magnitude: float) -> str:
         probs = torch.softmax(logits.float(), dim=-1).gather(1, ids.long())
         return probs.to(weights.dtype).contiguous(), ids
 
-    n = _wrap_routing(model, "routing_unnormalized", change)
-    return f"top-k routing weights not renormalised in {n} MoE layers"
+    where = _wrap_routing(model, "routing_unnormalized", change, layer)
+    return f"top-k routing weights not renormalised in {where}"
 
 
-def router_long(model: Any, tokens: float) -> str:
+def router_long(model: Any, tokens: float, layer: int | None = None) -> str:
     """A router wrong only above N tokens per forward pass (vllm-ascend #11391: the gating top-k softmax
     overflowed its buffer at 2048 input tokens): in a pass of more than N tokens, every token after the N-th
     is routed to the next experts (id + 1 mod E)."""
@@ -90,8 +99,8 @@ def router_long(model: Any, tokens: float) -> str:
             ids[limit:] = (ids[limit:] + 1) % logits.shape[-1]
         return weights, ids.contiguous()
 
-    n = _wrap_routing(model, "router_long", change)
-    return f"tokens after the {limit}th of a forward pass routed to the wrong experts in {n} MoE layers"
+    where = _wrap_routing(model, "router_long", change, layer)
+    return f"tokens after the {limit}th of a forward pass routed to the wrong experts in {where}"
 
 
 FAULTS = {"router_lowprec": router_lowprec, "expert_scale": expert_scale,

@@ -6,6 +6,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..vision_blocks import vision_block_module, vision_blocks
+
+DEFAULT_VISION_BLOCK = 0
+
 
 def _visual(model: Any, fault: str) -> Any:
     visual = getattr(model, "visual", None)
@@ -15,16 +19,26 @@ def _visual(model: Any, fault: str) -> Any:
     return visual
 
 
-def vision_scale(model: Any, factor: float) -> str:
-    """The tower's output (the embeddings entering the language model, deepstack ones too) x factor."""
+def vision_scale(model: Any, factor: float, layer: int | None = None, block: str | None = None) -> str:
+    """The tower's output (the embeddings entering the language model, deepstack ones too) x factor; with
+    `layer=N` only vision block N's attention or MLP (`block`, default mlp) output x factor (a vision kernel wrong
+    in one block: the planted error the layer-by-layer diagnosis must find there)."""
 
     def hook(module: Any, args: tuple, output: Any) -> Any:
         if isinstance(output, tuple):
             return (output[0] * factor, *output[1:])
         return output * factor
 
-    _visual(model, "vision_scale").register_forward_hook(hook)
-    return f"vision tower output x{factor:g}"
+    visual = _visual(model, "vision_scale")
+    if layer is None and block is None:
+        visual.register_forward_hook(hook)
+        return f"vision tower output x{factor:g}"
+    blocks = vision_blocks(visual)
+    index, part = DEFAULT_VISION_BLOCK if layer is None else layer, block or "mlp"
+    if not 0 <= index < len(blocks):
+        raise RuntimeError(f"vision_scale fault: layer={index}, but the vision tower has blocks 0..{len(blocks) - 1}")
+    vision_block_module(blocks[index], part).register_forward_hook(hook, prepend=True)  # before any capture hook
+    return f"vision block {index} {part} output x{factor:g}"
 
 
 def image_norm(model: Any, shift: float) -> str:

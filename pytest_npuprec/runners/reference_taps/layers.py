@@ -1,5 +1,7 @@
 """Layers tap (reference side): the output of every decoder layer (the residual stream) and of its attention and
-MLP, at the scored positions, from forward hooks on transformers' modules (pytest_npuprec/diagnose.py).
+MLP, at the scored positions, from forward hooks on transformers' modules (pytest_npuprec/diagnose.py); where the
+model has them, each MoE layer's router logits and chosen experts (layer_routers.py) and the vision tower's blocks
+(vision_blocks.py).
 
 Hooks rather than output_hidden_states: transformers' last hidden state is taken after the final norm, the
 device's layer output before it; and the sub-blocks have no output flag."""
@@ -15,6 +17,8 @@ import numpy as np
 from ...atomic import atomic_file
 from ...errors import NpuprecError
 from ..decoder_layers import BLOCKS, block_module, decoder_layers, first_tensor, is_moe, residual_stream
+from .layer_routers import hook_routers
+from .vision_blocks import hook_vision, vision_arrays
 
 KINDS = ("output", *BLOCKS)
 
@@ -51,6 +55,12 @@ def recording(model: Any) -> Iterator[None]:
     for i, layer in enumerate(layers):
         handles.append(layer.register_forward_hook(hook("output", i)))
         handles += [block_module(layer, block).register_forward_hook(hook(block, i)) for block in BLOCKS]
+    def mine() -> bool:
+        return threading.get_ident() == owner
+
+    model._npuprec_router_layers, router_handles = hook_routers(model, layers, seen, mine)
+    model._npuprec_vision_blocks, vision_handles = hook_vision(model, seen, mine)
+    handles += router_handles + vision_handles
     try:
         yield
     finally:
@@ -59,11 +69,22 @@ def recording(model: Any) -> Iterator[None]:
 
 
 def write(model: Any, output: Any, keep: Any, path: Path) -> None:
-    """output / attention / mlp: float32 [L x P x hidden]; moe: bool [L]."""
+    """output / attention / mlp: float32 [L x P x hidden]; moe: bool [L]; for the M MoE layers router_layers [M],
+    router_logits float32 [M x P x experts], router_ids [M x P x k]; vision_* [blocks x patches x hidden] when the
+    vision tower ran (as the worker side writes them)."""
     import torch
 
     seen, moe = model._npuprec_layers.pop(threading.get_ident()), model._npuprec_moe
-    arrays = {kind: torch.stack([seen[(kind, i)].index_select(0, keep) for i in range(len(moe))]).numpy()
-              for kind in KINDS}
+
+    def stacked(kind: str, indices: list[int]) -> Any:
+        return torch.stack([seen[(kind, i)].index_select(0, keep) for i in indices]).numpy()
+
+    arrays = {kind: stacked(kind, list(range(len(moe)))).astype(np.float32) for kind in KINDS}
+    routers = model._npuprec_router_layers
+    if routers:
+        arrays.update(router_layers=np.asarray(routers, dtype=np.int32),
+                      router_logits=stacked("router_logits", routers).astype(np.float32),
+                      router_ids=stacked("router_ids", routers).astype(np.int32))
+    arrays.update(vision_arrays(model._npuprec_vision_blocks, seen))
     with atomic_file(path, "wb") as f:
-        np.savez(f, **{k: v.astype(np.float32) for k, v in arrays.items()}, moe=np.asarray(moe, dtype=bool))
+        np.savez(f, **arrays, moe=np.asarray(moe, dtype=bool))

@@ -1,5 +1,7 @@
 """Layers tap (worker side): the residual stream after every decoder layer, and each layer's attention and MLP
-outputs, at the scored positions (the layer-by-layer diagnosis, pytest_npuprec/diagnose.py).
+outputs, at the scored positions (the layer-by-layer diagnosis, pytest_npuprec/diagnose.py); where the model has
+them, each MoE layer's router logits and chosen experts (layer_routers.py) and the vision tower's blocks
+(vision_blocks.py).
 
 Forward hooks on the decoder layers and on their `self_attn` and `mlp`: they run only in an eager engine (a
 compiled decoder stack never calls them), so the diagnosis runs its device engine with enforce_eager, and a pass
@@ -18,13 +20,17 @@ import numpy as np
 
 from ...atomic import atomic_file
 from ..decoder_layers import BLOCKS, block_module, decoder_layers, first_tensor, is_moe, residual_stream
+from .layer_routers import RouterWatch
+from .vision_blocks import VisionWatch
 
 KINDS = ("output", *BLOCKS)  # what is captured per decoder layer: its output (residual stream), attention, mlp
 
 
 class LayersTap:
-    def __init__(self, layers: list[Any]):
+    def __init__(self, layers: list[Any], model: Any):
         self.layers = layers
+        self.routers = RouterWatch(model)
+        self.vision = VisionWatch(model)
         self.moe = [is_moe(layer) for layer in layers]
         self.hooked = False
         self.pass_out: dict[tuple[str, int], Any] = {}  # (kind, layer) -> [tokens x hidden] of the current pass
@@ -42,10 +48,13 @@ class LayersTap:
             layer.register_forward_hook(self._hook("output", i))
             for block in BLOCKS:
                 block_module(layer, block).register_forward_hook(self._hook(block, i))
+        self.routers.install()
+        self.vision.install()
         self.hooked = True
 
     def start_pass(self) -> None:
         self.pass_out = {}
+        self.routers.pass_seen = {}
 
     def take(self, rows: Any, keys: list[int], positions: list[int]) -> str | None:
         if not self.hooked:
@@ -56,7 +65,12 @@ class LayersTap:
             return (f"layers: the hooks of decoder layers {missing} did not run during a scoring pass (a compiled "
                     "decoder stack bypasses module hooks); the layer-by-layer capture needs an eager engine "
                     "(enforce_eager: true)")
+        if self.routers.missing():
+            return (f"layers: the routers of MoE layers {self.routers.missing()} were not called in Python during a "
+                    "scoring pass; the router / experts split needs an eager engine (enforce_eager: true)")
         picked = {key: t.index_select(0, rows).float().cpu() for key, t in self.pass_out.items()}
+        for layer, (logits, ids) in self.routers.picked(rows).items():
+            picked[("router_logits", layer)], picked[("router_ids", layer)] = logits, ids
         for i, (key, position) in enumerate(zip(keys, positions)):
             self.rows.setdefault((key, position), {k: v[i] for k, v in picked.items()})
         return None
@@ -65,18 +79,27 @@ class LayersTap:
         if not self.hooked:
             self._install()
         self.rows = {}
+        self.vision.reset()
 
     def write(self, key: int, positions: list[int], path: str) -> None:
-        """output / attention / mlp: float32 [L x P x hidden]; moe: bool [L] (the layer's MLP is routed experts)."""
+        """output / attention / mlp: float32 [L x P x hidden]; moe: bool [L] (the layer's MLP is routed experts);
+        router_layers [M], router_logits float32 [M x P x experts], router_ids [M x P x k] of the M MoE layers
+        whose router was seen; vision_* [blocks x patches x hidden] when the vision tower ran."""
         import torch
 
-        arrays = {kind: torch.stack([torch.stack([self.rows[(key, p)][(kind, i)] for p in positions])
-                                     for i in range(len(self.layers))]).numpy().astype(np.float32)
-                  for kind in KINDS}
+        def stacked(kind: str, indices: list[int]) -> Any:
+            return torch.stack([torch.stack([self.rows[(key, p)][(kind, i)] for p in positions]) for i in indices])
+
+        arrays = {kind: stacked(kind, list(range(len(self.layers)))).numpy().astype(np.float32) for kind in KINDS}
+        if self.routers.layers:
+            arrays.update(router_layers=np.asarray(self.routers.layers, dtype=np.int32),
+                          router_logits=stacked("router_logits", self.routers.layers).numpy().astype(np.float32),
+                          router_ids=stacked("router_ids", self.routers.layers).numpy().astype(np.int32))
+        arrays.update(self.vision.arrays())
         with atomic_file(path, "wb") as f:
             np.savez(f, **arrays, moe=np.asarray(self.moe, dtype=bool))
 
 
 def install(model: Any) -> LayersTap | None:
     layers = decoder_layers(model)
-    return LayersTap(layers) if layers else None
+    return LayersTap(layers, model) if layers else None
