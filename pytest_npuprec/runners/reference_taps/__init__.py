@@ -3,6 +3,6 @@ needs to produce the tap), optionally `recording(model)` (a context manager arou
 that hook modules), and `write(model, output, keep, path)` (the arrays at the kept positions, atomic)."""
 from __future__ import annotations
 
-from . import layers, routing
+from . import layers, routing, vision
 
-REFERENCE_TAPS = {"routing": routing, "layers": layers}
+REFERENCE_TAPS = {"routing": routing, "layers": layers, "vision": vision}
