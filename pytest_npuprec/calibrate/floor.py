@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..capture.records import ModelCapture
+from ..capture.records import ModelCapture, PromptInput
 from ..capture.session import capture_model
 from ..runners.scoring import ScoreRequest
 
@@ -53,12 +53,14 @@ def model_path(capture: ModelCapture) -> Path:
 
 
 def capture_floor(capture: ModelCapture, trust_remote_code: bool, folder: Path,
-                  taps: Sequence[str] = ()) -> ModelCapture:
-    """transformers BF16 ("device" side) vs the capture's FP32 reference, on the same prompts and positions."""
+                  taps: Sequence[str] = (), prompts: Sequence[PromptInput] | None = None) -> ModelCapture:
+    """transformers BF16 ("device" side) vs the capture's FP32 reference, on the same prompts and positions.
+    `prompts`: the inputs the capture ran, with their images (a capture read back from disk has none)."""
     from ..runners.reference import TransformersRunner
 
     return capture_model(
-        capture.model, [p.prompt for p in capture.prompts], int(capture.meta["max_tokens"]),
+        capture.model, list(prompts) if prompts is not None else [p.prompt for p in capture.prompts],
+        int(capture.meta["max_tokens"]),
         capture.meta["positions_mode"],
         reference=lambda: RecordedReference(capture),
         device=lambda: TransformersRunner(model_path(capture), trust_remote_code, dtype=FLOOR_DTYPE),
