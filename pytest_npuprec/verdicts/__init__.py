@@ -51,7 +51,9 @@ def judge_checks(config: ModelConfig, measured: Measured, judged: dict[str, Verd
     verdicts = judge_thresholds(config.thresholds, measured.thresholds, measured.routing, measured.vision)
     if config.decode_thresholds:
         assert measured.decode is not None
-        verdicts.update(judge_decode(config.decode_thresholds, measured.decode))
+        decode = judge_decode(config.decode_thresholds, measured.decode)
+        note = language_note(verdicts, [t.id for t in config.thresholds if t.metric in VISION_METRICS])
+        verdicts.update({k: with_note(v, note) if note and v.failed else v for k, v in decode.items()})
     verdicts.update(judged or {})
     checks = config.checks
     for kind in checks.enabled():
