@@ -113,18 +113,19 @@ def compare_positions(prompt: int, device: np.ndarray, reference: np.ndarray) ->
                               tuple(int(x) for x in ref[:, first]))
 
 
-def measure_vision(capture: ModelCapture) -> VisionMeasurement | None:
-    """Every compared prompt's images and positions, device vs reference; None without a vision capture."""
-    records = [r for r in capture.compared() if TAP in r.tap_files]
+def measure_vision(capture: ModelCapture, tap: str = TAP) -> VisionMeasurement | None:
+    """Every compared prompt's images and positions, device vs reference; None without a vision capture. `tap`:
+    another tower's tap of the same arrays (runners/worker_taps/vision.py TOWERS)."""
+    records = [r for r in capture.compared() if tap in r.tap_files]
     if not records:
         return None
     out = VisionMeasurement()
     for record in records:
-        sides = record.tap_files[TAP]
+        sides = record.tap_files.get(tap, {})
         missing = [s for s in ("reference", "device") if s not in sides]
         if missing:
-            raise ValueError(f"prompt {record.prompt.id!r}: no vision capture on the {' and '.join(missing)} side")
-        dev, ref = record.tap(TAP, "device"), record.tap(TAP, "reference")
+            raise ValueError(f"prompt {record.prompt.id!r}: no {tap} capture on the {' and '.join(missing)} side")
+        dev, ref = record.tap(tap, "device"), record.tap(tap, "reference")
         index = record.prompt.index
         n_ref = len(ref["offsets"])
         if len(dev["offsets"]) != n_ref or list(dev["offsets"]) != list(ref["offsets"]):

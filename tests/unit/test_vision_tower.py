@@ -203,3 +203,35 @@ def test_vision_bounds_in_yaml(tmp_path):
     path.write_text(base + "    vision_relative_l2: {max: 0.01, phase: decode}\n")
     with pytest.raises(ConfigError, match="vision_relative_l2.*per image of the teacher-forced scoring pass"):
         load_config(path)
+
+
+def test_reference_tap_on_the_stand_in_matches_its_tower_and_rope_index(tmp_path):
+    """transformers FP32 on the shipped VL stand-in: the tap writes get_image_features' embeddings (and deepstack)
+    per image at the placeholder offsets, and get_rope_index's positions, for an image prompt and a text-only one."""
+    from pytest_npuprec.capture.prompts import load_tokenizer, render_prompts
+    from pytest_npuprec.capture.session import scored_positions
+    from pytest_npuprec.config.loader import load_config
+    from pytest_npuprec.runners.reference import TransformersRunner
+    from pytest_npuprec.runners.scoring import ScoreRequest
+
+    repo = Path(__file__).resolve().parents[2]
+    config = load_config(repo / "tests/e2e/models/configs/tiny-Qwen3-VL-8B-Instruct.yaml")
+    model = repo / "pytest_npuprec/standins/shipped/tiny-Qwen3-VL-8B-Instruct"
+    prompts = {p.id: p for p in render_prompts(config, load_tokenizer(model, False), model)}
+    picked = [prompts["two-images"], prompts["text-only"]]
+    with TransformersRunner(model, False) as ref:
+        requests = [ScoreRequest(p.token_ids, scored_positions(len(p.token_ids) - 1, len(p.token_ids), "continuation"),
+                                 tmp_path / f"{i}.npy", {"vision": tmp_path / f"{i}.npz"}, images=p.images)
+                    for i, p in enumerate(picked)]
+        ref.score(requests)
+    with np.load(tmp_path / "0.npz") as two:
+        assert list(two["offsets"]) == [picked[0].media_positions[0], picked[0].media_positions[9]]
+        assert two["embeds_0"].shape[0] == 9 and two["embeds_1"].shape[0] == 4
+        assert two["deepstack_0"].shape == (1, *two["embeds_0"].shape) and np.isfinite(two["embeds_0"]).all()
+        pos = two["positions"]
+        assert pos.shape == (3, max(requests[0].positions) + 1)  # the reference runs up to its last scored row
+        image = list(picked[0].media_positions[:9])
+        assert len({tuple(pos[:, i]) for i in image}) == 9 and len(set(pos[0, image])) == 1  # a 3 x 3 grid, one t
+    with np.load(tmp_path / "1.npz") as text:
+        n = max(requests[1].positions) + 1
+        assert list(text["offsets"]) == [] and (text["positions"] == np.tile(np.arange(n), (3, 1))).all()
