@@ -62,7 +62,7 @@ def main() -> int:
         (lambda: VllmRunner(path, config.serve, resolve_device("auto")))
 
     def fresh_inputs() -> list:
-        """The inputs rendered again: images freshly loaded (the ones vLLM was given are not reused)."""
+        """The inputs with their images, for the floor's BF16 side (the capture read back from disk has none)."""
         again = render_prompts(config, tokenizer, path)
         return again + ([perplexity_input(config, tokenizer, len(again))] if config.checks.perplexity else [])
 
