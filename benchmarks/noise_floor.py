@@ -88,11 +88,7 @@ def main() -> int:
                     results[label]["router_logit_max_abs_diff"] = error
             vision = measure_vision(capture)  # the image embeddings entering the language model, per image
             if vision is not None:
-                for metric in ("vision_cosine", "vision_relative_l2", "vision_max_abs_diff", "mrope_mismatches"):
-                    values = vision.values(metric)
-                    if values.size:
-                        results[label][metric] = {"mean": float(values.mean()), "min": float(values.min()),
-                                                  "max": float(values.max())}
+                results[label].update(vision.summary())
             if args.per_prompt and vision is not None:
                 for image in vision.images:
                     print(f"{label}: {prompts[image.prompt].id:<24} image {image.image}: {image.invalid or image.values}")

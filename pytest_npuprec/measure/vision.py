@@ -53,6 +53,20 @@ class VisionMeasurement:
             return np.asarray([float(p.differing) for p in self.positions])
         return np.asarray([np.nan if i.invalid else i.values[metric] for i in self.images])
 
+    def summary(self) -> dict[str, dict[str, float]]:
+        """metric -> {mean, min, max} over images (prompts for mrope_mismatches); NaN for an invalid capture, and
+        no entry for a metric with no values (calibration and benchmarks/noise_floor.py)."""
+        nan = float("nan")
+        out = {}
+        for metric in (*IMAGE_METRICS, "mrope_mismatches"):
+            values = self.values(metric)
+            if not values.size:
+                continue
+            invalid = self.problems if metric == "mrope_mismatches" else self.invalid
+            out[metric] = ({k: nan for k in ("mean", "min", "max")} if invalid or not np.isfinite(values).all()
+                           else {"mean": float(values.mean()), "min": float(values.min()), "max": float(values.max())})
+        return out
+
     @property
     def invalid(self) -> list[ImageComparison]:
         return [i for i in self.images if i.invalid]

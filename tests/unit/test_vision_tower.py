@@ -78,6 +78,8 @@ def test_same_tower_passes_with_every_metric_in_the_report(tmp_path):
     assert all(v.passed for v in verdicts.values()), [v.message for v in verdicts.values()]
     assert "36 positions of 3 prompts" not in verdicts["mrope_mismatches"].message  # 2 prompts, 12 each
     assert "24 positions of 2 prompts compared exactly" in verdicts["mrope_mismatches"].message
+    summary = vision.summary()
+    assert summary["vision_cosine"]["min"] == pytest.approx(1.0) and summary["mrope_mismatches"]["max"] == 0
     report: dict = {}
     add_vision(report, vision, lambda i: f"p{i + 1}")
     json.dumps(report)
@@ -117,6 +119,7 @@ def test_nan_in_the_tower_fails_every_vision_metric(tmp_path, side):
     _, verdicts = judged(vision_capture(tmp_path / "c", [spec]))
     for check in ("vision_cosine", "vision_relative_l2", "vision_max_abs_diff"):
         assert verdicts[check].failed and f"non-finite values in the {side}'s embeddings" in verdicts[check].message
+    assert np.isnan(measure_vision(vision_capture(tmp_path / "c", [spec])).summary()["vision_cosine"]["min"])
 
 
 def test_a_different_number_of_image_tokens_cannot_pass(tmp_path):
