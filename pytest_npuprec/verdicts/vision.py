@@ -106,7 +106,7 @@ def language_note(verdicts: dict[str, Verdict], vision_ids: list[str]) -> str | 
             f"their bounds ({', '.join(v.check_id for v in judged)} passed)")
 
 
-def with_note(v: Verdict, note: str) -> Any:
+def with_note(v: Verdict, note: str) -> Verdict:
     import dataclasses
 
     return dataclasses.replace(v, message=f"{v.message}; {note}")
