@@ -41,6 +41,7 @@ def main() -> int:
     from pytest_npuprec.measure.kinds import measure_perplexity
     from pytest_npuprec.measure.routing import measure_routing, router_logit_error
     from pytest_npuprec.measure.thresholds import measure
+    from pytest_npuprec.measure.vision import measure_vision
     from pytest_npuprec.runners.device import VllmRunner
     from pytest_npuprec.runners.environment import resolve_device
     from pytest_npuprec.runners.reference import TransformersRunner
@@ -60,14 +61,19 @@ def main() -> int:
     device = (lambda: TransformersRunner(path, trust, dtype=FLOOR_DTYPE)) if args.no_vllm else \
         (lambda: VllmRunner(path, config.serve, resolve_device("auto")))
 
+    def fresh_inputs() -> list:
+        """The inputs with their images, for the floor's BF16 side (the capture read back from disk has none)."""
+        again = render_prompts(config, tokenizer, path)
+        return again + ([perplexity_input(config, tokenizer, len(again))] if config.checks.perplexity else [])
+
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         taps = model_taps(config, path)
         first = capture_model(config.name, prompts, precision.max_tokens, precision.positions,
                               reference=lambda: TransformersRunner(path, trust), device=device,
-                              folder=Path(tmp) / "device", taps=taps)
+                              folder=Path(tmp) / "device", taps=taps, meta={"model_path": str(path)})
         captures = {floor_label: first} if args.no_vllm else \
-            {floor_label: capture_floor(first, trust, Path(tmp) / "floor", taps), device_label: first}
+            {floor_label: capture_floor(first, trust, Path(tmp) / "floor", taps, fresh_inputs()), device_label: first}
         for label, capture in captures.items():
             results[label] = summaries(capture, precision.tie_margin)
             routing = measure_routing(capture, 0.0)  # tie margin 0: every differing expert set is counted
@@ -80,6 +86,12 @@ def main() -> int:
                 error = router_logit_error(capture)  # None for the device: it writes expert ids, not logits
                 if error is not None:
                     results[label]["router_logit_max_abs_diff"] = error
+            vision = measure_vision(capture)  # the image embeddings entering the language model, per image
+            if vision is not None:
+                results[label].update(vision.summary())
+            if args.per_prompt and vision is not None:
+                for image in vision.images:
+                    print(f"{label}: {prompts[image.prompt].id:<24} image {image.image}: {image.invalid or image.values}")
             if args.per_prompt:
                 kl = measure(capture, precision.tie_margin).cells["kl_divergence"]
                 for p in prompts[:n_compared]:
@@ -98,7 +110,7 @@ def main() -> int:
 
     for name, spec in METRICS.items():
         if not all(name in results[label] for label in labels):
-            continue  # routing metrics of a dense model
+            continue  # routing metrics of a dense model, vision metrics of a text-only one
         row = f"{name:<22}"
         for label in labels:
             s = results[label][name]

@@ -26,6 +26,7 @@ from .measure import Measured
 from .measure.kinds import measure_determinism, measure_labels, measure_perplexity, measure_ternary, measure_thinking
 from .measure.prefix_cache import measure_prefix_cache
 from .measure.routing import measure_routing
+from .measure.vision import measure_vision
 from .measure.steps import GRAPH_MODE, decode_summary, measure_batch_invariance, measure_decode, measure_graph_mode
 from .measure.thresholds import Measurements, measure
 from .progress import announced, phase
@@ -33,6 +34,7 @@ from .report.diagnosis import add_diagnosis
 from .report.document import build_report
 from .report.figures import figures
 from .report.routing import add_routing
+from .report.vision import add_vision
 from .report.steps import add_decode
 from .report.write import write_report
 from .runners import decoding
@@ -121,6 +123,8 @@ def _run(config: ModelConfig, options: RunOptions) -> ModelResult:
         add_decode(report, measured.decode, decode_summary(capture, measured.decode))
     if measured.routing is not None:
         add_routing(report, measured.routing)
+    if measured.vision is not None:
+        add_vision(report, measured.vision, lambda index: measured.thresholds.prompt(index).id)
     report["figures"] = figures(capture, measured.thresholds, measured.decode, lambda t: decode_token(tokenizer, t))
     return ModelResult(config, verdicts, report, write_report(report, options.report_dir))
 
@@ -185,6 +189,7 @@ def _measure(config: ModelConfig, capture: ModelCapture, tokenizer: Any, model_p
         thinking=(measure_thinking(texts, checks.thinking, config.serve.enable_thinking) if checks.thinking
                   else None),
         routing=measure_routing(capture, config.precision.routing_tie_margin),
+        vision=measure_vision(capture),
     )
 
 

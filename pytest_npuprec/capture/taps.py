@@ -7,7 +7,8 @@ from pathlib import Path
 
 from ..config.schema import ModelConfig
 from ..errors import NpuprecError
-from ..metrics.registry import ROUTING_METRICS
+from ..metrics.registry import ROUTING_METRICS, VISION_METRICS
+from .multimodal import image_token_id
 
 # config.json keys that count a model's routed experts, across MoE families (Qwen-MoE, Mixtral, DeepSeek, ERNIE)
 _EXPERT_KEYS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
@@ -30,7 +31,12 @@ def routed_experts(model_path: Path) -> int:
 
 
 def model_taps(config: ModelConfig, model_path: Path) -> tuple[str, ...]:
-    """("routing",) when the config bounds routing metrics (the model must then be MoE), else ()."""
+    """The taps the config's bounds need: "routing" (routing metrics; the model must be MoE), "vision" (vision /
+    M-RoPE metrics; the model must take images)."""
+    return _routing(config, model_path) + _vision(config, model_path)
+
+
+def _routing(config: ModelConfig, model_path: Path) -> tuple[str, ...]:
     routing = sorted({t.metric for t in config.thresholds if t.metric in ROUTING_METRICS})
     if not routing:
         return ()
@@ -39,3 +45,14 @@ def model_taps(config: ModelConfig, model_path: Path) -> tuple[str, ...]:
                            f"{Path(model_path) / 'config.json'} declares no routed experts (none of "
                            f"{', '.join(_EXPERT_KEYS)}); routing checks exist only for MoE models")
     return ("routing",)
+
+
+def _vision(config: ModelConfig, model_path: Path) -> tuple[str, ...]:
+    vision = sorted({t.metric for t in config.thresholds if t.metric in VISION_METRICS})
+    if not vision:
+        return ()
+    if image_token_id(model_path) is None:
+        raise NpuprecError(f"{config.path}: precision.thresholds bounds {', '.join(vision)}, but "
+                           f"{Path(model_path) / 'config.json'} declares no vision tower (no vision_config / "
+                           "image_token_id); vision checks exist only for vision-language models")
+    return ("vision",)

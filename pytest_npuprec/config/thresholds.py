@@ -61,6 +61,7 @@ def _threshold(r: Reader, metric: str, raw: Any, key: str, phases: bool = False)
     phase = r.choice(raw.get("phase", "prefill"), f"{key}.phase", _PHASES)
     if phase == "decode" and spec.per != "position":
         over = ("once per prompt over the whole continuation" if spec.per == "prompt"
+                else "per image of the teacher-forced scoring pass" if spec.per == "image"
                 else "on the routing of the teacher-forced scoring pass")
         raise r.fail(f"{key}.phase", f"{metric} is measured {over}; expected phase bounds only on per-position "
                                      "metrics")

@@ -13,6 +13,7 @@ from .prefix_cache import PrefixCacheMeasurement
 from .steps import StepDifference
 from .routing import RoutingMeasurement
 from .thresholds import Measurements
+from .vision import VisionMeasurement
 
 
 @dataclass(frozen=True)
@@ -32,3 +33,4 @@ class Measured:
     graph_mode: StepDifference | None = None
     prefix_cache: PrefixCacheMeasurement | None = None
     routing: RoutingMeasurement | None = None  # MoE routing, device vs reference (measure/routing.py)
+    vision: VisionMeasurement | None = None  # image embeddings and M-RoPE positions (measure/vision.py)

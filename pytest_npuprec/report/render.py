@@ -7,6 +7,7 @@ from ..verdicts.verdict import clip
 from .diagnosis import diagnosis_heading, diagnosis_rows
 from .numbers import scaled, words
 from .routing import routing_rows
+from .vision import vision_rows
 
 _MARK = {"match": "yes", "tie": "tie", "mismatch": "NO", "nonfinite": "NaN"}
 
@@ -115,9 +116,9 @@ def render_terminal(report: dict[str, Any]) -> str:
     lines = [_title(report), *_reference_source(report)]
     lines += _text_table(*prompt_rows(report))
     lines.append("")
-    routing = routing_rows(report)
-    if routing:
-        lines += _text_table(*routing) + [""]
+    for extra in (routing_rows(report), vision_rows(report)):
+        if extra:
+            lines += _text_table(*extra) + [""]
     lines += _text_table(*check_rows(report))
     lines.append(f"overall: {_overall(report)}")
     if report.get("diagnosis"):
@@ -132,9 +133,9 @@ def render_markdown(report: dict[str, Any]) -> str:
              "Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items() if v), ""]
     lines += _md_table(*prompt_rows(report))
     lines.append("")
-    routing = routing_rows(report)
-    if routing:
-        lines += _md_table(*routing) + [""]
+    for extra in (routing_rows(report), vision_rows(report)):
+        if extra:
+            lines += _md_table(*extra) + [""]
     lines += _md_table(*check_rows(report))
     lines += ["", f"**Overall: {_overall(report)}**", ""]
     if report.get("diagnosis"):

@@ -104,6 +104,9 @@ class CaptureWorkerExtension:
             except RuntimeError as exc:
                 state.problem = str(exc)
                 return
+            for name in state.taps:
+                if hasattr(taps[name], "see"):
+                    taps[name].see(segments, pos, args, kwargs)
             picked, keys = [], []
             for key, start, end in segments:
                 wanted = torch.tensor(sorted(p for p in state.wanted.get(key, ()) if (key, p) not in state.rows),

@@ -43,7 +43,16 @@ def vision_scale(model: Any, factor: float, layer: int | None = None, block: str
 
 def image_norm(model: Any, shift: float) -> str:
     """Pixels normalised with another mean: every normalised pixel value entering the tower + shift (a mean off
-    by shift x std), as a device-side processor with the wrong image_mean would give."""
+    by shift x std), as a device-side processor with the wrong image_mean would give.
+
+    vLLM >= 0.32 normalises on the device (`visual.input_norm`, a per-channel affine on the raw pixels, when the
+    model supports mm_device_do_normalize): the shift goes onto that module's output, the normalised pixels; a
+    tower fed normalised pixels by the processor gets it on its input instead."""
+    visual = _visual(model, "image_norm")
+    norm = getattr(visual, "input_norm", None)
+    if norm is not None:
+        norm.register_forward_hook(lambda module, args, output: output + shift)
+        return f"normalised pixels {shift:+g} after the device's input normalisation (image mean off by {shift:g} x std)"
 
     def pre_hook(module: Any, args: tuple, kwargs: dict) -> Any:
         if args:
@@ -51,7 +60,7 @@ def image_norm(model: Any, shift: float) -> str:
         name = next(k for k in ("x", "pixel_values", "hidden_states") if k in kwargs)
         return args, dict(kwargs, **{name: kwargs[name] + shift})
 
-    _visual(model, "image_norm").register_forward_pre_hook(pre_hook, with_kwargs=True)
+    visual.register_forward_pre_hook(pre_hook, with_kwargs=True)
     return f"normalised pixels {shift:+g} (image mean off by {shift:g} x std)"
 
 
