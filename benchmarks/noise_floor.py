@@ -65,7 +65,7 @@ def main() -> int:
         taps = model_taps(config, path)
         first = capture_model(config.name, prompts, precision.max_tokens, precision.positions,
                               reference=lambda: TransformersRunner(path, trust), device=device,
-                              folder=Path(tmp) / "device", taps=taps)
+                              folder=Path(tmp) / "device", taps=taps, meta={"model_path": str(path)})
         captures = {floor_label: first} if args.no_vllm else \
             {floor_label: capture_floor(first, trust, Path(tmp) / "floor", taps), device_label: first}
         for label, capture in captures.items():

@@ -30,10 +30,11 @@ def routed_experts(model_path: Path) -> int:
 
 
 def model_taps(config: ModelConfig, model_path: Path) -> tuple[str, ...]:
-    """("routing",) when the config bounds routing metrics (the model must then be MoE), else ()."""
+    """("routing",) when the config bounds routing metrics (the model must then be MoE), or when its
+    parallel_layouts check compares a MoE model's layouts (routing is half of what a layout changes); else ()."""
     routing = sorted({t.metric for t in config.thresholds if t.metric in ROUTING_METRICS})
     if not routing:
-        return ()
+        return ("routing",) if config.checks.parallel_layouts and routed_experts(model_path) else ()
     if not routed_experts(model_path):
         raise NpuprecError(f"{config.path}: precision.thresholds bounds {', '.join(routing)}, but "
                            f"{Path(model_path) / 'config.json'} declares no routed experts (none of "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .layouts import ParallelLayoutsMeasurement
 from .kinds import LabelPair, PerplexityMeasurement, RunDifference, TensorTernary, ThinkingMeasurement
 from .prefix_cache import PrefixCacheMeasurement
 from .steps import StepDifference
@@ -32,3 +33,4 @@ class Measured:
     graph_mode: StepDifference | None = None
     prefix_cache: PrefixCacheMeasurement | None = None
     routing: RoutingMeasurement | None = None  # MoE routing, device vs reference (measure/routing.py)
+    parallel_layouts: ParallelLayoutsMeasurement | None = None  # other layouts vs the configured (measure/layouts.py)
