@@ -2,8 +2,8 @@
 engine settings of a layout, the route comparison between two layouts and the verdict's words."""
 import numpy as np
 import pytest
+import test_config_checks as config_checks  # its model (thresholds: cosine_similarity) and helpers
 
-from pytest_npuprec.config.loader import ConfigError, load_config
 from pytest_npuprec.config.schema import ServeConfig
 from pytest_npuprec.measure.layouts import (LayoutMeasurement, ParallelLayoutsMeasurement, RouteFlip,
                                             TokenDivergence, route_sets_differ)
@@ -11,31 +11,15 @@ from pytest_npuprec.measure.thresholds import Cells, Measurements, PromptSummary
 from pytest_npuprec.runners.layouts import UnsupportedLayout, layout_serve, refuse_unsupported_layouts
 from pytest_npuprec.verdicts.layouts import judge_parallel_layouts
 
-BASE = """
-model_name: "org/M"
-serve: {tensor_parallel_size: 1}
-precision:
-  max_tokens: 4
-  prompts: ["plain"]
-  thresholds:
-    token_agreement: {min: 0.99}
-    kl_divergence: {max: 1.0e-4, reduce: max}
-    max_abs_diff: {max: 0.3, reduce: max}
-  checks:
-    parallel_layouts:
-"""
+CHECK = "  checks:\n    parallel_layouts:\n"
 
 
 def load(tmp_path, body: str):
-    path = tmp_path / "M.yaml"
-    path.write_text(BASE + body, encoding="utf-8")
-    return load_config(path)
+    return config_checks.load(tmp_path, CHECK + body)
 
 
 def error(tmp_path, body: str) -> str:
-    with pytest.raises(ConfigError) as info:
-        load(tmp_path, body)
-    return str(info.value)
+    return config_checks.error(tmp_path, CHECK + body)
 
 
 def test_layouts_parse_and_take_the_models_bounds_with_their_own_replacing_them(tmp_path):
@@ -43,14 +27,14 @@ def test_layouts_parse_and_take_the_models_bounds_with_their_own_replacing_them(
         - {tensor_parallel_size: 2}
         - {tensor_parallel_size: 2, enable_expert_parallel: true}
       thresholds:
+        cosine_similarity: {min: 0.99}
         max_abs_diff: {max: 0.5, reduce: max}
 """)
     check = c.checks.parallel_layouts
     assert [layout.label for layout in check.layouts] == ["tensor_parallel_size=2",
                                                          "tensor_parallel_size=2, enable_expert_parallel=true"]
     assert check.layouts[1].serve(c.serve).enable_expert_parallel and c.serve.enable_expert_parallel is None
-    assert {(t.metric, t.value) for t in check.thresholds} == {("token_agreement", 0.99), ("kl_divergence", 1e-4),
-                                                              ("max_abs_diff", 0.5)}
+    assert {(t.metric, t.value) for t in check.thresholds} == {("cosine_similarity", 0.99), ("max_abs_diff", 0.5)}
     assert c.check_ids[-1] == "parallel_layouts"
 
 
@@ -104,13 +88,12 @@ def test_route_sets_differing_among_near_tied_experts_are_ties_and_others_flips(
 def _measurements(max_abs_diff: float) -> Measurements:
     prompt = PromptSummary(0, "p1", "The capital", 3, (2, 3), (5, 6), (5, 6), "match", 2, "match")
     cells = {"max_abs_diff": Cells(np.array([0.01, max_abs_diff]), np.array([0, 0]), np.array([2, 3])),
-             "kl_divergence": Cells(np.array([1e-6, 1e-6]), np.array([0, 0]), np.array([2, 3])),
-             "token_agreement": Cells(np.array([1.0]), np.array([0]), np.array([2]))}
+             "cosine_similarity": Cells(np.array([1.0, 1.0]), np.array([0, 0]), np.array([2, 3]))}
     return Measurements("M", cells, [prompt], [], 16)
 
 
 def _layouts(tmp_path, against_configured=0.05, divergences=(), flips=()) -> tuple:
-    c = load(tmp_path, "      layouts: [{tensor_parallel_size: 2}]\n")
+    c = load(tmp_path, "      layouts: [{tensor_parallel_size: 2}]\n      thresholds: {max_abs_diff: {max: 0.3, reduce: max}}\n")
     m = LayoutMeasurement("tensor_parallel_size=2", "device-layout1", 1, list(divergences),
                           _measurements(against_configured), _measurements(0.05), None, routes=4, route_ties=1,
                           route_flips=list(flips))
