@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .layouts import ParallelLayoutsMeasurement
 from .kinds import LabelPair, PerplexityMeasurement, RunDifference, TensorTernary, ThinkingMeasurement
+from .layouts import ParallelLayoutsMeasurement
 from .prefix_cache import PrefixCacheMeasurement
 from .steps import StepDifference
 from .routing import RoutingMeasurement
