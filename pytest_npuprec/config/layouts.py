@@ -16,8 +16,8 @@ def parse_parallel_layouts(r: Reader, raw: Any, key: str, thresholds: tuple[Thre
     """`layouts:` a list of mappings of LAYOUT_KEYS, e.g. [{tensor_parallel_size: 2}, {tensor_parallel_size: 2,
     enable_expert_parallel: true}]."""
     if "layouts" not in raw:
-        raise r.fail(f"{key}.layouts", "missing; expected a list of parallel layouts such as "
-                                       "[{tensor_parallel_size: 2}, {tensor_parallel_size: 2, enable_expert_parallel: true}]")
+        raise r.fail(f"{key}.layouts", "missing; expected a list of parallel layouts such as [{tensor_parallel_size: "
+                                       "2}, {tensor_parallel_size: 2, enable_expert_parallel: true}]")
     items = r.typed(raw["layouts"], f"{key}.layouts", list)
     if not items:
         raise r.fail(f"{key}.layouts", "empty; expected at least one parallel layout (or no parallel_layouts check)")

@@ -34,7 +34,8 @@ def judge_parallel_layouts(check: ParallelLayoutsCheck, measured: ParallelLayout
                    n_values=len(measured.layouts), n_failing=failing)
 
 
-def _layout_problems(check: ParallelLayoutsCheck, m: LayoutMeasurement, configured: str) -> tuple[list[str], dict | None]:
+def _layout_problems(check: ParallelLayoutsCheck, m: LayoutMeasurement,
+                     configured: str) -> tuple[list[str], dict | None]:
     pair = f"layout {m.label} vs {configured}"
     problems: list[str] = []
     worst = None
@@ -65,15 +66,17 @@ def _layout_problems(check: ParallelLayoutsCheck, m: LayoutMeasurement, configur
             judged = judge_threshold(t, m.against_configured, subject=pair)
             worst = _note(problems, judged, m, worst)
     for t in check.thresholds or ():  # the model's bounds, as the configured layout is judged
+        subject = f"layout {m.label} vs reference"
         if t.metric in ROUTING_METRICS:
-            judged, prefix = judge_routing(t, m.routing_against_reference, m.against_reference), f"layout {m.label} vs reference: "
+            worst = _note(problems, judge_routing(t, m.routing_against_reference, m.against_reference), m, worst,
+                          f"{subject}: ")
         else:
-            judged, prefix = judge_threshold(t, m.against_reference, subject=f"layout {m.label} vs reference"), ""
-        worst = _note(problems, judged, m, worst, prefix)
+            worst = _note(problems, judge_threshold(t, m.against_reference, subject=subject), m, worst)
     return problems, worst
 
 
-def _note(problems: list[str], judged: Verdict, m: LayoutMeasurement, worst: dict | None, prefix: str = "") -> dict | None:
+def _note(problems: list[str], judged: Verdict, m: LayoutMeasurement, worst: dict | None,
+          prefix: str = "") -> dict | None:
     if judged.passed:
         return worst
     problems.append(prefix + judged.message)

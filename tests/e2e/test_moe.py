@@ -98,5 +98,6 @@ def test_router_overflowing_at_2048_tokens_is_caught_by_the_length_prompts(run_s
     assert report["prompts"][flip["prompt"]]["id"] in ("len-2048", "len-2049"), flip
     # every other prompt, the short ones and len-1..129 included, stays inside the model's mean KL bound
     bound = next(c["threshold"] for c in report["checks"] if c["check"] == "kl_divergence-mean")
-    others = {p["id"]: p["metrics"]["kl_divergence"] for p in report["prompts"] if p["id"] not in ("len-2048", "len-2049")}
+    others = {p["id"]: p["metrics"]["kl_divergence"] for p in report["prompts"]
+              if p["id"] not in ("len-2048", "len-2049")}
     assert max(others.values()) <= bound, others

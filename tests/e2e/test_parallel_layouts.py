@@ -5,7 +5,6 @@ tests/e2e/test_moe.py's clean test: the shipped config carries the check.)"""
 import json
 
 import pytest
-
 from test_moe import MODEL, without_lengths
 
 

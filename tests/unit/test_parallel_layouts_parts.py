@@ -4,9 +4,13 @@ import numpy as np
 import pytest
 import test_config_checks as config_checks  # its model (thresholds: cosine_similarity) and helpers
 
-from pytest_npuprec.config.schema import ServeConfig
-from pytest_npuprec.measure.layouts import (LayoutMeasurement, ParallelLayoutsMeasurement, RouteFlip,
-                                            TokenDivergence, route_sets_differ)
+from pytest_npuprec.measure.layouts import (
+    LayoutMeasurement,
+    ParallelLayoutsMeasurement,
+    RouteFlip,
+    TokenDivergence,
+    route_sets_differ,
+)
 from pytest_npuprec.measure.thresholds import Cells, Measurements, PromptSummary
 from pytest_npuprec.runners.layouts import UnsupportedLayout, layout_serve, refuse_unsupported_layouts
 from pytest_npuprec.verdicts.layouts import judge_parallel_layouts
@@ -93,7 +97,8 @@ def _measurements(max_abs_diff: float) -> Measurements:
 
 
 def _layouts(tmp_path, against_configured=0.05, divergences=(), flips=()) -> tuple:
-    c = load(tmp_path, "      layouts: [{tensor_parallel_size: 2}]\n      thresholds: {max_abs_diff: {max: 0.3, reduce: max}}\n")
+    c = load(tmp_path, "      layouts: [{tensor_parallel_size: 2}]\n"
+                       "      thresholds: {max_abs_diff: {max: 0.3, reduce: max}}\n")
     m = LayoutMeasurement("tensor_parallel_size=2", "device-layout1", 1, list(divergences),
                           _measurements(against_configured), _measurements(0.05), None, routes=4, route_ties=1,
                           route_flips=list(flips))

@@ -117,7 +117,8 @@ def tp_combine(model: Any, factor: float) -> str:
     if world == 1:
         return (f"tensor-parallel world size 1: no partial sums to combine, nothing changed in {n} MoE layers (the "
                 "fault shows under tensor_parallel_size > 1)")
-    return f"tensor-parallel rank {last} of {world}: its expert partial sum x{factor:g} in the combine in {n} MoE layers"
+    return (f"tensor-parallel rank {last} of {world}: its expert partial sum x{factor:g} in the combine in {n} MoE "
+            "layers")
 
 
 FAULTS = {"router_lowprec": router_lowprec, "expert_scale": expert_scale,
