@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .baselines import session as baselines
+from .capture.layouts import layout_side
 from .capture.prefix_cache import prefix_cache_inputs
 from .capture.prompts import decode_texts, decode_token, load_tokenizer, perplexity_input, render_prompts
 from .capture.records import ModelCapture, PromptInput
@@ -24,6 +25,7 @@ from .diagnose import diagnose
 from .errors import describe
 from .measure import Measured
 from .measure.kinds import measure_determinism, measure_labels, measure_perplexity, measure_ternary, measure_thinking
+from .measure.layouts import measure_parallel_layouts
 from .measure.prefix_cache import measure_prefix_cache
 from .measure.routing import measure_routing
 from .measure.vision import measure_vision
@@ -41,6 +43,7 @@ from .runners import decoding
 from .runners.converter import convert_checkpoint
 from .runners.device import Fault, VllmRunner, finish_closing
 from .runners.environment import host_description, package_versions, resolve_device
+from .runners.layouts import layout_serve, refuse_unsupported_layouts
 from .runners.reference import TransformersRunner
 from .runners.reference_memory import reference_runner
 from .verdicts import Verdict, judge_checks
@@ -88,6 +91,7 @@ def run_model(config: ModelConfig, options: RunOptions) -> ModelResult:
 def _run(config: ModelConfig, options: RunOptions) -> ModelResult:
     assert config.precision is not None
     device = resolve_device(options.device)  # first: a device that is not there fails before anything slow
+    refuse_unsupported_layouts(config, device)  # and a layout this platform cannot run
     started = time.perf_counter()
 
     model_path = locate_weights(config, options.model_roots)
@@ -143,6 +147,9 @@ def _capture(config: ModelConfig, options: RunOptions, device: str, model_path: 
     if checks.graph_mode:  # the same device with enforce_eager flipped: a second engine, started after the first
         variants[GRAPH_MODE] = announced(engine(dataclasses.replace(serve, enforce_eager=not serve.enforce_eager)),
                                          config.name, f"device ({GRAPH_MODE})")
+    layouts = {layout_side(i): announced(engine(layout_serve(serve, layout, device)), config.name,
+                                         f"device ({layout.label})")
+               for i, layout in enumerate(checks.parallel_layouts.layouts if checks.parallel_layouts else ())}
     return capture_model(
         config.name, inputs, precision.max_tokens, precision.positions,
         reference=announced(baseline.reference_factory(
@@ -152,9 +159,9 @@ def _capture(config: ModelConfig, options: RunOptions, device: str, model_path: 
         folder=options.report_dir / "captures" / config.name,
         meta=meta,
         device_runs=checks.determinism.runs if checks.determinism else 1,
-        steps=bool(config.decode_thresholds or checks.batch_invariance or checks.graph_mode),
+        steps=bool(config.decode_thresholds or checks.batch_invariance or checks.graph_mode or layouts),
         batch_passes=checks.batch_invariance is not None, variants=variants, taps=model_taps(config, model_path),
-        reference_scoring=precision.reference_scoring,
+        reference_scoring=precision.reference_scoring, layouts=layouts,
     )
 
 
@@ -181,6 +188,8 @@ def _measure(config: ModelConfig, capture: ModelCapture, tokenizer: Any, model_p
         batch_invariance=measure_batch_invariance(capture) if checks.batch_invariance else None,
         graph_mode=measure_graph_mode(capture) if checks.graph_mode else None,
         prefix_cache=measure_prefix_cache(capture, config.precision.tie_margin) if checks.prefix_cache else None,
+        parallel_layouts=(measure_parallel_layouts(capture, checks.parallel_layouts, config.precision, config.serve)
+                          if checks.parallel_layouts else None),
         qat_equivalence=qat,
         ternary_weights=measure_ternary(model_path, checks.ternary_weights) if checks.ternary_weights else None,
         determinism=measure_determinism(capture) if checks.determinism else None,

@@ -14,6 +14,7 @@ from typing import Any, Callable, ContextManager, Protocol, Sequence
 
 from ..config.schema import PositionsMode, ReferenceScoring
 from ..runners.scoring import ScoreRequest
+from .layouts import layout_pass
 from .prefix_cache import WARM, warm_pass
 from .records import CaptureWriter, ModelCapture, PromptCapture, PromptInput, outputs_by_prompt, repeat_side
 from .steps import batch_passes as step_batch_passes
@@ -45,14 +46,17 @@ def capture_model(model: str, prompts: list[PromptInput], max_tokens: int, posit
                   reference: RunnerFactory, device: RunnerFactory, folder: Path,
                   meta: dict[str, Any] | None = None, device_runs: int = 1, steps: bool = False,
                   batch_passes: bool = False, variants: dict[str, RunnerFactory] | None = None,
-                  reference_scoring: ReferenceScoring = "reference", taps: Sequence[str] = ()) -> ModelCapture:
+                  reference_scoring: ReferenceScoring = "reference", taps: Sequence[str] = (),
+                  layouts: dict[str, RunnerFactory] | None = None) -> ModelCapture:
     """Capture both sides. Perplexity prompts are scored at every position and not generated from;
     with device_runs > 1 the device generates and scores everything again (determinism check).
     `steps`: the device's generation also writes the logits of each of its steps (capture/steps.py);
     `batch_passes`: each prompt alone and the batch reversed too; `variants`: more device engines
     (name -> factory, e.g. enforce_eager flipped), each started after the last closed, generating with steps.
     `reference_scoring`: whose greedy continuation both sides score (module docstring); `taps`: arrays captured
-    beside the logits of the compared prompts' scoring, both sides (e.g. "routing")."""
+    beside the logits of the compared prompts' scoring, both sides (e.g. "routing"); `layouts`: device engines of other
+    parallel layouts (side -> factory), each generating with steps and scoring the compared prompts with the taps
+    (capture/layouts.py)."""
     writer = CaptureWriter(folder)
     compare = [p for p in prompts if p.kind == "compare"]
     prefixed = [p for p in prompts if p.kind == "prefix_cache"]  # the reference generates these too
@@ -130,6 +134,11 @@ def capture_model(model: str, prompts: list[PromptInput], max_tokens: int, posit
             with factory() as dev:
                 generated[name] = generate_with_steps(dev, compare, max_tokens, name, writer.logits_path)
                 variant_info[name] = dev.info
+        for name, factory in (layouts or {}).items():
+            with factory() as dev:
+                generated[name] = layout_pass(dev, compare, max_tokens, name, writer.logits_path,
+                                              [r for p, r in zip(prompts, requests(name)) if p.kind == "compare"])
+                variant_info[name] = dev.info
         if device_first:  # after every device engine has closed
             ref_info = run_reference()
 
@@ -140,7 +149,7 @@ def capture_model(model: str, prompts: list[PromptInput], max_tokens: int, posit
                           logits_files={})
             for p in prompts
         ]
-        full_meta = dict(meta or {}, reference=ref_info, device=dev_info, **({"variants": variant_info} if variants
+        full_meta = dict(meta or {}, reference=ref_info, device=dev_info, **({"variants": variant_info} if variant_info
                                                                                 else {}),
                          **({"prefix_cache": prefix_meta} if prefixed else {}), timings=timings,
                          positions_mode=positions_mode, max_tokens=max_tokens, device_runs=device_runs,

@@ -31,15 +31,16 @@ def routed_experts(model_path: Path) -> int:
 
 
 def model_taps(config: ModelConfig, model_path: Path) -> tuple[str, ...]:
-    """The taps the config's bounds need: "routing" (routing metrics; the model must be MoE), "vision" (vision /
-    M-RoPE metrics; the model must take images)."""
+    """The taps the config's checks need: "routing" (routing metrics, the model must be MoE; or a parallel_layouts
+    check on a MoE model: routing is half of what a layout changes), "vision" (vision / M-RoPE metrics; the model
+    must take images)."""
     return _routing(config, model_path) + _vision(config, model_path)
 
 
 def _routing(config: ModelConfig, model_path: Path) -> tuple[str, ...]:
     routing = sorted({t.metric for t in config.thresholds if t.metric in ROUTING_METRICS})
     if not routing:
-        return ()
+        return ("routing",) if config.checks.parallel_layouts and routed_experts(model_path) else ()
     if not routed_experts(model_path):
         raise NpuprecError(f"{config.path}: precision.thresholds bounds {', '.join(routing)}, but "
                            f"{Path(model_path) / 'config.json'} declares no routed experts (none of "

@@ -5,6 +5,7 @@ import math
 import re
 from typing import Any
 
+from .layouts import parse_parallel_layouts
 from .prefix_cache import parse_prefix_cache
 from .reader import Reader
 from .schema import (
@@ -14,6 +15,7 @@ from .schema import (
     DeterminismCheck,
     GraphModeCheck,
     LabelCheck,
+    ParallelLayoutsCheck,
     PerplexityCheck,
     PrefixCacheCheck,
     Prompt,
@@ -33,7 +35,7 @@ def parse_checks(r: Reader, raw: Any, prompts: tuple[Prompt, ...]) -> ChecksConf
     parsers = {
         "determinism": _determinism, "perplexity": _perplexity, "labels": _labels, "thinking": _thinking,
         "ternary_weights": _ternary, "qat_equivalence": _qat, "batch_invariance": _batch_invariance,
-        "graph_mode": _graph_mode, "prefix_cache": _prefix_cache,
+        "graph_mode": _graph_mode, "prefix_cache": _prefix_cache, "parallel_layouts": _parallel_layouts,
     }
     parsed = {}
     for name, value in raw.items():
@@ -167,3 +169,9 @@ def _prefix_cache(r: Reader, raw: Any, key: str, prompts: tuple[Prompt, ...]) ->
     bound = _number(r, raw, key, "max_abs_diff", 0.0, 0.0) if "max_abs_diff" in raw else None
     thresholds = parse_thresholds(r, raw["thresholds"], f"{key}.thresholds") if "thresholds" in raw else None
     return parse_prefix_cache(r, raw, key, _prompt_ids(r, raw, key, prompts), bound, thresholds)
+
+
+def _parallel_layouts(r: Reader, raw: Any, key: str, prompts: tuple[Prompt, ...]) -> ParallelLayoutsCheck:
+    r.mapping(raw, key, frozenset({"layouts", "thresholds"}))
+    thresholds = parse_thresholds(r, raw["thresholds"], f"{key}.thresholds") if "thresholds" in raw else None
+    return parse_parallel_layouts(r, raw, key, thresholds)

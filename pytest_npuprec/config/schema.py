@@ -6,6 +6,7 @@ suite does not know) are accepted and kept as they are.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -266,6 +267,40 @@ class PrefixCacheCheck:
         return Threshold("max_abs_diff", "max", self.max_abs_diff, "max", id="prefix_cache")
 
 
+LAYOUT_KEYS = ("tensor_parallel_size", "enable_expert_parallel")  # the serve keys a parallel layout may set
+
+
+@dataclass(frozen=True)
+class ParallelLayout:
+    """One more parallel layout of the device: the configured serve settings with these (LAYOUT_KEYS) replaced."""
+
+    settings: tuple[tuple[str, Any], ...]  # (serve key, value), in the YAML's order
+    key: str = field(default="", compare=False)  # the YAML key it came from, for messages
+
+    @property
+    def label(self) -> str:
+        return ", ".join(f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in self.settings)
+
+    def serve(self, serve: ServeConfig) -> ServeConfig:
+        return dataclasses.replace(serve, **dict(self.settings))
+
+
+def layout_label(serve: ServeConfig) -> str:
+    """The configured layout in the words of ParallelLayout.label."""
+    return ", ".join(f"{k}={str(v).lower() if isinstance(v, bool) else v}"
+                     for k in LAYOUT_KEYS if (v := getattr(serve, k)) is not None)
+
+
+@dataclass(frozen=True)
+class ParallelLayoutsCheck:
+    """The device against itself under other parallel layouts (TP=1 vs 2, expert parallel off vs on): the same
+    greedy tokens except ties, the same routing except near-ties, logits within `thresholds` (each layout vs the
+    configured one and vs the reference; default: the model's thresholds, those named here replaced)."""
+
+    layouts: tuple[ParallelLayout, ...]
+    thresholds: tuple[Threshold, ...] | None = None
+
+
 @dataclass(frozen=True)
 class ChecksConfig:
     """Check kinds beyond metric thresholds; each one set is one more check of the model."""
@@ -279,6 +314,7 @@ class ChecksConfig:
     batch_invariance: BatchInvarianceCheck | None = None
     graph_mode: GraphModeCheck | None = None
     prefix_cache: PrefixCacheCheck | None = None
+    parallel_layouts: ParallelLayoutsCheck | None = None
 
     def enabled(self) -> tuple[str, ...]:
         """The check ids, in a fixed order."""
@@ -286,7 +322,7 @@ class ChecksConfig:
 
 
 CHECK_KINDS = ("qat_equivalence", "ternary_weights", "determinism", "perplexity", "labels", "thinking",
-               "batch_invariance", "graph_mode", "prefix_cache")
+               "batch_invariance", "graph_mode", "prefix_cache", "parallel_layouts")
 
 
 @dataclass(frozen=True)

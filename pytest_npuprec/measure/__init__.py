@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .kinds import LabelPair, PerplexityMeasurement, RunDifference, TensorTernary, ThinkingMeasurement
+from .layouts import ParallelLayoutsMeasurement
 from .prefix_cache import PrefixCacheMeasurement
 from .steps import StepDifference
 from .routing import RoutingMeasurement
@@ -34,3 +35,4 @@ class Measured:
     prefix_cache: PrefixCacheMeasurement | None = None
     routing: RoutingMeasurement | None = None  # MoE routing, device vs reference (measure/routing.py)
     vision: VisionMeasurement | None = None  # image embeddings and M-RoPE positions (measure/vision.py)
+    parallel_layouts: ParallelLayoutsMeasurement | None = None  # other layouts vs the configured (measure/layouts.py)

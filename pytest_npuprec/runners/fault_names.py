@@ -11,8 +11,10 @@ DEFAULT_MAGNITUDES = {"attention_scale": 1.25, "rope_theta": 0.01, "rmsnorm_offs
                       # (unused); (unused)
                       "vision_scale": 1.05, "image_norm": 0.1, "vision_causal": 0, "mrope_collapsed": 0,
                       # MoE (runners/faults/moe.py): the expert probability that underflows to 0 before the
-                      # top-k; expert 0's output factor; (unused); tokens per forward pass routed right
+                      # top-k; expert 0's output factor; (unused); tokens per forward pass routed right; the last
+                      # tensor-parallel rank's expert partial sum factor (x2: reduced twice, vllm-ascend #6710)
                       "router_lowprec": 0.03, "expert_scale": 1.5, "routing_unnormalized": 0, "router_long": 64,
+                      "tp_combine": 2.0,
                       # one decoder layer's block (runners/faults/layers.py): its output factor
                       "layer_scale": 1.25}
 FAULT_NAMES = tuple(DEFAULT_MAGNITUDES)

@@ -15,6 +15,7 @@ from ..config.schema import (
 )
 from ..measure.kinds import LabelPair, PerplexityMeasurement, RunDifference, TensorTernary, ThinkingMeasurement
 from ..measure.thresholds import Measurements
+from .layouts import judge_parallel_layouts
 from .steps import judge_batch_invariance, judge_graph_mode, judge_prefix_cache
 from .thresholds import judge_threshold
 from .verdict import Verdict, clip, verdict
@@ -174,4 +175,5 @@ JUDGES = {
     "batch_invariance": judge_batch_invariance,
     "graph_mode": judge_graph_mode,
     "prefix_cache": judge_prefix_cache,
+    "parallel_layouts": judge_parallel_layouts,
 }

@@ -3,6 +3,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG_DIR = REPO / "tests" / "e2e" / "models" / "configs"
@@ -52,3 +53,19 @@ def run_suite(pytester, tmp_path, repo_config_dir):
 def failed_checks():
     """The check ids of `model` that failed in a run_suite result."""
     return lambda result, model: set(re.findall(rf"FAILED .*test_precision\[{re.escape(model)}-([\w-]+)\]", result.stdout.str()))
+
+
+@pytest.fixture
+def derive_config(tmp_path, repo_config_dir):
+    """derive_config(model, edit) -> a folder holding `model`'s config as `edit(doc)` changed it (the parsed YAML,
+    edited in place; comments are not kept): a config the tests derive from a shipped one."""
+
+    def derive(model, edit):
+        folder = tmp_path / f"derived-{model}"
+        folder.mkdir(exist_ok=True)
+        doc = yaml.safe_load((repo_config_dir / f"{model}.yaml").read_text(encoding="utf-8"))
+        edit(doc)
+        (folder / f"{model}.yaml").write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+        return folder
+
+    return derive

@@ -124,13 +124,12 @@ def test_configured_text_beats_the_standin_stream(tmp_path):
     assert render_prompts(c, Words())[1].label == "4 tokens of precision.length_text.text"
 
 
-# the dense stand-ins; the MoE and vision-language stand-ins (tiny-Qwen3-30B-A3B, tiny-ERNIE-4.5-21B-A3B,
-# tiny-Qwen3-VL-8B-Instruct) are not calibrated with length prompts yet (issue 19, item 5, open)
-DENSE = [p for p in sorted(CONFIGS.glob("tiny-*.yaml"))
-         if p.stem not in ("tiny-Qwen3-30B-A3B", "tiny-ERNIE-4.5-21B-A3B", "tiny-Qwen3-VL-8B-Instruct")]
+# every shipped stand-in: dense, MoE (tiny-Qwen3-30B-A3B, tiny-ERNIE-4.5-21B-A3B) and vision-language
+# (tiny-Qwen3-VL-8B-Instruct: text-only length prompts)
+STANDINS = sorted(CONFIGS.glob("tiny-*.yaml"))
 
 
-@pytest.mark.parametrize("path", DENSE, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", STANDINS, ids=lambda p: p.stem)
 def test_every_standin_config_has_long_prefill(path):
     """Kernel shapes on every stand-in: the 128-token tile's edges and one prompt past 2048 tokens (a MoE gating op
     that overflows at 2048 input tokens is what a 2049-token prompt finds), cut from its own training stream."""

@@ -148,3 +148,23 @@ def test_reference_moe_layers_follow_each_family_s_keys():
     assert moe_layers(NS(num_hidden_layers=4, decoder_sparse_step=2, mlp_only_layers=[])) == [1, 3]
     ernie = NS(num_hidden_layers=3, moe_layer_start_index=1, moe_layer_end_index=-1, moe_layer_interval=1, moe_k=2)
     assert moe_layers(ernie) == [1, 2] and top_k(ernie) == 2
+
+
+@pytest.mark.parametrize("world, rank, factor", [(1, 0, 1.0), (2, 0, 1.0), (2, 1, 2.0)])
+def test_tp_combine_scales_only_the_last_tensor_parallel_ranks_partial_sum(monkeypatch, world, rank, factor):
+    """Wrong only under tensor parallel: with one rank nothing changes; with two, the last rank's weights (its
+    partial sum of every chosen expert) x2 and rank 0's untouched."""
+    import vllm.distributed as dist
+
+    monkeypatch.setattr(dist, "get_tensor_model_parallel_world_size", lambda: world)
+    monkeypatch.setattr(dist, "get_tensor_model_parallel_rank", lambda: rank)
+    logits = torch.tensor([[2.0, 1.9, 0.0, -1, -1, -1, -1, -1]])
+    model = FakeModel()
+    said = moe_faults.tp_combine(model, 2.0)
+    clean_w, clean_ids = FakeRouter()._compute_routing(None, logits)
+    w, ids = model.route(logits)[0]
+    assert torch.equal(ids, clean_ids) and torch.allclose(w, clean_w * factor)
+    assert ("nothing changed in 2 MoE layers" in said) == (world == 1)
+    assert world == 1 or "rank 1 of 2: its expert partial sum x2 in the combine in 2 MoE layers" in said
+    with pytest.raises(RuntimeError, match="tp_combine fault: the model has no MoE router"):
+        moe_faults.tp_combine(torch.nn.Linear(2, 2), 2.0)

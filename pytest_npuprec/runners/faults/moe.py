@@ -103,5 +103,32 @@ def router_long(model: Any, tokens: float, layer: int | None = None) -> str:
     return f"tokens after the {limit}th of a forward pass routed to the wrong experts in {where}"
 
 
+def tp_combine(model: Any, factor: float) -> str:
+    """One tensor-parallel rank's expert partial sum mis-combined (vllm-ascend #1791: the combine missing on one
+    dispatch path; #6710: an all-reduce run again on an output already reduced): with tensor parallel, each rank
+    computes every chosen expert over its shard of the intermediate size and the ranks' partial sums are added; on
+    the last rank the routing weights are x `factor`, which scales exactly its partial sum. With one rank there is
+    nothing to combine and nothing changes: only a layout with tensor_parallel_size > 1 shows it (the
+    parallel_layouts check)."""
+    from vllm.distributed import get_tensor_model_parallel_rank, get_tensor_model_parallel_world_size
+
+    world, rank = get_tensor_model_parallel_world_size(), get_tensor_model_parallel_rank()
+    last = world - 1
+
+    def change(router: Any, original: Any, hidden: Any, logits: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
+        weights, ids = original(hidden, logits, *args, **kwargs)
+        return (weights * factor).contiguous(), ids
+
+    if world > 1 and rank == last:
+        n = _wrap_routing(model, "tp_combine", change)
+    else:
+        n = len(moe_routers(model)) or _wrap_routing(model, "tp_combine", change)  # a dense model: refused
+    if world == 1:
+        return (f"tensor-parallel world size 1: no partial sums to combine, nothing changed in {n} MoE layers (the "
+                "fault shows under tensor_parallel_size > 1)")
+    return (f"tensor-parallel rank {last} of {world}: its expert partial sum x{factor:g} in the combine in {n} MoE "
+            "layers")
+
+
 FAULTS = {"router_lowprec": router_lowprec, "expert_scale": expert_scale,
-          "routing_unnormalized": routing_unnormalized, "router_long": router_long}
+          "routing_unnormalized": routing_unnormalized, "router_long": router_long, "tp_combine": tp_combine}
