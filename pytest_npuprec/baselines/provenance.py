@@ -5,7 +5,7 @@ the same: the token ids of every prompt as rendered, the checkpoint's files (wei
 code, generation config), the tokenizer files, the parts of the config's precision section that shape
 the reference (prompts, max_tokens, positions, chat template, perplexity text, enable_thinking, the decoding
 rule, and reference_scoring: a baseline of one mode is stale in the other; reference_memory is not, both give
-the same logits) and
+the same logits; for a config with routing checks, routing_tie_margin: the compact routing is rounded for it) and
 the lm_head tensor the logits are rebuilt from. Thresholds are not part of it: they judge the
 reference, they do not produce it. Package versions and the host are recorded for information.
 """
@@ -18,6 +18,7 @@ from typing import Any, Iterable
 
 from ..capture.records import PromptInput
 from ..config.schema import ModelConfig
+from ..metrics.registry import ROUTING_METRICS
 from ..runners import decoding
 from .digests import sha256_file
 
@@ -77,6 +78,10 @@ def precision_inputs(config: ModelConfig) -> dict[str, Any]:
         "enable_thinking": config.serve.enable_thinking,
         # only when not the default, so that baselines recorded before the key existed stay valid
         **({"reference_scoring": precision.reference_scoring} if precision.reference_scoring != "reference" else {}),
+        # only with routing checks (the baseline then holds the routing, compacted for this margin): a dense
+        # model's baselines stay valid, and a baseline recorded before routing was checked is stale
+        **({"routing_tie_margin": precision.routing_tie_margin}
+           if any(t.metric in ROUTING_METRICS for t in precision.thresholds) else {}),
     }
 
 
