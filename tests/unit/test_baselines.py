@@ -27,7 +27,7 @@ from pytest_npuprec.runners.scoring import ScoreRequest
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "tests" / "e2e" / "models" / "configs"
 STANDINS = ["tiny-llama", "tiny-Qwen3Guard-Gen-4B", "tiny-Nanbeige4-3B-Thinking-2511", "tiny-BitCPM4-CANN-1B",
-            "tiny-BitCPM4-0.5B", "tiny-BitCPM4-CANN-1B-unquantized"]
+            "tiny-BitCPM4-0.5B", "tiny-BitCPM4-CANN-1B-unquantized", "tiny-Qwen3-30B-A3B", "tiny-ERNIE-4.5-21B-A3B"]
 
 
 def _shrink(config, n_prompts=2, max_tokens=6):
@@ -298,12 +298,18 @@ def test_committed_baseline_matches_today_and_the_live_reference(model, tmp_path
     first = baseline.prompts[0]
     out = tmp_path / "replay.npy"
     weight = weakref.ref(s.weight)
+    routed = first.routing_file is not None
+    taps = (lambda side: {"routing": tmp_path / f"{side}.routing.npz"}) if routed else (lambda side: {})
+    assert routed == bool(model_taps(config, path))  # a MoE config's baseline holds its routing
     with s.reference_factory(lambda: None)() as ref:
         assert ref.generate([prompts[0].token_ids], config.precision.max_tokens) == [first.generated]
-        ref.score([ScoreRequest(first.scored, first.positions, out)])
+        ref.score([ScoreRequest(first.scored, first.positions, out, taps("replay"))])
     assert weight() is None  # the lm_head weight is freed with the replay, before a device engine would start
     with TransformersRunner(path, config.serve.trust_remote_code) as live:
-        live.score([ScoreRequest(first.scored, first.positions, tmp_path / "live.npy")])
+        live.score([ScoreRequest(first.scored, first.positions, tmp_path / "live.npy", taps("live"))])
+    if routed:
+        _routing_holds_on_this_cpu(tmp_path / "replay.routing.npz", tmp_path / "live.routing.npz",
+                                   config.precision.routing_tie_margin)
     replayed, live_logits = np.load(out), np.load(tmp_path / "live.npy")
     assert checksum_mismatch(replayed, first.checksums) is None
     weight_np, _ = read_weight(path, baseline.lm_head["key"])
@@ -319,6 +325,24 @@ def test_committed_baseline_matches_today_and_the_live_reference(model, tmp_path
     vocab, hidden = baseline.lm_head["shape"]
     _within_size_budget(REPO / "baselines" / model, sum(len(p.positions) for p in baseline.prompts), hidden, vocab)
 
+
+
+def _routing_holds_on_this_cpu(replayed, live, tie_margin):
+    """The replayed routing against the live reference of whatever CPU runs this: another CPU's summation order
+    moves router logits by FP32 rounding, which can swap a near-tie but nothing beyond the tie margin. So every
+    replayed expert set must agree with the live logits within the margin (the rule the check itself applies), and
+    the k-th logit move by less than it; the same rule sees a real difference (the last-ranked experts)."""
+    from pytest_npuprec.measure.routing import tie_floor
+
+    with np.load(replayed) as r, np.load(live) as lv:
+        kept, logits, top_k = {k: r[k] for k in ("top_ids", "kth", "gaps")}, lv["router_logits"], int(lv["top_k"])
+    now = compact_routes(logits, top_k, tie_margin)
+    agree, exact, margin, invalid = compare_compact(now, kept["top_ids"], tie_margin)
+    assert agree.all() and not invalid.any(), f"replayed routes beyond the tie margin: worst margin {margin.max():.3g}"
+    moved = np.abs(kept["kth"].astype(np.float64) - now["kth"])
+    assert (moved <= tie_floor(now["kth"].astype(np.float64), tie_margin)).all(), moved.max()
+    last = np.argsort(logits, axis=-1, kind="stable")[..., :top_k]
+    assert not compare_compact(now, last, tie_margin)[0].any()
 
 
 # --- a MoE model's baseline: its routing, compact, replayed exactly ----------------------------------------------
