@@ -39,3 +39,9 @@ def model_taps(config: ModelConfig, model_path: Path) -> tuple[str, ...]:
                            f"{Path(model_path) / 'config.json'} declares no routed experts (none of "
                            f"{', '.join(_EXPERT_KEYS)}); routing checks exist only for MoE models")
     return ("routing",)
+
+
+def supported_taps(model_path: Path) -> tuple[str, ...]:
+    """Every tap the checkpoint has, whatever its config checks (--npuprec-calibrate measures each metric the model
+    has): "routing" for a MoE model."""
+    return ("routing",) if routed_experts(model_path) else ()
