@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import NpuprecError, describe
-from .bounds import (DEFAULT_LAYOUT, Bound, Resolution, Summary, calibrate, calibrated_max_ratio, ratio_refusal,
-                     refusals, worst_reduce)
+from .bounds import (DEFAULT_LAYOUT, Bound, Resolution, Summary, badness, calibrate, calibrated_max_ratio,
+                     ratio_refusal, refusals, worst_reduce)
 from .drift import DriftProposal
 from .taps import TAP_METRICS
 from .yaml_doc import CALIBRATED_MARK, DRIFT_MARK, ConfigDocument
@@ -121,9 +121,11 @@ def comment_lines(cal: Calibration, capture_meta: dict[str, Any]) -> list[str]:
                      f"device {_fig(d.get('mean'))} ({_fig(d.get(worst))})")
     for key, (value, how) in cal.tie_margins.items():
         lines.append(f"  {key} {value}: {how}")
-    floored = sorted({m for (m, r), least in cal.resolution.items() if (m, r) in cal.layout and least > 0})
+    floored = [f"{m} {r}" for m, r in cal.layout if cal.resolution.get((m, r), 0.0)
+               > cal.factor * badness(m, cal.floor.get(m, {}).get(r, math.nan))]
     if floored:
-        lines.append(f"  {', '.join(floored)}: never tighter than one event of the count measured (a route of n: 1/n)")
+        lines.append(f"  {', '.join(floored)}: one event of the count measured (a route of n: 1/n), as floor x "
+                     f"{cal.factor:g} is less")
     if cal.perplexity is not None:
         f, d, bound = cal.perplexity
         lines.append(f"  perplexity ratio (device / FP32): floor {_fig(f)}, device {_fig(d)} -> "
