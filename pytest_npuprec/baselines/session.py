@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Callable, Literal
 
 from ..capture.records import ModelCapture, PromptInput
+from ..capture.taps import model_taps
 from ..config.schema import ModelConfig
 from ..measure.thresholds import Measurements
 from ..verdicts.verdict import Verdict
@@ -78,7 +79,8 @@ class BaselineSession:
 
 
 def _today(config: ModelConfig, model_path: Path, prompts: list[PromptInput]) -> dict[str, Any]:
-    return {"prompts": prompt_digests(prompts), "precision": precision_inputs(config), **checkpoint_files(model_path)}
+    return {"prompts": prompt_digests(prompts), "precision": precision_inputs(config, model_taps(config, model_path)),
+            **checkpoint_files(model_path)}
 
 
 def open_session(config: ModelConfig, options: BaselineOptions, model_path: Path,
