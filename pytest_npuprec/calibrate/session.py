@@ -75,6 +75,17 @@ def layout_of(config: Any, taps: tuple[str, ...] = ()) -> tuple[tuple[str, str],
     return have + tuple(pair for tap in taps for pair in TAP_METRICS[tap].layout if pair[0] not in bounded)
 
 
+def tie_margins(floor: Any, taps: tuple[str, ...]) -> dict[str, tuple[str, str]]:
+    """precision key -> (value, how) of each tap's tie margin calibrated from the floor (e.g. routing_tie_margin);
+    a tap without one, or whose floor gives no figure, keeps the config's."""
+    out = {}
+    for spec in map(TAP_METRICS.get, taps):
+        made = spec.tie_margin(floor) if spec.tie_key and spec.tie_margin else None
+        if made is not None:
+            out[str(spec.tie_key)] = made
+    return out
+
+
 def tap_figures(capture: Any, taps: tuple[str, ...], margins: dict[str, float | None]) -> tuple[Summary, Resolution]:
     """The tap metrics' summaries and resolutions of one capture (each tap with its tie margin)."""
     summary: Summary = {}
@@ -199,14 +210,9 @@ def _calibrate(cal: Calibration, options_for: Callable[[Any], Any], force: bool,
     floor = capture_floor(capture, config.serve.trust_remote_code,
                           run_options.report_dir / "captures" / f"{config.name}-floor", taps=taps)
     cal.floor = summaries(floor, config.precision.tie_margin)
-    margins = {}
-    for tap in taps:  # a tap's tie margin from its own floor (e.g. routing_tie_margin), else the config's
-        spec = TAP_METRICS[tap]
-        made = spec.tie_margin(floor) if spec.tie_key and spec.tie_margin else None
-        if made is not None:
-            cal.tie_margins[str(spec.tie_key)] = made
-        if spec.tie_key:
-            margins[spec.tie_key] = float(made[0]) if made else getattr(config.precision, spec.tie_key)
+    cal.tie_margins = tie_margins(floor, taps)
+    margins = {spec.tie_key: float(cal.tie_margins[spec.tie_key][0]) if spec.tie_key in cal.tie_margins
+               else getattr(config.precision, spec.tie_key) for spec in map(TAP_METRICS.get, taps) if spec.tie_key}
     device_taps, _ = tap_figures(capture, taps, margins)
     floor_taps, cal.resolution = tap_figures(floor, taps, margins)
     cal.device.update(device_taps)
@@ -234,8 +240,8 @@ def _calibrate(cal: Calibration, options_for: Callable[[Any], Any], force: bool,
     if ratios is not None:
         doc.set_scalar(("precision", "checks", "perplexity", "max_ratio"), cal.perplexity[2])
     new_keys = {}
-    for key, (value, _) in cal.tie_margins.items():
-        if key in (doc.precision_keys()):
+    for key, (value, _) in cal.tie_margins.items():  # in place where the file has the key, else beside the bounds
+        if key in doc.precision_keys():
             doc.set_scalar(("precision", key), value)
         else:
             new_keys[key] = value

@@ -384,6 +384,11 @@ def test_routing_tie_margin_from_the_floor_is_twice_its_router_logit_error(tmp_p
 
     monkeypatch.setattr("pytest_npuprec.measure.routing.router_logit_error", lambda capture: 0.0193)
     assert taps.TAP_METRICS["routing"].tie_margin(None) == ("0.039", "2 x the floor's largest router logit |diff| 0.0193")
+    from pytest_npuprec.calibrate.session import tie_margins
+
+    assert tie_margins(None, ("routing",)) == {"routing_tie_margin": ("0.039", "2 x the floor's largest router logit "
+                                                                               "|diff| 0.0193")}
+    assert tie_margins(None, ()) == {}
     monkeypatch.setattr("pytest_npuprec.measure.routing.router_logit_error", lambda capture: None)
     assert taps.TAP_METRICS["routing"].tie_margin(None) is None
 
