@@ -551,7 +551,8 @@ def test_drift_config(tmp_path):
     assert config.check_ids[-2:] == ("drift-kl_divergence", "drift-relative_l2")
     for bad, message in (("kl_divergence: -5%", "precision.drift.kl_divergence: expected a tolerance above 0"),
                          ("kl_divergence: lots", "precision.drift.kl_divergence: expected a tolerance above 0"),
-                         ("perplexity: 5%", "precision.drift.perplexity: unknown key")):
+                         ("perplexity: 5%", "precision.drift.perplexity: unknown key"),
+                         ("routing_agreement: 5%", "precision.drift.routing_agreement: unknown key")):
         path.write_text(base + f"  drift:\n    {bad}\n")
         with pytest.raises(ConfigError, match=message):
             load_config(path)
