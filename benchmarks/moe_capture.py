@@ -9,8 +9,10 @@ Qwen3-30B-A3B's 128 / top-8, halved), two layers, random BF16 weights, and measu
   (c) logits + routing capture (the routing tap)            routing_capture_s
 
 RSS is the sum over this process and the engine's children (benchmarks/capture.py's sampler). Sizes per
-scored token: the routing a baseline would keep (expert ids, uint8: layers x k bytes) against a logit row
-(float32 x vocab) and against the hidden row a baseline keeps instead of logits (float32 x hidden).
+scored token: the device's routing capture (expert ids, uint8: layers x k bytes) and the reference routing a
+baseline keeps (measure/routing.py compact_routes: ids uint8, k-th logit float32, float16 gaps: layers x
+(k + 4 + 2 E) bytes), each against a logit row (float32 x vocab) and against the hidden row a baseline keeps
+instead of logits (float32 x hidden).
 The last line printed is a JSON object with every figure.
 
     python benchmarks/moe_capture.py
@@ -98,6 +100,12 @@ def main() -> int:
     })
     figures["routing_share_of_logit_row"] = figures["routing_bytes_per_token"] / figures["logit_row_bytes"]
     figures["routing_share_of_hidden_row"] = figures["routing_bytes_per_token"] / figures["hidden_row_bytes"]
+    from pytest_npuprec.measure.routing import compact_routes
+
+    compact = compact_routes(rng.normal(size=(tokens, LAYERS, EXPERTS)).astype(np.float32), TOP_K, None)
+    figures["baseline_routing_bytes_per_token"] = sum(a.nbytes for a in compact.values()) / tokens
+    figures["baseline_routing_share_of_logit_row"] = figures["baseline_routing_bytes_per_token"] / figures["logit_row_bytes"]
+    figures["baseline_routing_share_of_hidden_row"] = figures["baseline_routing_bytes_per_token"] / figures["hidden_row_bytes"]
     for key in ("plain_s", "capture_s", "routing_capture_s"):
         figures[key] = round(figures[key], 3)
     print(f"\nQwen3-MoE, vocab {VOCAB}, {EXPERTS} experts top-{TOP_K}, {LAYERS} layers; {PROMPTS} prompts x "
@@ -105,7 +113,10 @@ def main() -> int:
           f"routing {figures['routing_capture_s']} s ({figures['routing_capture_over_plain']}x plain); peak RSS "
           f"growth {figures['peak_rss_delta_mib']} MiB; routing {figures['routing_bytes_per_token']} B/token "
           f"= 1/{round(1 / figures['routing_share_of_logit_row'])} of a logit row, "
-          f"1/{round(1 / figures['routing_share_of_hidden_row'])} of a hidden row")
+          f"1/{round(1 / figures['routing_share_of_hidden_row'])} of a hidden row; in a baseline "
+          f"{figures['baseline_routing_bytes_per_token']:.0f} B/token = 1/"
+          f"{round(1 / figures['baseline_routing_share_of_logit_row'])} of a logit row, "
+          f"{figures['baseline_routing_share_of_hidden_row']:.2f} of a hidden row")
     print(json.dumps(figures))
     return 0
 

@@ -156,6 +156,9 @@ OPTIONS: dict[str, dict[str, Any]] = {
                              help="bounds = noise floor x F (default 3)"),
     "calibrate-force": dict(action="store_true", default=False, dest="npuprec_calibrate_force",
                             help="write bounds even from a device already outside the floor by more than the factor"),
+    "calibrate-runs": dict(default=None, metavar="N", type=int, dest="npuprec_calibrate_runs",
+                           help="run the device N times in the calibration (default 1) and propose precision.drift "
+                                "tolerances from the run-to-run spread of each metric's mean x the factor"),
 }
 DEFAULT_CALIBRATE_FACTOR = 3.0
 
@@ -311,16 +314,20 @@ def require_records(config: pytest.Config) -> bool:
     return value
 
 
-def calibration(config: pytest.Config) -> tuple[float, bool] | None:
-    """(factor, force) with --npuprec-calibrate, else None; refuses calibration options that contradict."""
+def calibration(config: pytest.Config) -> tuple[float, bool, int] | None:
+    """(factor, force, device runs) with --npuprec-calibrate, else None; refuses calibration options that
+    contradict."""
     factor, force = config.getoption("npuprec_calibrate_factor"), config.getoption("npuprec_calibrate_force")
+    runs = config.getoption("npuprec_calibrate_runs")
     if not config.getoption("npuprec_calibrate"):
-        if factor is not None or force:
-            raise pytest.UsageError("--npuprec-calibrate-factor and --npuprec-calibrate-force go with "
-                                    "--npuprec-calibrate")
+        if factor is not None or force or runs is not None:
+            raise pytest.UsageError("--npuprec-calibrate-factor, --npuprec-calibrate-force and "
+                                    "--npuprec-calibrate-runs go with --npuprec-calibrate")
         return None
+    if runs is not None and runs < 1:
+        raise pytest.UsageError(f"--npuprec-calibrate-runs {runs}: expected a number of device runs >= 1")
     if config.getoption("npuprec_update_baselines") or config.getoption("npuprec_reference") == "baseline":
         raise pytest.UsageError("--npuprec-calibrate runs the live FP32 reference and records nothing; run "
                                 "--npuprec-update-baselines (or --npuprec-reference baseline) in a run of its own, "
                                 "after calibrating")
-    return (DEFAULT_CALIBRATE_FACTOR if factor is None else factor), force
+    return (DEFAULT_CALIBRATE_FACTOR if factor is None else factor), force, runs or 1

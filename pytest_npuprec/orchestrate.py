@@ -18,7 +18,7 @@ from .capture.prefix_cache import prefix_cache_inputs
 from .capture.prompts import decode_texts, decode_token, load_tokenizer, perplexity_input, render_prompts
 from .capture.records import ModelCapture, PromptInput
 from .capture.session import capture_model
-from .capture.taps import model_taps
+from .capture.taps import model_taps, supported_taps
 from .checkpoints.locate import locate_weights
 from .config.schema import ModelConfig, ServeConfig
 from .diagnose import diagnose
@@ -62,6 +62,7 @@ class RunOptions:
     # --npuprec-reference / --npuprec-baseline-dir / --npuprec-update-baselines (baselines/session.py)
     baselines: baselines.BaselineOptions = field(default_factory=baselines.BaselineOptions)
     diagnose: str = "auto"  # --npuprec-diagnose: auto (on a failing logit check) | always | never (diagnose.py)
+    every_tap: bool = False  # capture every tap the checkpoint has, checked or not (--npuprec-calibrate measures all)
 
 
 @dataclass(frozen=True)
@@ -160,7 +161,8 @@ def _capture(config: ModelConfig, options: RunOptions, device: str, model_path: 
         meta=meta,
         device_runs=checks.determinism.runs if checks.determinism else 1,
         steps=bool(config.decode_thresholds or checks.batch_invariance or checks.graph_mode or layouts),
-        batch_passes=checks.batch_invariance is not None, variants=variants, taps=model_taps(config, model_path),
+        batch_passes=checks.batch_invariance is not None, variants=variants,
+        taps=supported_taps(model_path) if options.every_tap else model_taps(config, model_path),
         reference_scoring=precision.reference_scoring, layouts=layouts,
     )
 

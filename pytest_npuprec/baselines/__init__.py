@@ -4,6 +4,7 @@ device's metric values per hardware, for drift checks.
     <baseline dir>/<model>/reference.json     provenance, lm_head tensor, per prompt: tokens, greedy
                                               continuation, positions, row checksums
     <baseline dir>/<model>/rows-<i>.npy       FP32 input rows of the reference's lm_head, per prompt
+    <baseline dir>/<model>/routing-<i>.npz    a MoE model's reference routing, compact (measure/routing.py)
     <baseline dir>/<model>/device/<hw>.json   the device's metrics from a run where every check passed
 
 `provenance.py` what a baseline is valid for, `lm_head.py` rebuilding logits from the rows,

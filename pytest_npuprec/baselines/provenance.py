@@ -5,7 +5,7 @@ the same: the token ids of every prompt as rendered, the checkpoint's files (wei
 code, generation config), the tokenizer files, the parts of the config's precision section that shape
 the reference (prompts, max_tokens, positions, chat template, perplexity text, enable_thinking, the decoding
 rule, and reference_scoring: a baseline of one mode is stale in the other; reference_memory is not, both give
-the same logits) and
+the same logits; when the routing is captured, routing_tie_margin: the compact routing is rounded for it) and
 the lm_head tensor the logits are rebuilt from. Thresholds are not part of it: they judge the
 reference, they do not produce it. Package versions and the host are recorded for information.
 """
@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..capture.records import PromptInput
+from ..capture.taps import model_taps
 from ..config.schema import ModelConfig
+from ..measure.routing import TAP as ROUTING_TAP
 from ..runners import decoding
 from .digests import sha256_file
 
@@ -60,8 +62,9 @@ def prompt_digests(prompts: Iterable[PromptInput]) -> dict[str, str]:
                                **({"images": list(p.image_digests)} if p.images else {})}) for p in prompts}
 
 
-def precision_inputs(config: ModelConfig) -> dict[str, Any]:
-    """The parts of the config that shape the reference (not the thresholds, which only judge it)."""
+def precision_inputs(config: ModelConfig, taps: Iterable[str] = ()) -> dict[str, Any]:
+    """The parts of the config that shape the reference (not the thresholds, which only judge it); `taps`: those
+    the run captures (capture/taps.py model_taps)."""
     precision = config.precision
     assert precision is not None
     perplexity = precision.checks.perplexity
@@ -77,6 +80,9 @@ def precision_inputs(config: ModelConfig) -> dict[str, Any]:
         "enable_thinking": config.serve.enable_thinking,
         # only when not the default, so that baselines recorded before the key existed stay valid
         **({"reference_scoring": precision.reference_scoring} if precision.reference_scoring != "reference" else {}),
+        # only when the reference's routing is captured (the baseline then holds it, compacted for this margin):
+        # a dense model's baselines stay valid, and a baseline recorded before routing was captured is stale
+        **({"routing_tie_margin": precision.routing_tie_margin} if ROUTING_TAP in taps else {}),
     }
 
 
@@ -84,7 +90,7 @@ def provenance(config: ModelConfig, model_path: Path, prompts: list[PromptInput]
                lm_head: dict[str, Any]) -> dict[str, Any]:
     """Everything a reference baseline is valid for (VALIDITY_KEYS), for today's inputs."""
     files = checkpoint_files(model_path)
-    precision = precision_inputs(config)
+    precision = precision_inputs(config, model_taps(config, model_path))
     if decoding.ignored_settings(model_path):
         # its continuations are greedy by runners/decoding.py, not by what generation_config.json asks; a baseline
         # recorded when the reference still applied those settings lacks this key and is stale (with nothing to

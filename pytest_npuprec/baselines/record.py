@@ -8,6 +8,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..measure.routing import TAP as ROUTING_TAP
+from ..measure.routing import compact_routes
 from ..runners.scoring import ScoreRequest
 from . import BaselineError
 from .lm_head import checksums, find_key, postprocess_of, read_weight, rebuild
@@ -17,8 +19,15 @@ from .lm_head import checksums, find_key, postprocess_of, read_weight, rebuild
 REBUILD_RTOL = 1e-6
 
 
-def refuse_taps(model: str, taps: Any) -> str:
-    """Baselines hold logit rows only: a model whose checks need a tap (MoE routing) runs its reference live."""
+# the taps a baseline stores beside the rows (a model whose checks need any other runs its reference live)
+STORED_TAPS = frozenset({ROUTING_TAP})
+
+
+def refuse_taps(model: str, taps: Any) -> str | None:
+    """Why a request's taps cannot be recorded or replayed (None: they can)."""
+    taps = set(taps) - STORED_TAPS
+    if not taps:
+        return None
     return (f"{model}: its checks need {', '.join(sorted(taps))} from the reference, which baselines do not store "
             "yet; run it with --npuprec-reference live")
 
@@ -28,8 +37,9 @@ class RecordingReference:
 
     side = "reference"
 
-    def __init__(self, inner: Any, model_path: Path, model: str):
+    def __init__(self, inner: Any, model_path: Path, model: str, routing_tie_margin: float | None = None):
         self.inner, self.model_path, self.model = inner, Path(model_path), model
+        self.routing_tie_margin = routing_tie_margin  # the compact routing is made for it (provenance.py)
         self.lm_head: dict[str, Any] = {}
         self.generated: dict[tuple[int, ...], tuple[int, ...]] = {}
         self.scored: dict[tuple[tuple[int, ...], tuple[int, ...]], dict[str, Any]] = {}
@@ -68,8 +78,9 @@ class RecordingReference:
 
     def score(self, requests: Sequence[ScoreRequest]) -> None:
         for request in requests:
-            if request.taps:
-                raise BaselineError(refuse_taps(self.model, request.taps))
+            refused = refuse_taps(self.model, request.taps)
+            if refused:
+                raise BaselineError(refused)
             self._score_one(request)
 
     def _score_one(self, request: ScoreRequest) -> None:
@@ -101,4 +112,11 @@ class RecordingReference:
                 "post-processes logits in a way baselines do not reproduce, so it cannot have one. Run it with "
                 "--npuprec-reference live")
         self.max_rebuild_diff = max(self.max_rebuild_diff, diff)
-        self.scored[(tuple(tokens), tuple(positions))] = {"rows": rows, "checksums": checksums(live)}
+        entry: dict[str, Any] = {"rows": rows, "checksums": checksums(live)}
+        if ROUTING_TAP in request.taps:
+            with np.load(request.taps[ROUTING_TAP]) as tap:
+                entry["routing"] = {**compact_routes(tap["router_logits"], int(tap["top_k"]), self.routing_tie_margin),
+                                    "layers": tap["layers"], "top_k": tap["top_k"],
+                                    "tie_margin": np.float64(np.nan if self.routing_tie_margin is None
+                                                             else self.routing_tie_margin)}
+        self.scored[(tuple(tokens), tuple(positions))] = entry

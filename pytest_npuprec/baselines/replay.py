@@ -2,15 +2,19 @@
 
 generate() returns the recorded greedy continuations; score() rebuilds the logits of the recorded rows
 (lm_head.py) and checks them against the recorded checksums before writing them, as the live reference
-would have written them."""
+would have written them; a routing tap gets the recorded compact routing (measure/routing.py reads it as it
+reads a live one)."""
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from ..atomic import atomic_file
+from ..measure.routing import TAP as ROUTING_TAP
 from ..runners.scoring import ScoreRequest
 from . import BaselineError, update_command
 from .lm_head import checksum_mismatch, rebuild
@@ -63,14 +67,28 @@ class BaselineReference:
 
     def score(self, requests: Sequence[ScoreRequest]) -> None:
         for request in requests:
-            if request.taps:
-                raise BaselineError(refuse_taps(self.model, request.taps))
+            refused = refuse_taps(self.model, request.taps)
+            if refused:
+                raise BaselineError(refused)
             self._score_one(request.tokens, request.positions, request.out)
+            if ROUTING_TAP in request.taps:
+                self._routing(self._found(request.tokens, request.positions), request.taps[ROUTING_TAP])
 
-    def _score_one(self, tokens: Sequence[int], positions: Sequence[int], out: Path) -> None:
+    def _found(self, tokens: Sequence[int], positions: Sequence[int]) -> Any:
         found = self._by_scored.get((tuple(tokens), tuple(positions)))
         if found is None:
             raise self._stale(f"no recorded rows for a sequence of {len(tokens)} tokens at {len(positions)} positions")
+        return found
+
+    def _routing(self, found: Any, path: Path) -> None:
+        if found.routing_file is None:
+            raise self._stale(f"prompt {found.id}: recorded without its routing (no routing check was configured "
+                              "then)")
+        with open(found.routing_file, "rb") as src, atomic_file(path, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+
+    def _score_one(self, tokens: Sequence[int], positions: Sequence[int], out: Path) -> None:
+        found = self._found(tokens, positions)
         logits = rebuild(np.asarray(found.rows()), self._weight, self.baseline.lm_head["postprocess"])
         mismatch = checksum_mismatch(logits, found.checksums)
         if mismatch:

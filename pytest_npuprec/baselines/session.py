@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Callable, Literal
 
 from ..capture.records import ModelCapture, PromptInput
+from ..capture.taps import model_taps
 from ..config.schema import ModelConfig
 from ..measure.thresholds import Measurements
 from ..verdicts.verdict import Verdict
@@ -71,13 +72,15 @@ class BaselineSession:
         if self.options.update:
             from .record import RecordingReference
 
-            self.recorder = RecordingReference(live(), self.model_path, self.config.name)
+            self.recorder = RecordingReference(live(), self.model_path, self.config.name,
+                                               self.config.precision.routing_tie_margin)  # type: ignore[union-attr]
             return lambda: self.recorder
         return live
 
 
 def _today(config: ModelConfig, model_path: Path, prompts: list[PromptInput]) -> dict[str, Any]:
-    return {"prompts": prompt_digests(prompts), "precision": precision_inputs(config), **checkpoint_files(model_path)}
+    return {"prompts": prompt_digests(prompts), "precision": precision_inputs(config, model_taps(config, model_path)),
+            **checkpoint_files(model_path)}
 
 
 def open_session(config: ModelConfig, options: BaselineOptions, model_path: Path,
@@ -162,20 +165,23 @@ def update(s: BaselineSession, capture: ModelCapture, measured: Measurements, ve
 
     assert s.folder is not None and s.recorder is not None
     rec = s.recorder
-    prompts_doc, rows = [], {}
+    prompts_doc, rows, routing = [], {}, {}
     for p in capture.prompts:
         entry = rec.scored.get((p.scored, p.positions))
         if entry is None:
             raise BaselineError(f"{s.config.name}: prompt {p.prompt.id} was scored without being recorded")
         rows[p.prompt.index] = entry["rows"]
+        if "routing" in entry:
+            routing[p.prompt.index] = entry["routing"]
         prompts_doc.append({"index": p.prompt.index, "id": p.prompt.id, "kind": p.prompt.kind, "scored": list(p.scored),
                             "positions": list(p.positions), "generated": list(p.generated.get("reference", ())),
-                            "checksums": entry["checksums"]})
+                            "checksums": entry["checksums"], **({"routing": True} if "routing" in entry else {})})
     meta = capture.meta
     reference_doc = {
         "format": 1, "model": s.config.name, "model_name": s.config.model_name,
         "max_tokens": meta["max_tokens"], "positions_mode": meta["positions_mode"],
         "provenance": dict(s.today, lm_head=rec.lm_head), "lm_head": rec.lm_head, "prompts": prompts_doc,
+        **({"routing": routing_summary(routing, rec.lm_head["shape"])} if routing else {}),
         "recorded": {"created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                      "versions": meta.get("versions"), "host": meta.get("host"), "reference": meta.get("reference"),
                      "reference_s": meta.get("timings", {}).get("reference_s"),
@@ -191,7 +197,7 @@ def update(s: BaselineSession, capture: ModelCapture, measured: Measurements, ve
         values = {k: v.value for k, v in verdicts.items() if not k.startswith("drift-")}
         device = (record_name(hw), record_doc(s.config.name, hw, measured, inputs_digest(s.today), values))
     before = folder_bytes(s.folder)
-    publish(s.folder, (reference_doc, rows), device)
+    publish(s.folder, (reference_doc, rows), device, routing)
     after = folder_bytes(s.folder)
     lines = [f"baseline update {s.folder}:"]
     for name in sorted(set(before) | set(after)):
@@ -211,6 +217,18 @@ def update(s: BaselineSession, capture: ModelCapture, measured: Measurements, ve
                 delta = f" ({(mean - was) / abs(was):+.1%})" if was else ""
                 lines.append(f"    {name}: {was:.6g} -> {mean:.6g}{delta}")
     return lines
+
+
+def routing_summary(routing: dict[int, dict[str, Any]], lm_head_shape: list[int]) -> dict[str, Any]:
+    """What the compact routing costs per scored token, next to the token's rows (reference.json "routing")."""
+    tokens = sum(len(r["kth"]) for r in routing.values())
+    per_token = sum(int(r[k].nbytes) for r in routing.values() for k in ("top_ids", "kth", "gaps")) / max(1, tokens)
+    vocab, hidden = lm_head_shape
+    first = next(iter(routing.values()))
+    return {"arrays": {k: str(first[k].dtype) for k in ("top_ids", "kth", "gaps")},
+            "bytes_per_token": round(per_token, 1), "hidden_row_bytes": 4 * hidden, "logit_row_bytes": 4 * vocab,
+            "share_of_hidden_row": round(per_token / (4 * hidden), 4),
+            "share_of_logit_row": round(per_token / (4 * vocab), 5)}
 
 
 def _size(n: int | None) -> str:

@@ -2,6 +2,8 @@
 
     <model>/reference.json   {"format", "model", "provenance", "lm_head", "prompts": [...], "recorded"}
     <model>/rows-<i>.npy     float32 [rows x hidden]: lm_head input rows of prompt i, one per scored position
+    <model>/routing-<i>.npz  a MoE model's reference routing of prompt i at the same positions, compact
+                             (measure/routing.py compact_routes: top_ids, kth, gaps; layers, top_k, tie_margin)
     <model>/device/<hw>.json device records (device_records.py)
 """
 from __future__ import annotations
@@ -26,6 +28,10 @@ def rows_name(index: int) -> str:
     return f"rows-{index:03d}.npy"
 
 
+def routing_name(index: int) -> str:
+    return f"routing-{index:03d}.npz"
+
+
 @dataclass(frozen=True)
 class RecordedPrompt:
     index: int
@@ -36,6 +42,7 @@ class RecordedPrompt:
     generated: tuple[int, ...]  # the reference's greedy continuation (empty for a perplexity text)
     checksums: dict[str, list]  # logsumexp, top_ids per row
     rows_file: Path
+    routing_file: Path | None = None  # a MoE model's compact reference routing (None: not recorded)
 
     def rows(self) -> np.ndarray:
         return np.load(self.rows_file, mmap_mode="r")
@@ -64,11 +71,13 @@ def load_reference(folder: Path, model: str) -> ReferenceBaseline | None:
             raise ValueError(f"format {doc.get('format')!r}, expected {FORMAT}")
         prompts = [RecordedPrompt(index=p["index"], id=p["id"], kind=p["kind"], scored=tuple(p["scored"]),
                                   positions=tuple(p["positions"]), generated=tuple(p["generated"]),
-                                  checksums=p["checksums"], rows_file=Path(folder) / rows_name(p["index"]))
+                                  checksums=p["checksums"], rows_file=Path(folder) / rows_name(p["index"]),
+                                  routing_file=Path(folder) / routing_name(p["index"]) if p.get("routing") else None)
                    for p in doc["prompts"]]
         for p in prompts:
-            if not p.rows_file.is_file():
-                raise ValueError(f"{p.rows_file.name} is missing")
+            for file in (p.rows_file, p.routing_file):
+                if file is not None and not file.is_file():
+                    raise ValueError(f"{file.name} is missing")
             if len(p.checksums["logsumexp"]) != len(p.positions):
                 raise ValueError(f"prompt {p.id}: {len(p.checksums['logsumexp'])} checksums for "
                                  f"{len(p.positions)} positions")
@@ -80,14 +89,17 @@ def load_reference(folder: Path, model: str) -> ReferenceBaseline | None:
 
 
 def publish(folder: Path, reference: tuple[dict[str, Any], dict[int, np.ndarray]] | None = None,
-            device_record: tuple[str, dict[str, Any]] | None = None) -> None:
-    """Replace the model's folder in one rename: the new reference (doc, rows by prompt index) and/or one
-    device record (file name, doc); everything else of the old folder is carried over as it was."""
+            device_record: tuple[str, dict[str, Any]] | None = None,
+            routing: dict[int, dict[str, np.ndarray]] | None = None) -> None:
+    """Replace the model's folder in one rename: the new reference (doc, rows by prompt index; `routing`: its
+    compact routing arrays by prompt index) and/or one device record (file name, doc); everything else of the old
+    folder is carried over as it was."""
     folder = Path(folder)
     with staged_dir(folder) as tmp:
         if folder.is_dir():
             for item in folder.iterdir():
-                replaced = reference is not None and (item.name == REFERENCE_FILE or item.name.startswith("rows-"))
+                replaced = reference is not None and (item.name == REFERENCE_FILE
+                                                      or item.name.startswith(("rows-", "routing-")))
                 if replaced or item.name.startswith("."):
                     continue
                 (shutil.copytree if item.is_dir() else shutil.copy2)(item, tmp / item.name)
@@ -95,6 +107,8 @@ def publish(folder: Path, reference: tuple[dict[str, Any], dict[int, np.ndarray]
             doc, rows = reference
             for index, array in rows.items():
                 np.save(tmp / rows_name(index), np.ascontiguousarray(array, dtype=np.float32))
+            for index, arrays in (routing or {}).items():
+                np.savez(tmp / routing_name(index), **arrays)
             (tmp / REFERENCE_FILE).write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
         if device_record is not None:
             name, doc = device_record

@@ -69,15 +69,17 @@ def yaml_float(value: Decimal) -> str:
     return f"{digits if '.' in digits else digits + '.0'}e{int(exponent)}"
 
 
-def calibrated_bound(metric: str, reduce: str, floor: float, factor: float) -> Bound:
-    """floor x factor on the badness, rounded outwards."""
+def calibrated_bound(metric: str, reduce: str, floor: float, factor: float, resolution: float = 0.0) -> Bound:
+    """floor x factor on the badness, rounded outwards; never below `resolution` (the smallest non-zero badness the
+    measurement resolves: calibrate/taps.py)."""
     if not math.isfinite(floor):
         raise FloorError(f"{metric} {reduce}: the BF16 floor measured {floor}; expected a finite number (the floor "
                          "run itself produced NaN/Inf logits), so no bound can be calibrated from it")
     spec = METRICS[metric]
     # in decimal from the value as printed: 1 - 0.99992 is 8e-5, not 8.000000000008e-05 (which rounds up to 9e-5)
     value = Decimal(repr(floor))
-    bad = round_up(max((Decimal(1) - value) if spec.better == "higher" else value, Decimal(0)) * Decimal(repr(factor)))
+    bad = max((Decimal(1) - value) if spec.better == "higher" else value, Decimal(0)) * Decimal(repr(factor))
+    bad = round_up(max(bad, Decimal(repr(resolution))))
     if spec.better == "higher":
         return Bound(metric, reduce, "min", yaml_float(max(Decimal(1) - bad, Decimal(repr(spec.lowest)))))
     return Bound(metric, reduce, "max", yaml_float(bad))
@@ -87,21 +89,29 @@ def worst_reduce(metric: str) -> str:
     return "min" if METRICS[metric].better == "higher" else "max"
 
 
-def calibrate(layout: tuple[tuple[str, str], ...], floor: Summary, factor: float) -> list[Bound]:
-    return [calibrated_bound(metric, reduce, floor[metric][reduce], factor) for metric, reduce in layout]
+Resolution = dict[tuple[str, str], float]  # (metric, reduce) -> smallest resolvable badness (absent: 0)
 
 
-def refusals(layout: tuple[tuple[str, str], ...], floor: Summary, device: Summary, factor: float) -> list[str]:
+def calibrate(layout: tuple[tuple[str, str], ...], floor: Summary, factor: float,
+              resolution: Resolution | None = None) -> list[Bound]:
+    return [calibrated_bound(metric, reduce, floor[metric][reduce], factor, (resolution or {}).get((metric, reduce), 0.0))
+            for metric, reduce in layout]
+
+
+def refusals(layout: tuple[tuple[str, str], ...], floor: Summary, device: Summary, factor: float,
+             resolution: Resolution | None = None) -> list[str]:
     """One line per (metric, reduce) where the device is outside the floor by more than the factor (or either side
-    is not a finite number): bounds from such a device would bake its error into the gate."""
+    is not a finite number): bounds from such a device would bake its error into the gate. Within the measurement's
+    resolution (one route of n) is never outside."""
     lines = []
     for metric, reduce in layout:
         f, d = floor.get(metric, {}).get(reduce, math.nan), device.get(metric, {}).get(reduce, math.nan)
         bf, bd = badness(metric, f), badness(metric, d)
         what = f"{metric} {reduce}"
+        least = (resolution or {}).get((metric, reduce), 0.0)
         if not (math.isfinite(f) and math.isfinite(d)):
             lines.append(f"{what}: device {d:.6g}, floor {f:.6g}: not a finite number")
-        elif bd > factor * max(bf, 0.0):
+        elif bd > max(factor * max(bf, 0.0), least):
             scale = "1 - value" if METRICS[metric].better == "higher" else "value"
             ratio = f"{bd / bf:.3g} x the floor" if bf > 0 else "the floor is 0"
             lines.append(f"{what}: device {d:.6g}, floor {f:.6g} ({scale}: {ratio}, more than {factor:g} x)")

@@ -13,8 +13,8 @@ def run_item(item: pytest.Item) -> None:
     from ..results import runs
     from .session import calibrate_model
 
-    factor, force = options.calibration(item.config) or (options.DEFAULT_CALIBRATE_FACTOR, False)
-    cal = calibrate_model(item.path, runs(item.config).options_for, factor, force)
+    factor, force, device_runs = options.calibration(item.config) or (options.DEFAULT_CALIBRATE_FACTOR, False, 1)
+    cal = calibrate_model(item.path, runs(item.config).options_for, factor, force, device_runs)
     item.config.stash.setdefault(_calibrations_key, {})[cal.model] = cal
     item.user_properties.extend([("model", cal.model), ("check", "calibrate"), ("passed", str(cal.written).lower())])
     if not cal.written:

@@ -26,5 +26,8 @@ def render(cal: Calibration) -> list[str]:
         if cal.perplexity is not None:
             f, d, bound = cal.perplexity
             lines.append(f"  {'perplexity_ratio':<22}{_cell(f)}{'':>12}{_cell(d)}{'':>12}  max_ratio {bound}")
+        lines.extend(f"  {key} {value}: {how}" for key, (value, how) in cal.tie_margins.items())
+    if cal.drift is not None and cal.drift.tolerances:
+        lines.extend("  " + line for line in cal.drift.comment(cal.factor))
     lines.append("  " + cal.message)
     return lines

@@ -1,5 +1,6 @@
-"""Rewrite a model's YAML: only the `precision.thresholds` block (and its comment) changes, or a `precision:`
-section is appended; every other line — comments, key order, quoting, indentation — stays byte for byte.
+"""Rewrite a model's YAML: only the `precision.thresholds` block (and its comment; a tap's tie margin such as
+routing_tie_margin) and the `precision.drift` block (and its comment) change, or a `precision:` section is
+appended; every other line — comments, key order, quoting, indentation — stays byte for byte.
 
 ruamel.yaml (a round-trip YAML library: it keeps each key's line and column, which PyYAML, the configs' reader,
 drops) finds where the block starts and ends; only those lines are replaced, with text written here. Numbers are
@@ -19,6 +20,7 @@ from ..errors import NpuprecError
 from .bounds import Bound, yaml_float
 
 CALIBRATED_MARK = "calibrated by pytest-npuprec"  # first line of the comment above a calibrated block
+DRIFT_MARK = "drift tolerances proposed by pytest-npuprec"  # first line of the comment above a proposed drift block
 
 
 class DocumentError(NpuprecError):
@@ -57,6 +59,10 @@ class ConfigDocument:
     def _data(self) -> Any:
         return _round_trip(self.text)
 
+    def precision_keys(self) -> list[str]:
+        precision = self._data().get("precision")
+        return [str(k) for k in precision] if isinstance(precision, dict) else []
+
     def has_precision(self) -> bool:
         data = self._data()
         return isinstance(data, dict) and data.get("precision") is not None
@@ -74,39 +80,54 @@ class ConfigDocument:
         self.text = head + "".join(f"# {c}\n" for c in comment) + out.getvalue()
 
     def set_thresholds(self, bounds: Iterable[Bound], comment: list[str],
-                       keep: dict[str, list[dict[str, Any]]] | None = None) -> None:
+                       keep: dict[str, list[dict[str, Any]]] | None = None,
+                       scalars: dict[str, str] | None = None) -> None:
         """precision.thresholds := the bounds (plus `keep`, bounds carried over as they were, e.g. phase: decode
-        ones), one flow mapping each, a list where a metric has several; `comment` lines above it. A comment of an
-        earlier calibration directly above the block is replaced; any other comment stays."""
-        data = self._data()
-        precision = data.get("precision")
-        if not hasattr(precision, "lc") or getattr(precision.fa, "flow_style", lambda: False)():
-            raise DocumentError(f"{self.path}: precision: is not a block mapping; calibration rewrites "
-                                "precision.thresholds in a block-style precision: section")
-        lines = self.text.splitlines(keepends=True)
-        keys = list(precision.keys())
-        indent = precision.lc.key(keys[0])[1]
-        if "thresholds" in precision:
-            start = precision.lc.key("thresholds")[0]
-            end = self._value_end(data, precision, "thresholds", lines)
-            start = self._own_comment_start(lines, start)
-        else:  # right after the prompts, where the configs keep it
-            after = "prompts" if "prompts" in precision else keys[-1]
-            start = end = self._value_end(data, precision, after, lines)
-        pad = " " * indent
+        ones), one flow mapping each, a list where a metric has several; `comment` lines above it; `scalars`
+        (precision keys the file does not have yet, e.g. routing_tie_margin) right after it. A comment of an earlier
+        calibration directly above the block is replaced; any other comment stays."""
         by_metric: dict[str, list[str]] = {}
         for b in bounds:
             by_metric.setdefault(b.metric, []).append(_flow({b.kind: _Text(b.text), "reduce": b.reduce}))
         for metric, extra in (keep or {}).items():
             by_metric.setdefault(metric, []).extend(_flow(dict(e)) for e in extra)
-        block = [f"{pad}# {c}\n".rstrip(" ") if c else f"{pad}#\n" for c in comment]
-        block.append(f"{pad}thresholds:\n")
+        body = ["thresholds:\n"]
         for metric, entries in by_metric.items():
             if len(entries) == 1:
-                block.append(f"{pad}  {metric}: {entries[0]}\n")
+                body.append(f"  {metric}: {entries[0]}\n")
             else:
-                block.append(f"{pad}  {metric}:\n")
-                block.extend(f"{pad}    - {e}\n" for e in entries)
+                body.append(f"  {metric}:\n")
+                body.extend(f"    - {e}\n" for e in entries)
+        body.extend(f"{key}: {text}\n" for key, text in (scalars or {}).items())
+        self._set_block("thresholds", body, comment, CALIBRATED_MARK, ("prompts",))
+
+    def set_drift(self, tolerances: dict[str, str], comment: list[str]) -> None:
+        """precision.drift := the tolerances (metric -> "35%"), `comment` lines above it; placed after thresholds
+        when the file has no drift block. A comment of an earlier proposal directly above it is replaced."""
+        body = ["drift:\n", *(f"  {metric}: {text}\n" for metric, text in tolerances.items())]
+        self._set_block("drift", body, comment, DRIFT_MARK, ("thresholds", "prompts"))
+
+    def _set_block(self, key: str, body: list[str], comment: list[str], mark: str, after: tuple[str, ...]) -> None:
+        """Replace precision.<key> (its lines, and the comment with `mark` directly above) by `comment` + `body`
+        (lines relative to precision's indentation); without one, insert it after the first of `after` there is."""
+        data = self._data()
+        precision = data.get("precision")
+        if not hasattr(precision, "lc") or getattr(precision.fa, "flow_style", lambda: False)():
+            raise DocumentError(f"{self.path}: precision: is not a block mapping; calibration rewrites "
+                                f"precision.{key} in a block-style precision: section")
+        lines = self.text.splitlines(keepends=True)
+        keys = list(precision.keys())
+        indent = precision.lc.key(keys[0])[1]
+        if key in precision:
+            start = precision.lc.key(key)[0]
+            end = self._value_end(data, precision, key, lines)
+            start = self._own_comment_start(lines, start, mark)
+        else:
+            anchor = next((k for k in after if k in precision), keys[-1])
+            start = end = self._value_end(data, precision, anchor, lines)
+        pad = " " * indent
+        block = [f"{pad}# {c}\n".rstrip(" ") if c else f"{pad}#\n" for c in comment]
+        block.extend(pad + line for line in body)
         if start > 0 and not lines[start - 1].endswith("\n"):
             lines[start - 1] += "\n"
         self.text = "".join(lines[:start] + block + lines[end:])
@@ -140,12 +161,13 @@ class ConfigDocument:
         return end
 
     @staticmethod
-    def _own_comment_start(lines: list[str], start: int) -> int:
-        """Extend the block upward over the comment an earlier calibration wrote above it."""
+    def _own_comment_start(lines: list[str], start: int, mark: str) -> int:
+        """Extend the block upward over the comment an earlier calibration wrote above it (its first line has
+        `mark`)."""
         i = start
         while i > 0 and lines[i - 1].lstrip().startswith("#"):
             i -= 1
-            if CALIBRATED_MARK in lines[i]:
+            if mark in lines[i]:
                 return i
         return start
 
@@ -157,4 +179,4 @@ class _Text(str):
     """A bound's text, written as it is."""
 
 
-__all__ = ["CALIBRATED_MARK", "ConfigDocument", "DocumentError"]
+__all__ = ["CALIBRATED_MARK", "DRIFT_MARK", "ConfigDocument", "DocumentError"]

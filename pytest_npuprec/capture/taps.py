@@ -57,3 +57,10 @@ def _vision(config: ModelConfig, model_path: Path) -> tuple[str, ...]:
                            f"{Path(model_path) / 'config.json'} declares no vision tower (no vision_config / "
                            "image_token_id); vision checks exist only for vision-language models")
     return ("vision",)
+
+
+def supported_taps(model_path: Path) -> tuple[str, ...]:
+    """Every tap the checkpoint has, whatever its config checks (--npuprec-calibrate measures each metric the model
+    has): "routing" for a MoE model, "vision" for one that takes images."""
+    routing = ("routing",) if routed_experts(model_path) else ()
+    return routing + (("vision",) if image_token_id(model_path) is not None else ())

@@ -31,7 +31,8 @@ class DriftTolerance:
 def parse_drift(r: Reader, raw: Any) -> tuple[DriftTolerance, ...]:
     if raw is None:
         return ()
-    r.mapping(raw, "precision.drift", frozenset(METRICS))
+    # the metrics a device record keeps (its logit and token metrics); routing and tower metrics have none yet
+    r.mapping(raw, "precision.drift", frozenset(m for m, spec in METRICS.items() if spec.per in ("prompt", "position")))
     out = []
     for metric, value in raw.items():
         out.append(DriftTolerance(metric, _fraction(r, value, f"precision.drift.{metric}")))

@@ -68,13 +68,14 @@ class Measurements:
         return self.prompts[index]
 
 
-def measure(capture: ModelCapture, tie_margin: float | None = None) -> Measurements:
+def measure(capture: ModelCapture, tie_margin: float | None = None, side: str = "device") -> Measurements:
+    """`side`: the device run measured (capture/records.py repeat_side: a repeated run of the same device)."""
     acc: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {name: [] for name in METRICS}
     summaries: list[PromptSummary] = []
     nonfinite: list[NonFinite] = []
     vocab = 0
     for record in capture.compared():
-        summary, bad, vocab = _measure_prompt(record, acc, tie_margin)
+        summary, bad, vocab = _measure_prompt(record, acc, tie_margin, side)
         summaries.append(summary)
         nonfinite.extend(bad)
     cells = {name: Cells(*(np.concatenate(parts) for parts in zip(*chunks)))
@@ -82,8 +83,8 @@ def measure(capture: ModelCapture, tie_margin: float | None = None) -> Measureme
     return Measurements(capture.model, cells, summaries, nonfinite, vocab)
 
 
-def _measure_prompt(record: PromptCapture, acc: dict, tie_margin: float | None):
-    device, reference = record.logits("device"), record.logits("reference")
+def _measure_prompt(record: PromptCapture, acc: dict, tie_margin: float | None, side: str):
+    device, reference = record.logits(side), record.logits("reference")
     if device.shape != reference.shape:
         raise ValueError(f"prompt {record.prompt.id!r}: device logits {device.shape} vs reference "
                          f"{reference.shape}; the two sides must score the same positions and vocabulary")
@@ -91,9 +92,9 @@ def _measure_prompt(record: PromptCapture, acc: dict, tie_margin: float | None):
     positions = np.asarray(record.positions, dtype=np.int64)
     prompt_ids = np.full(len(positions), index, dtype=np.int64)
     comparison = logit_metrics.compare_rows(device, reference)
-    bad = [NonFinite(side, index, int(positions[row]), int(np.count_nonzero(~np.isfinite(arr[row]))), arr.shape[1])
-           for side, arr, bad_rows in (("device", device, comparison.device_nonfinite),
-                                       ("reference", reference, comparison.reference_nonfinite))
+    bad = [NonFinite(which, index, int(positions[row]), int(np.count_nonzero(~np.isfinite(arr[row]))), arr.shape[1])
+           for which, arr, bad_rows in ((side, device, comparison.device_nonfinite),
+                                        ("reference", reference, comparison.reference_nonfinite))
            for row in bad_rows]
 
     summary_metrics = {}
@@ -103,7 +104,7 @@ def _measure_prompt(record: PromptCapture, acc: dict, tie_margin: float | None):
 
     rows = record.continuation_rows
     ref_tokens = record.generated["reference"]
-    dev_tokens = record.generated["device"]
+    dev_tokens = record.generated[side]
     cont_logits = np.asarray(reference[rows]) if len(rows) else np.empty((0, reference.shape[1]))
     first = token_metrics.first_token_status(dev_tokens, ref_tokens, cont_logits, tie_margin)
     agreement = token_metrics.continuation_agreement(dev_tokens, ref_tokens, cont_logits, tie_margin)

@@ -17,7 +17,9 @@ from pytest_npuprec.baselines.store import load_reference, publish
 from pytest_npuprec.capture.prefix_cache import prefix_cache_inputs
 from pytest_npuprec.capture.prompts import load_tokenizer, perplexity_input, render_prompts
 from pytest_npuprec.capture.session import capture_model
+from pytest_npuprec.capture.taps import model_taps
 from pytest_npuprec.config.loader import ConfigError, load_config
+from pytest_npuprec.measure.routing import compact_routes, compare_compact, measure_routing
 from pytest_npuprec.measure.thresholds import measure
 from pytest_npuprec.runners.reference import TransformersRunner
 from pytest_npuprec.runners.scoring import ScoreRequest
@@ -25,7 +27,7 @@ from pytest_npuprec.runners.scoring import ScoreRequest
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "tests" / "e2e" / "models" / "configs"
 STANDINS = ["tiny-llama", "tiny-Qwen3Guard-Gen-4B", "tiny-Nanbeige4-3B-Thinking-2511", "tiny-BitCPM4-CANN-1B",
-            "tiny-BitCPM4-0.5B", "tiny-BitCPM4-CANN-1B-unquantized"]
+            "tiny-BitCPM4-0.5B", "tiny-BitCPM4-CANN-1B-unquantized", "tiny-Qwen3-30B-A3B", "tiny-ERNIE-4.5-21B-A3B"]
 
 
 def _shrink(config, n_prompts=2, max_tokens=6):
@@ -47,10 +49,11 @@ def _inputs(config, path):
 
 
 def _capture(config, path, prompts, folder, reference):
-    """Both sides transformers FP32 (no engine): what capture_model records, with `reference` as the reference."""
+    """Both sides transformers FP32 (no engine): what capture_model records, with `reference` as the reference
+    (and the taps the config's checks need, as orchestrate asks for them)."""
     return capture_model(config.name, prompts, config.precision.max_tokens, config.precision.positions,
                          reference=reference, device=lambda: TransformersRunner(path, config.serve.trust_remote_code),
-                         folder=folder, meta={"versions": {}, "host": {}})
+                         folder=folder, meta={"versions": {}, "host": {}}, taps=model_taps(config, path))
 
 
 def _record(config, path, baseline_dir, capture_dir):
@@ -295,12 +298,18 @@ def test_committed_baseline_matches_today_and_the_live_reference(model, tmp_path
     first = baseline.prompts[0]
     out = tmp_path / "replay.npy"
     weight = weakref.ref(s.weight)
+    routed = first.routing_file is not None
+    taps = (lambda side: {"routing": tmp_path / f"{side}.routing.npz"}) if routed else (lambda side: {})
+    assert routed == bool(model_taps(config, path))  # a MoE config's baseline holds its routing
     with s.reference_factory(lambda: None)() as ref:
         assert ref.generate([prompts[0].token_ids], config.precision.max_tokens) == [first.generated]
-        ref.score([ScoreRequest(first.scored, first.positions, out)])
+        ref.score([ScoreRequest(first.scored, first.positions, out, taps("replay"))])
     assert weight() is None  # the lm_head weight is freed with the replay, before a device engine would start
     with TransformersRunner(path, config.serve.trust_remote_code) as live:
-        live.score([ScoreRequest(first.scored, first.positions, tmp_path / "live.npy")])
+        live.score([ScoreRequest(first.scored, first.positions, tmp_path / "live.npy", taps("live"))])
+    if routed:
+        _routing_holds_on_this_cpu(tmp_path / "replay.routing.npz", tmp_path / "live.routing.npz",
+                                   config.precision.routing_tie_margin)
     replayed, live_logits = np.load(out), np.load(tmp_path / "live.npy")
     assert checksum_mismatch(replayed, first.checksums) is None
     weight_np, _ = read_weight(path, baseline.lm_head["key"])
@@ -315,6 +324,118 @@ def test_committed_baseline_matches_today_and_the_live_reference(model, tmp_path
     assert (np.abs(wrong.astype(np.float64) - live_logits) / bound).max() > 10
     vocab, hidden = baseline.lm_head["shape"]
     _within_size_budget(REPO / "baselines" / model, sum(len(p.positions) for p in baseline.prompts), hidden, vocab)
+
+
+
+def _routing_holds_on_this_cpu(replayed, live, tie_margin):
+    """The replayed routing against the live reference of whatever CPU runs this: another CPU's summation order
+    moves router logits by FP32 rounding, which can swap a near-tie but nothing beyond the tie margin. So every
+    replayed expert set must agree with the live logits within the margin (the rule the check itself applies), and
+    the k-th logit move by less than it; the same rule sees a real difference (the last-ranked experts)."""
+    from pytest_npuprec.measure.routing import tie_floor
+
+    with np.load(replayed) as r, np.load(live) as lv:
+        kept, logits, top_k = {k: r[k] for k in ("top_ids", "kth", "gaps")}, lv["router_logits"], int(lv["top_k"])
+    now = compact_routes(logits, top_k, tie_margin)
+    agree, exact, margin, invalid = compare_compact(now, kept["top_ids"], tie_margin)
+    assert agree.all() and not invalid.any(), f"replayed routes beyond the tie margin: worst margin {margin.max():.3g}"
+    moved = np.abs(kept["kth"].astype(np.float64) - now["kth"])
+    assert (moved <= tie_floor(now["kth"].astype(np.float64), tie_margin)).all(), moved.max()
+    last = np.argsort(logits, axis=-1, kind="stable")[..., :top_k]
+    assert not compare_compact(now, last, tie_margin)[0].any()
+
+
+# --- a MoE model's baseline: its routing, compact, replayed exactly ----------------------------------------------
+
+MOE = "tiny-Qwen3-30B-A3B"
+
+
+@pytest.fixture(scope="module")
+def recorded_moe(tmp_path_factory):
+    """The Qwen3-MoE stand-in recorded with its routing: (config, checkpoint, baseline dir, live capture)."""
+    from pytest_npuprec.standins import ensure_standin
+    from pytest_npuprec.verdicts import judge_thresholds
+
+    path = ensure_standin(MOE)
+    config = _shrink(load_config(CONFIGS / f"{MOE}.yaml"))
+    root = tmp_path_factory.mktemp("baselines-moe")
+    s, capture, measured = _record(config, path, root, root.parent / "live-moe")
+    capture.meta["device"] = {"platform": "cpu"}
+    bl.update(s, capture, measured, judge_thresholds(config.thresholds, measured,
+                                                     measure_routing(capture, config.precision.routing_tie_margin)))
+    return config, path, root, capture
+
+
+def test_replay_rebuilds_the_live_routing_exactly(recorded_moe, tmp_path):
+    """The replayed routing is the live reference's compact routing bit for bit, and so is every routing figure:
+    against the device's routes and against any other choice of experts (flips, ties and their margins)."""
+    config, path, root, live = recorded_moe
+    margin = config.precision.routing_tie_margin
+    prompts = _inputs(config, path)
+    s = bl.open_session(config, bl.BaselineOptions("baseline", root), path, prompts)
+    assert s.source == "baseline", s.reason
+    replay = _capture(config, path, prompts, tmp_path / "replay", s.reference_factory(lambda: pytest.fail("live")))
+    compared = [(a, b) for a, b in zip(live.compared(), replay.compared())]
+    assert compared and all("routing" in a.tap_files for a, _ in compared)
+    rng = np.random.default_rng(0)
+    for a, b in compared:
+        tap, kept = a.tap("routing", "reference"), b.tap("routing", "reference")
+        assert "router_logits" not in kept  # the baseline holds the compact form only
+        want = compact_routes(tap["router_logits"], int(tap["top_k"]), margin)
+        for key, array in want.items():
+            assert kept[key].dtype == array.dtype
+            np.testing.assert_array_equal(kept[key], array)
+        ids = np.stack([rng.permutation(want["gaps"].shape[-1])[:int(tap["top_k"])]
+                        for _ in range(want["kth"].size)]).reshape(want["top_ids"].shape)
+        for x, y in zip(compare_compact(want, ids, margin), compare_compact(kept, ids, margin)):
+            np.testing.assert_array_equal(x, y)
+    m_live, m_base = measure_routing(live, margin), measure_routing(replay, margin)
+    assert m_live.n_routes > 0
+    for field in dataclasses.fields(m_live):
+        x, y = getattr(m_live, field.name), getattr(m_base, field.name)
+        assert np.array_equal(x, y) if isinstance(x, np.ndarray) else x == y, field.name
+
+
+def test_moe_baseline_routing_is_small(recorded_moe):
+    """The compact routing is at most 1/20 of the hidden row a baseline keeps per token (and of the logit row)."""
+    _, _, root, live = recorded_moe
+    doc = json.loads((root / MOE / "reference.json").read_text())
+    routing = doc["routing"]
+    assert routing["arrays"] == {"top_ids": "uint8", "kth": "float32", "gaps": "float16"}
+    assert routing["share_of_hidden_row"] <= 1 / 20 and routing["share_of_logit_row"] <= 1 / 20
+    files = sorted(p.name for p in (root / MOE).glob("routing-*.npz"))
+    assert len(files) == len(list(live.compared())), files
+    assert "provenance" in doc and "routing_tie_margin" in doc["provenance"]["precision"]
+
+
+def test_routing_tie_margin_and_routing_checks_make_a_moe_baseline_stale(recorded_moe):
+    """The compact routing is rounded for the tie margin: another margin, or routing checks added to a config whose
+    baseline was recorded without them, is a stale baseline (never a replay without routing)."""
+    config, path, root, _ = recorded_moe
+    wider = dataclasses.replace(config, precision=dataclasses.replace(config.precision, routing_tie_margin=0.1))
+    with pytest.raises(BaselineError, match=r"precision: routing_tie_margin 0.04 -> 0.1"):
+        _stale(wider, path, root, "baseline")
+    dense = tuple(t for t in config.precision.thresholds if not t.metric.startswith(("routing", "expert")))
+    # parallel_layouts on a MoE model captures routing too (capture/taps.py): gone with the routing bounds
+    checks = dataclasses.replace(config.precision.checks, parallel_layouts=None)
+    unrouted = dataclasses.replace(config, precision=dataclasses.replace(config.precision, thresholds=dense,
+                                                                         checks=checks))
+    with pytest.raises(BaselineError, match=r"precision: routing_tie_margin gone"):
+        _stale(unrouted, path, root, "baseline")
+
+
+def test_taps_a_baseline_does_not_store_are_refused_with_the_clear_message(recorded, tmp_path):
+    """Only routing is stored: another tap (a vision tower's) is refused naming --npuprec-reference live, and
+    routing asked of a baseline recorded without it is stale, never an empty pass."""
+    config, path, root, _ = recorded
+    first = load_reference(root / "tiny-llama", "tiny-llama").prompts[0]
+    for taps, message in (({"vision": tmp_path / "v.npz"}, r"tiny-llama: its checks need vision from the reference, "
+                                                           r"which baselines do not store yet; run it with "
+                                                           r"--npuprec-reference live"),
+                          ({"routing": tmp_path / "r.npz"}, r"prompt .*: recorded without its routing")):
+        s = bl.open_session(config, bl.BaselineOptions("baseline", root), path, _inputs(config, path))
+        with s.reference_factory(lambda: None)() as ref, pytest.raises(BaselineError, match=message):
+            ref.score([ScoreRequest(first.scored, first.positions, tmp_path / "x.npy", taps)])
 
 
 # --- the drift rule, on fabricated records -------------------------------------------------------------------
@@ -433,7 +554,8 @@ def test_drift_config(tmp_path):
     assert config.check_ids[-2:] == ("drift-kl_divergence", "drift-relative_l2")
     for bad, message in (("kl_divergence: -5%", "precision.drift.kl_divergence: expected a tolerance above 0"),
                          ("kl_divergence: lots", "precision.drift.kl_divergence: expected a tolerance above 0"),
-                         ("perplexity: 5%", "precision.drift.perplexity: unknown key")):
+                         ("perplexity: 5%", "precision.drift.perplexity: unknown key"),
+                         ("routing_agreement: 5%", "precision.drift.routing_agreement: unknown key")):
         path.write_text(base + f"  drift:\n    {bad}\n")
         with pytest.raises(ConfigError, match=message):
             load_config(path)

@@ -307,3 +307,181 @@ def test_no_bound_from_a_non_finite_floor():
         calibrated_bound("kl_divergence", "max", math.nan, 3)
     with pytest.raises(FloorError, match="perplexity ratio: the BF16 floor measured inf"):
         calibrated_max_ratio(math.inf, 3)
+
+
+# --- every metric the model has: tap metrics (routing), their resolution, the tie margin --------------------------
+
+
+def test_every_registered_metric_is_calibrated_from_the_logits_or_a_tap(make_capture, confident_logits):
+    """A metric added to the registry is calibrated as soon as it is measured: from the logits (measure()), or by
+    the entry of the tap that captures it (calibrate/taps.py TAP_METRICS, e.g. a vision tower's metrics)."""
+    from pytest_npuprec.calibrate.taps import TAP_METRICS
+    from pytest_npuprec.measure.thresholds import measure
+
+    from_logits = set(measure(make_capture(confident_logits, confident_logits)).cells)
+    from_taps = {m for spec in TAP_METRICS.values() for m in spec.metrics}
+    assert not from_logits & from_taps
+    missing = set(METRICS) - from_logits - from_taps
+    assert not missing, f"registered metrics no calibration measures: {sorted(missing)} (add a TAP_METRICS entry)"
+    for tap, spec in TAP_METRICS.items():
+        assert {m for m, _ in spec.layout} <= set(spec.metrics), tap
+
+
+def _routing_capture(tmp_path, flips: int, n: int = 64):
+    """One prompt, n positions x 2 layers, 8 experts top-2 with wide margins; `flips` routes of layer 0 swapped for
+    the lowest expert (never a tie)."""
+    from pytest_npuprec.capture.records import CaptureWriter, ModelCapture, PromptCapture, PromptInput
+
+    rng = np.random.default_rng(5)
+    ref = rng.normal(0, 1, size=(n, 2, 8))
+    order = np.argsort(-ref, axis=-1, kind="stable")
+    np.put_along_axis(ref, order[..., :2], np.take_along_axis(ref, order[..., 2:3], -1) + 1.0, -1)
+    order = np.argsort(-ref, axis=-1, kind="stable")
+    ids = order[..., :2].copy()
+    ids[:flips, 0, 1] = order[:flips, 0, -1]
+    writer = CaptureWriter(tmp_path)
+    prompt = PromptInput(index=0, id="p1", label="p1", token_ids=(0, 1))
+    rows = np.eye(n, 16, dtype=np.float32) * 10
+    for side in ("reference", "device"):
+        np.save(writer.logits_path(side, 0), rows)
+    np.savez(writer.tap_path("reference", "routing", 0), router_logits=ref.astype(np.float32),
+             layers=np.arange(2, dtype=np.int32), top_k=np.int32(2))
+    np.savez(writer.tap_path("device", "routing", 0), expert_ids=ids.astype(np.uint8), layers=np.arange(2, dtype=np.int32))
+    tokens = tuple(int(t) for t in rows.argmax(1))
+    record = PromptCapture(prompt, prompt.token_ids + tokens, tuple(range(1, 1 + n)),
+                           {"reference": tokens, "device": tokens}, {})
+    return writer.finish(ModelCapture("toy-moe", [record], {"positions_mode": "continuation", "max_tokens": n}))
+
+
+def test_routing_figures_and_a_zero_floor_bound_that_allows_one_route(tmp_path):
+    """A floor of 256/256 routes says only that fewer than 1 in 256 differ: the bound allows one route (never 1.0,
+    which the next BF16 near-miss would fail); a device 1 route off is inside it, 3 routes off is refused."""
+    from pytest_npuprec.calibrate.taps import TAP_METRICS
+
+    spec = TAP_METRICS["routing"]
+    clean = spec.figures(_routing_capture(tmp_path / "a", 0, n=128), None)
+    assert clean.summary["routing_agreement"] == {"mean": 1.0, "min": 1.0, "max": 1.0}
+    assert clean.summary["expert_load"]["max"] == 0.0
+    assert clean.resolution[("routing_agreement", "mean")] == 1 / 256
+    assert clean.resolution[("routing_agreement", "min")] == 1 / 128
+    assert clean.resolution[("expert_load", "max")] == 1 / 256
+    layout = spec.layout
+    bounds = {b.metric: b for b in calibrate(layout, clean.summary, 3.0, clean.resolution)}
+    assert bounds["routing_agreement"].text == "0.996" and bounds["routing_agreement"].kind == "min"
+    assert bounds["expert_load"].text == "0.004"
+    one = spec.figures(_routing_capture(tmp_path / "b", 1, n=128), None)
+    assert one.summary["routing_agreement"]["mean"] == 255 / 256
+    assert not refusals(layout, clean.summary, one.summary, 3.0, clean.resolution)
+    assert 255 / 256 >= bounds["routing_agreement"].value
+    three = spec.figures(_routing_capture(tmp_path / "c", 3, n=128), None)
+    refused = refusals(layout, clean.summary, three.summary, 3.0, clean.resolution)
+    assert any(line.startswith("routing_agreement mean: device 0.988") for line in refused), refused
+    assert 253 / 256 < bounds["routing_agreement"].value  # the routing-only fault's level (3 of 256) fails it
+
+
+def test_routing_tie_margin_from_the_floor_is_twice_its_router_logit_error(tmp_path, monkeypatch):
+    from pytest_npuprec.calibrate import taps
+
+    monkeypatch.setattr("pytest_npuprec.measure.routing.router_logit_error", lambda capture: 0.0193)
+    assert taps.TAP_METRICS["routing"].tie_margin(None) == ("0.039", "2 x the floor's largest router logit |diff| 0.0193")
+    from pytest_npuprec.calibrate.session import tie_margins
+
+    assert tie_margins(None, ("routing",)) == {"routing_tie_margin": ("0.039", "2 x the floor's largest router logit "
+                                                                               "|diff| 0.0193")}
+    assert tie_margins(None, ()) == {}
+    monkeypatch.setattr("pytest_npuprec.measure.routing.router_logit_error", lambda capture: None)
+    assert taps.TAP_METRICS["routing"].tie_margin(None) is None
+
+
+def test_layout_adds_the_taps_metrics_the_config_does_not_bound(tmp_path):
+    from pytest_npuprec.calibrate.session import layout_of
+
+    moe = CONFIGS / "tiny-Qwen3-30B-A3B.yaml"
+    text = _strip_thresholds(moe.read_text())
+    (tmp_path / "m.yaml").write_text(text)
+    bare = load_config(tmp_path / "m.yaml", require_thresholds=False)
+    assert layout_of(bare, ("routing",)) == DEFAULT_LAYOUT + (("routing_agreement", "mean"), ("expert_load", "max"))
+    have = load_config(moe)
+    layout = layout_of(have, ("routing",))
+    assert ("routing_agreement", "mean") in layout and ("expert_load", "max") in layout
+    assert len(layout) == len({(t.metric, t.reduce) for t in have.thresholds})  # bounded already: nothing added
+
+
+def test_routing_tie_margin_written_beside_the_thresholds_then_in_place(tmp_path):
+    moe = CONFIGS / "tiny-Qwen3-30B-A3B.yaml"
+    original = moe.read_text()
+    text = _strip_thresholds(original).replace("  routing_tie_margin: 0.04\n", "")
+    path = tmp_path / "tiny-Qwen3-30B-A3B.yaml"
+    path.write_text(text)
+    floor = _floor()
+    layout = DEFAULT_LAYOUT + (("routing_agreement", "mean"), ("expert_load", "max"))
+    doc = ConfigDocument(path)
+    doc.set_thresholds(calibrate(layout, floor, 3.0), [f"{CALIBRATED_MARK} first"], scalars={"routing_tie_margin": "0.039"})
+    doc.write()
+    config = load_config(path)
+    assert config.precision.routing_tie_margin == 0.039
+    assert {"routing_agreement", "expert_load"} <= {t.metric for t in config.thresholds}
+    assert _is_subsequence(text.splitlines(), path.read_text().splitlines())
+    doc = ConfigDocument(path)
+    assert "routing_tie_margin" in doc.precision_keys()
+    doc.set_scalar(("precision", "routing_tie_margin"), "0.05")
+    doc.set_thresholds(calibrate(layout, floor, 3.0), [f"{CALIBRATED_MARK} second"])
+    again = doc.text
+    assert again.count("\n  routing_tie_margin:") == 1 and again.count(CALIBRATED_MARK) == 1 and "second" in again
+    assert yaml.safe_load(again)["precision"]["routing_tie_margin"] == 0.05
+
+
+# --- drift tolerances from the spread of repeated device runs -------------------------------------------------------
+
+
+def test_drift_tolerance_is_the_spread_times_the_factor_rounded_up():
+    from pytest_npuprec.calibrate.drift import propose, spread
+
+    assert spread("kl_divergence", [1e-5, 1.2e-5, 1.1e-5]) == pytest.approx(0.2)
+    assert spread("cosine_similarity", [0.99999, 0.99998]) == pytest.approx(1.0)  # badness 1e-5 -> 2e-5
+    assert spread("kl_divergence", [1e-9, 3e-9]) == 0.0  # both under the drift floor (1e-8): no spread
+    p = propose({"kl_divergence": [1e-5, 1.2e-5, 1.1e-5], "relative_l2": [0.004, 0.004, 0.004]}, 3.0)
+    assert p.tolerances == {"kl_divergence": "60%"}
+    assert any("relative_l2: not proposed: the 3 device runs gave the same mean" in n for n in p.notes), p.notes
+    comment = "\n".join(p.comment(3.0))
+    assert "kl_divergence: means 1e-05, 1.2e-05, 1.1e-05; spread 0.2 -> 60%" in comment
+    assert "relative_l2" in comment and "none (spread 0)" in comment
+    assert propose({"kl_divergence": [1e-5, 1.0001e-5]}, 3.0).tolerances == {"kl_divergence": "0.03%"}
+
+
+def test_no_drift_tolerance_from_one_run_or_a_nan():
+    from pytest_npuprec.calibrate.drift import propose
+
+    one = propose({"kl_divergence": [1e-5]}, 3.0)
+    assert not one.tolerances and "one device run (--npuprec-calibrate-runs N" in one.notes[0]
+    nan = propose({"kl_divergence": [1e-5, math.nan]}, 3.0)
+    assert not nan.tolerances and "not a finite number" in nan.notes[0]
+
+
+def test_drift_block_written_loaded_and_every_other_line_kept(tmp_path):
+    from pytest_npuprec.calibrate.session import merged_drift
+    from pytest_npuprec.calibrate.yaml_doc import DRIFT_MARK
+
+    llama = (CONFIGS / "tiny-llama.yaml").read_text()
+    assert "  drift:" in llama  # tiny-llama keeps a drift block: its other metrics survive a proposal
+    path = tmp_path / "tiny-llama.yaml"
+    path.write_text(llama)
+    doc = ConfigDocument(path)
+    merged = merged_drift(doc.text, {"kl_divergence": "60%"})
+    doc.set_drift(merged, [f"{DRIFT_MARK} first", "  kl_divergence: spread 0.2"])
+    doc.write()
+    written = path.read_text()
+    kept = [line for line in llama.splitlines() if not re.match(r"\s+kl_divergence: \S+%?$", line)]
+    assert _is_subsequence(kept, written.splitlines())
+    drift = {d.metric: d.tolerance for d in load_config(path).precision.drift}
+    assert drift["kl_divergence"] == 0.6 and len(drift) == len(merged)
+    doc = ConfigDocument(path)
+    doc.set_drift(merged_drift(doc.text, {"kl_divergence": "45%"}), [f"{DRIFT_MARK} second"])
+    assert doc.text.count(DRIFT_MARK) == 1 and "second" in doc.text
+    bare = tmp_path / "bare.yaml"  # no drift block: placed after the thresholds
+    bare.write_text(re.sub(r"\n  drift:\n(    .*\n|  #.*\n)*", "\n", llama))
+    assert "drift:" not in yaml.safe_load(bare.read_text())["precision"]
+    doc = ConfigDocument(bare)
+    doc.set_drift({"relative_l2": "25%"}, [f"{DRIFT_MARK} new"])
+    doc.write()
+    assert [d.metric for d in load_config(bare).precision.drift] == ["relative_l2"]

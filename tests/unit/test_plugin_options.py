@@ -118,6 +118,9 @@ def test_ini_can_turn_short_forms_off(pytester):
     (["--npuprec-calibrate-factor", "lots", "--npuprec-calibrate"], "got 'lots'"),
     (["--npuprec-calibrate-factor", "4"], "go with --npuprec-calibrate"),
     (["--npuprec-calibrate-force"], "go with --npuprec-calibrate"),
+    (["--npuprec-calibrate-runs", "2"], "go with --npuprec-calibrate"),
+    (["--npuprec-calibrate-runs", "0", "--npuprec-calibrate"], "expected a number of device runs >= 1"),
+    (["--npuprec-calibrate-runs", "lots", "--npuprec-calibrate"], "invalid int value: 'lots'"),
     (["--npuprec-calibrate", "--npuprec-update-baselines"], "records nothing; run --npuprec-update-baselines"),
 ])
 def test_bad_option_values_are_usage_errors_when_parsed(pytester, args, message):

@@ -11,7 +11,7 @@ from pytest_npuprec.capture.records import CaptureWriter, ModelCapture, PromptCa
 from pytest_npuprec.capture.taps import model_taps, routed_experts
 from pytest_npuprec.config.schema import ModelConfig, PrecisionConfig, ServeConfig, Threshold
 from pytest_npuprec.errors import NpuprecError
-from pytest_npuprec.measure.routing import bf16_ulp, compare_routes, measure_routing
+from pytest_npuprec.measure.routing import bf16_ulp, compact_routes, compare_routes, measure_routing
 from pytest_npuprec.measure.thresholds import measure
 from pytest_npuprec.runners.worker_taps.routing import narrow_uint
 from pytest_npuprec.verdicts import judge_thresholds
@@ -89,7 +89,7 @@ def test_near_tie_swap_is_a_tie_inside_the_margin_and_a_flip_outside(tmp_path):
     assert routing.agreement() == pytest.approx(5 / 6) and len(routing.flips) == 1
     flip = routing.worst_flip()
     assert (flip.layer, flip.position, flip.reference, flip.device) == (1, 3, (0, 1), (0, 2))
-    assert flip.margin == pytest.approx(0.02)
+    assert flip.margin == pytest.approx(0.02, rel=2 ** -10)  # float16, rounded up
     v = verdicts["routing_agreement"]
     assert not v.passed
     assert "layer 1, prompt p1" in v.message and "position 3" in v.message and "margin 0.02" in v.message
@@ -198,3 +198,60 @@ def test_expert_parallel_on_vllm_cpu_is_refused_before_an_engine_starts():
     with pytest.raises(UnsupportedLayout, match=r"m: layout enable_expert_parallel=true, tensor_parallel_size=2 "
                                                 r"is refused on platform cpu.*cpu_fused_moe"):
         VllmRunner(Path("nowhere"), serve, "cpu", model="m").__enter__()
+
+
+def _exact_rule(ref: np.ndarray, ids: np.ndarray, tie_margin: float | None):
+    """The tie rule on the FP32 logits themselves, in float64 (what the compact form must decide alike)."""
+    ref = ref.astype(np.float32).astype(np.float64)
+    order = np.argsort(-ref, axis=-1, kind="stable")
+    kth = np.take_along_axis(ref, order[..., K - 1:K], -1)[..., 0]
+    chosen = np.zeros(ref.shape, bool)
+    np.put_along_axis(chosen, order[..., :K], True, -1)
+    dev = np.zeros(ref.shape, bool)
+    np.put_along_axis(dev, ids, True, -1)
+    exact = (chosen == dev).all(-1)
+    only = dev & ~chosen
+    margin = np.where(exact, 0.0, kth - np.where(only, ref, np.inf).min(-1))
+    floor = bf16_ulp(kth) if tie_margin is None else tie_margin
+    return exact | (margin <= floor), exact, margin
+
+
+@pytest.mark.parametrize("tie_margin", [None, 0.0, 0.04])
+def test_compact_reference_decides_every_tie_as_the_fp32_logits_do(tie_margin):
+    """Gaps kept in float16 rounded away from the tie floor: the same ties and flips as on the FP32 logits, for any
+    device choice, including gaps one float32 step either side of the floor; margins within float16's precision
+    (a flip's never below the true one)."""
+    rng = np.random.default_rng(7)
+    ref = rng.normal(0, 1, size=(4000, 2, E)).astype(np.float32)
+    order = np.argsort(-ref, axis=-1, kind="stable")
+    kth = np.take_along_axis(ref, order[..., K - 1:K], -1)
+    floor = bf16_ulp(kth.astype(np.float64)) if tie_margin is None else np.full(kth.shape, tie_margin)
+    nxt = order[..., K:K + 1]
+    edge = (kth - floor).astype(np.float32)  # the (k+1)-th expert at the floor, or one float32 step either side
+    step = rng.integers(-1, 2, size=kth.shape)
+    edge = np.where(step < 0, np.nextafter(edge, np.float32(np.inf)), np.where(step > 0, np.nextafter(edge, np.float32(-np.inf)), edge))
+    near = rng.random(kth.shape) < 0.5
+    np.put_along_axis(ref, nxt, np.where(near, np.minimum(edge, kth), np.take_along_axis(ref, nxt, -1)), -1)
+    ids = np.stack([rng.permutation(E)[:K] for _ in range(ref.shape[0] * 2)]).reshape(ref.shape[0], 2, K)
+    swap = rng.random(kth.shape[:2]) < 0.5  # half the routes: the reference's top-k with its k-th swapped for the next
+    swapped = np.concatenate([order[..., :K - 1], order[..., K:K + 1]], -1)
+    ids = np.where(swap[..., None], swapped, ids)
+    agree, exact, margin, invalid = compare_routes(ref, ids, K, tie_margin)
+    want_agree, want_exact, want_margin = _exact_rule(ref, ids, tie_margin)
+    assert not invalid.any()
+    np.testing.assert_array_equal(agree, want_agree)
+    np.testing.assert_array_equal(exact, want_exact)
+    assert np.where(want_agree, margin <= want_margin, margin >= want_margin).all()  # rounded away from the floor
+    np.testing.assert_allclose(margin, want_margin, rtol=2 ** -10, atol=2 ** -24)
+    assert 0 < (agree & ~exact).sum() and (~agree).sum() > 0  # both ties and flips were decided
+
+
+def test_compact_reference_is_small_and_narrow():
+    rng = np.random.default_rng(8)
+    compact = compact_routes(router_logits(rng, 5), K, None)
+    assert compact["top_ids"].dtype == np.uint8 and compact["kth"].dtype == np.float32
+    assert compact["gaps"].dtype == np.float16
+    assert compact_routes(rng.normal(size=(1, 1, 300)), 8, None)["top_ids"].dtype == np.uint16
+    nan = router_logits(rng, 2)
+    nan[1, 0, 3] = np.inf
+    assert np.isnan(compact_routes(nan, K, None)["kth"][1, 0]) and np.isfinite(compact_routes(nan, K, None)["kth"][0]).all()
