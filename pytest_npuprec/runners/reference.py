@@ -111,6 +111,8 @@ class TransformersRunner:
             try:
                 output = self.model(input_ids=ids, logits_to_keep=keep, **vision, **extra)
                 logits = output.logits[0]
+                if logits.shape[0] != len(keep):  # a forward that takes logits_to_keep into **kwargs, unused
+                    logits = logits.index_select(0, keep)  # (Qwen2-Audio): every row came back
             except TypeError:  # remote code without logits_to_keep: compute all, keep the rows asked for
                 output = self.model(input_ids=ids, **vision, **extra)
                 logits = output.logits[0].index_select(0, keep)
