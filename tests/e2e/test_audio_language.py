@@ -17,20 +17,20 @@ def test_audio_standin_passes_and_its_text_depends_on_the_sound(run_suite, repo_
     report = json.loads((report_dir / f"{MODEL}.json").read_text())
     assert report["passed"] and [c["check"] for c in report["checks"]] == list(config.check_ids)
     prompts = {p["id"]: p for p in report["prompts"]}
-    tone, noise = prompts["kind-tone"], prompts["kind-noise"]
+    low, high = prompts["pitch-low"], prompts["pitch-high"]
     # the same text with another sound: another answer, on both sides
-    assert tone["reference_text"].startswith("A tone") and noise["reference_text"].startswith("Noise"), (tone, noise)
-    assert tone["device_text"] == tone["reference_text"] and noise["device_text"] == noise["reference_text"]
+    assert low["reference_text"].startswith("Low.") and high["reference_text"].startswith("High."), (low, high)
+    assert low["device_text"] == low["reference_text"] and high["device_text"] == high["reference_text"]
     # and clearly other logits at the first answer position (same position, same text before it)
     capture = json.loads((report_dir / "captures" / MODEL / "capture.json").read_text())
     index = {p["prompt"]["id"]: p["prompt"]["index"] for p in capture["prompts"]}
     first = {pid: np.load(report_dir / "captures" / MODEL / f"reference-{index[pid]:03d}.npy")[0]
-             for pid in ("kind-tone", "kind-noise")}
-    assert np.max(np.abs(first["kind-tone"] - first["kind-noise"])) > 5.0
-    # audio placeholder rows are not compared, and the report says so: 1 s = 25 tokens, 0.7 s = 18, 1.5 s + 2 s
+             for pid in ("pitch-low", "pitch-high")}
+    assert np.max(np.abs(first["pitch-low"] - first["pitch-high"])) > 5.0
+    # audio placeholder rows are not compared, and the report says so: 1 s = 25 tokens, 0.7 s = 17, 1.5 s + 1.8 s
     audio = report["run"]["audio_tokens"]
-    assert audio["per_prompt"] == {"describe": 25, "kind-tone": 25, "kind-noise": 25, "pitch": 18,
-                                   "two-sounds": 38 + 50}, audio
+    assert audio["per_prompt"] == {"describe": 25, "pitch-low": 25, "pitch-high": 25, "chirp": 17, "kind": 25,
+                                   "two-sounds": 37 + 45}, audio
     assert audio["compared"] is False and "image_tokens" not in report["run"]
     assert "audio placeholder positions not compared" in (report_dir / f"{MODEL}.md").read_text()
 
