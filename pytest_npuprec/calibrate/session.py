@@ -127,7 +127,7 @@ def _calibrate(cal: Calibration, options_for: Callable[[Any], Any], force: bool)
     from ..results import execute
     from ..runners.device import finish_closing
     from .defaults import default_precision
-    from .floor import capture_floor
+    from .floor import capture_floor, media_of
 
     doc = ConfigDocument(cal.path)
     config = load_config(cal.path, require_thresholds=False)
@@ -147,7 +147,8 @@ def _calibrate(cal: Calibration, options_for: Callable[[Any], Any], force: bool)
     cal.device = summaries(capture, config.precision.tie_margin)
     finish_closing()  # the engine is gone before the BF16 model loads
     floor = capture_floor(capture, config.serve.trust_remote_code,
-                          run_options.report_dir / "captures" / f"{config.name}-floor")
+                          run_options.report_dir / "captures" / f"{config.name}-floor",
+                          media=media_of(config, capture))
     cal.floor = summaries(floor, config.precision.tie_margin)
     cal.layout = layout_of(config)
     cal.refused = refusals(cal.layout, cal.floor, cal.device, cal.factor)

@@ -45,12 +45,7 @@ class PromptInput:
 
     @property
     def image_digests(self) -> tuple[str, ...]:
-        """sha256 of each image's size and RGB bytes (of each sound's rate and samples)."""
-        import hashlib
-
-        return tuple(im.digest() if hasattr(im, "digest")
-                     else hashlib.sha256(f"{im.size}".encode() + im.convert("RGB").tobytes()).hexdigest()
-                     for im in self.images)
+        return media_digests(self.images)
 
     @property
     def modality(self) -> str:
@@ -63,6 +58,15 @@ class PromptInput:
         if self.images:
             doc.update(media_positions=list(self.media_positions), image_sha256=list(self.image_digests))
         return doc
+
+
+def media_digests(items: Sequence[Any]) -> tuple[str, ...]:
+    """sha256 of each image's size and RGB bytes (of each sound's rate and samples, capture/audio.py)."""
+    import hashlib
+
+    return tuple(item.digest() if hasattr(item, "digest")
+                 else hashlib.sha256(f"{item.size}".encode() + item.convert("RGB").tobytes()).hexdigest()
+                 for item in items)
 
 
 def outputs_by_prompt(prompts: Sequence[PromptInput], outputs: Sequence[Sequence[int]],
