@@ -74,9 +74,16 @@ def test_a_sound_for_a_model_without_an_audio_tower_is_a_config_error(tmp_path, 
 
 @pytest.mark.parametrize("entry, words", [
     ("{synthetic: tone, sample_rate: 8000}", ["8000 Hz", "takes 16000 Hz", "sample_rate: 16000"]),
-    ("{synthetic: tone, seconds: 30.5}", ["30.50 s", "window of 30 s", "cut off"]),
+    ("long.wav", ["long.wav: 31.00 s", "window of 30 s", "cut off"]),
 ])
 def test_a_sound_the_feature_extractor_would_alter_is_a_config_error(tmp_path, tiny_audio, entry, words):
+    import wave
+
+    with wave.open(str(tmp_path / "long.wav"), "wb") as f:
+        f.setnchannels(1)
+        f.setsampwidth(2)
+        f.setframerate(16000)
+        f.writeframes(np.zeros(31 * 16000, "<i2").tobytes())
     path, render = _render(tmp_path, tiny_audio, f"\n    - {{id: hear, audios: [{entry}], text: hi}}\n")
     with pytest.raises(ConfigError) as info:
         render()
