@@ -22,14 +22,14 @@ audio_tower.*, multi_modal_projector.*), which transformers maps back on load. `
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import corpus
 from .tokenizer import EOS_TOKEN, IM_END, train_tokenizer, write_tokenizer_files
-from .training import deterministic_torch, loss_summary, lr_at, TrainSettings
+from .spec import source_digest, write_json
+from .training import deterministic_torch, loss_summary, train_answers
 
 AUDIO_BOS, AUDIO_PAD, AUDIO_EOS = "<|audio_bos|>", "<|AUDIO|>", "<|audio_eos|>"
 AUDIO_TOKENS = (AUDIO_BOS, AUDIO_PAD, AUDIO_EOS)
@@ -183,7 +183,7 @@ class Qwen2AudioStandin:
     def key_material(self) -> dict:
         return {"kind": "qwen2_audio", "arch": asdict(self.arch), "train": asdict(self.train),
                 "chat_template": AUDIO_CHAT_TEMPLATE, "questions": list(QUESTIONS),
-                "corpus_sha256": corpus.corpus_digest(), "sounds": _synthetic_digest()}
+                "corpus_sha256": corpus.corpus_digest(), "sounds": source_digest("synthetic_audio.py")}
 
     def build(self, out_dir: Path) -> dict:
         import torch
@@ -199,10 +199,10 @@ class Qwen2AudioStandin:
         tok = train_tokenizer(sorted(set(texts)), self.arch.vocab_size, AUDIO_TOKENS)
         ids = write_tokenizer_files(tok, out_dir, self.arch.max_position_embeddings, AUDIO_CHAT_TEMPLATE,
                                     AUDIO_TOKENS)
-        _write_json(out_dir / "config.json", self.arch.hf_config(ids))
-        _write_json(out_dir / "preprocessor_config.json", self.arch.preprocessor_config())
-        _write_json(out_dir / "chat_template.json", {"chat_template": AUDIO_CHAT_TEMPLATE})
-        _write_json(out_dir / "generation_config.json",
+        write_json(out_dir / "config.json", self.arch.hf_config(ids))
+        write_json(out_dir / "preprocessor_config.json", self.arch.preprocessor_config())
+        write_json(out_dir / "chat_template.json", {"chat_template": AUDIO_CHAT_TEMPLATE})
+        write_json(out_dir / "generation_config.json",
                     {"eos_token_id": [ids[EOS_TOKEN], ids[IM_END]], "pad_token_id": ids[EOS_TOKEN], "do_sample": False})
         processor = AutoProcessor.from_pretrained(str(out_dir))
         train_processor = AutoProcessor.from_pretrained(str(out_dir))
@@ -266,37 +266,16 @@ class Qwen2AudioStandin:
 
     def _train(self, model, processor) -> list[float]:
         import torch
-        import torch.nn.functional as F
 
         s = self.train
-        gen = torch.Generator().manual_seed(s.seed)
-        opt = torch.optim.AdamW(model.parameters(), lr=s.lr, betas=s.betas, eps=1e-8, weight_decay=0.0,
-                                foreach=False)
-        model.train()
-        losses = []
-        tok = processor.tokenizer
-        for step in range(s.steps):
+
+        def draw(gen):
             sounds = self._draw(gen, s.batch_size)
             qs = [QUESTIONS[i] for i in torch.randint(0, len(QUESTIONS), (s.batch_size,), generator=gen).tolist()]
             enc, _, answers = self._batch(processor, sounds, qs)
-            labels = torch.full_like(enc["input_ids"], -100)
-            for row, a in enumerate(answers):  # right padding: the answer ends where the row's mask does
-                n_answer = len(tok(a, add_special_tokens=False)["input_ids"])
-                n = int(enc["attention_mask"][row].sum())
-                labels[row, n - n_answer:n] = enc["input_ids"][row, n - n_answer:n]
-            out = model(**enc, use_cache=False)
-            logits = out.logits[:, :-1].float()
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100)
-            for g in opt.param_groups:
-                g["lr"] = lr_at(step, TrainSettings(steps=s.steps, lr=s.lr, min_lr_ratio=s.min_lr_ratio,
-                                                    warmup_steps=s.warmup_steps))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
-            opt.step()
-            losses.append(float(loss.detach()))
-        model.eval()
-        return losses
+            return enc, answers
+
+        return train_answers(model, processor.tokenizer, s, draw)
 
     def _held_out_fit(self, model, processor) -> dict:
         """Greedy answers to held-out sounds of 1 s: the share exactly right, per question."""
@@ -337,15 +316,3 @@ def _vllm_names(name: str, state: dict) -> dict:
             raise RuntimeError(f"{name}: state_dict key {key!r} has no name vLLM's qwen2_audio.py loads")
         out[new] = value
     return out
-
-
-def _synthetic_digest() -> str:
-    """sha256 of the synthetic sound generator's source: a change to the sounds changes the stand-in."""
-    import hashlib
-    from importlib import resources
-
-    return hashlib.sha256(resources.files(__package__).joinpath("synthetic_audio.py").read_bytes()).hexdigest()[:16]
-
-
-def _write_json(path: Path, obj) -> None:
-    path.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")

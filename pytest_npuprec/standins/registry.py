@@ -108,7 +108,7 @@ STANDINS: dict[str, StandinSpec] = {
             "q/k/v bias, untied LM head, vocab 1024 byte-level BPE with the Qwen2-Audio audio tokens) and a "
             "2-layer Whisper-style audio encoder (d_model 128, 80 mel bins, a 2 s window: 1 s = 25 audio tokens) "
             "with its projector; trained on seeded synthetic sounds (standins/synthetic_audio.py) to name their "
-            "kind, pitch and loudness"
+            "kind, pitch and loudness (it tells noise from a tonal sound, not a tone from a chirp)"
         ),
     ),
     # no real model behind it: deep enough (4 layers) for the layer-by-layer diagnosis to name one layer
