@@ -118,6 +118,20 @@ def calibrate_model(path: Path, options_for: Callable[[Any], Any], factor: float
     return cal
 
 
+def _with_media(config: Any, capture: Any) -> list[Any] | None:
+    """The capture's inputs with their images / sounds, rendered again from the config (a capture read back from
+    disk keeps only their sha256): the floor's BF16 side needs them. None when no prompt has any."""
+    if not any(p.prompt.media_positions for p in capture.prompts):
+        return None
+    from ..capture.prompts import load_tokenizer, render_prompts
+    from .floor import model_path
+
+    path = model_path(capture)
+    media = {p.index: p.images for p in render_prompts(config, load_tokenizer(path, config.serve.trust_remote_code),
+                                                       path) if p.images}
+    return [dataclasses.replace(p.prompt, images=media.get(p.prompt.index, ())) for p in capture.prompts]
+
+
 def _calibrate(cal: Calibration, options_for: Callable[[Any], Any], force: bool) -> None:
     from ..baselines.session import BaselineOptions
     from ..capture.prompts import load_tokenizer
@@ -127,7 +141,7 @@ def _calibrate(cal: Calibration, options_for: Callable[[Any], Any], force: bool)
     from ..results import execute
     from ..runners.device import finish_closing
     from .defaults import default_precision
-    from .floor import capture_floor, media_of
+    from .floor import capture_floor
 
     doc = ConfigDocument(cal.path)
     config = load_config(cal.path, require_thresholds=False)
@@ -148,7 +162,7 @@ def _calibrate(cal: Calibration, options_for: Callable[[Any], Any], force: bool)
     finish_closing()  # the engine is gone before the BF16 model loads
     floor = capture_floor(capture, config.serve.trust_remote_code,
                           run_options.report_dir / "captures" / f"{config.name}-floor",
-                          media=media_of(config, capture))
+                          prompts=_with_media(config, capture))
     cal.floor = summaries(floor, config.precision.tie_margin)
     cal.layout = layout_of(config)
     cal.refused = refusals(cal.layout, cal.floor, cal.device, cal.factor)
