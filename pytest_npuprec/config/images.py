@@ -90,7 +90,7 @@ def parse_content(r: Reader, raw: Any, key: str, prompt_id: str) -> str | tuple[
     return tuple(parts)
 
 
-def check_media_limits(r: Reader, prompts: tuple, extra: dict[str, Any]) -> None:
+def check_image_limit(r: Reader, prompts: tuple, extra: dict[str, Any]) -> None:
     """serve.limit_mm_per_prompt.image / .audio (the engine's per-prompt limits), when set, bound every prompt."""
     limits = extra.get("limit_mm_per_prompt")
     for modality, noun in (("image", "images"), ("audio", "sounds")):

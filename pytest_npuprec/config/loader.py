@@ -10,7 +10,7 @@ from .checks import parse_checks
 from .decode import decode_thresholds
 from .drift import parse_drift
 from .audios import parse_audios
-from .images import check_media_limits, parse_content, parse_images
+from .images import check_image_limit, parse_content, parse_images
 from .lengths import check_lengths_fit, parse_length_text, parse_lengths
 from .prefix_cache import settle_prefix_cache
 from .reader import ConfigError, Reader
@@ -86,7 +86,7 @@ def load_config(path: Path | str, text: str | None = None, require_thresholds: b
     if precision is not None:
         check_lengths_fit(r, precision.lengths, precision.max_tokens, serve.max_model_len)
         precision = settle_prefix_cache(r, precision, serve)
-        check_media_limits(r, precision.prompts, serve.extra)
+        check_image_limit(r, precision.prompts, serve.extra)
     return ModelConfig(
         name=path.stem,
         path=path,

@@ -17,11 +17,13 @@ def is_multimodal(model_path: Path) -> bool:
 
 
 def load_model_and_processor(model_path: Path, dtype: Any, trust_remote_code: bool) -> tuple[Any, Any]:
-    from transformers import AutoModelForImageTextToText, AutoModelForMultimodalLM, AutoProcessor
+    from transformers import AutoModelForImageTextToText, AutoModelForMultimodalLM
+
+    from ..capture.multimodal import load_processor
 
     auto = AutoModelForImageTextToText if image_token_id(model_path) is not None else AutoModelForMultimodalLM
     model = auto.from_pretrained(str(model_path), dtype=dtype, trust_remote_code=trust_remote_code).eval()
-    return model, AutoProcessor.from_pretrained(str(model_path), trust_remote_code=trust_remote_code)
+    return model, load_processor(model_path, trust_remote_code)
 
 
 def media_inputs(model: Any, processor: Any, ids: Any, media: Sequence[Any]) -> dict[str, Any]:
