@@ -71,7 +71,8 @@ def precision_inputs(config: ModelConfig, taps: Iterable[str] = ()) -> dict[str,
     return {
         "prompts": [{"id": p.id, "text": p.text,
                      "messages": [[m.role, m.text] for m in p.messages] if p.messages else None,
-                     **({"images": [i.label for i in p.all_images]} if p.all_images else {})}
+                     **({"images": [i.label for i in p.all_images]} if p.all_images else {}),
+                     **({"audios": [a.label for a in p.all_audios]} if p.all_audios else {})}
                     for p in precision.prompts],
         "max_tokens": precision.max_tokens,
         "positions": precision.positions,

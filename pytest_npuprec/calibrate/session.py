@@ -175,6 +175,20 @@ def with_device_runs(config: Any, runs: int) -> Any:
     return dataclasses.replace(config, precision=precision)
 
 
+def _with_media(config: Any, capture: Any) -> list[Any] | None:
+    """The capture's inputs with their images / sounds, rendered again from the config (a capture read back from
+    disk keeps only their sha256): the floor's BF16 side needs them. None when no prompt has any."""
+    if not any(p.prompt.media_positions for p in capture.prompts):
+        return None
+    from ..capture.prompts import load_tokenizer, render_prompts
+    from .floor import model_path
+
+    path = model_path(capture)
+    media = {p.index: p.images for p in render_prompts(config, load_tokenizer(path, config.serve.trust_remote_code),
+                                                       path) if p.images}
+    return [dataclasses.replace(p.prompt, images=media.get(p.prompt.index, ())) for p in capture.prompts]
+
+
 def _calibrate(cal: Calibration, options_for: Callable[[Any], Any], force: bool, device_runs: int = 1) -> None:
     from ..baselines.session import BaselineOptions
     from ..capture.prompts import load_tokenizer
@@ -208,7 +222,8 @@ def _calibrate(cal: Calibration, options_for: Callable[[Any], Any], force: bool,
     cal.device = summaries(capture, config.precision.tie_margin)
     finish_closing()  # the engine is gone before the BF16 model loads
     floor = capture_floor(capture, config.serve.trust_remote_code,
-                          run_options.report_dir / "captures" / f"{config.name}-floor", taps=taps)
+                          run_options.report_dir / "captures" / f"{config.name}-floor", taps=taps,
+                          prompts=_with_media(config, capture))
     cal.floor = summaries(floor, config.precision.tie_margin)
     cal.tie_margins = tie_margins(floor, taps)
     margins = {spec.tie_key: float(cal.tie_margins[spec.tie_key][0]) if spec.tie_key in cal.tie_margins

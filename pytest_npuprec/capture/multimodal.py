@@ -1,6 +1,7 @@
-"""Prompts with images -> token ids with the image placeholders expanded, in the main process, by the model's
-own (transformers) processor: the reference runs exactly these ids; the device gets one placeholder per image
-and its own processor expands it (runners/vllm_media.py proves the two expansions are the same ids)."""
+"""Prompts with images or sounds -> token ids with the placeholders expanded, in the main process, by the
+model's own (transformers) processor: the reference runs exactly these ids; the device gets one placeholder per
+image or sound and its own processor expands it (runners/vllm_media.py proves the two expansions are the same
+ids). Sounds: capture/audio.py."""
 from __future__ import annotations
 
 import json
@@ -62,26 +63,45 @@ def check_images_allowed(config: ModelConfig, model_path: Path) -> None:
                               "expected a vision-language model or a text-only prompt")
 
 
-def render_image_prompt(config: ModelConfig, prompt: Prompt, processor: Any, token_id: int
+def media_token_ids(model_path: Path) -> dict[str, int]:
+    """modality -> the checkpoint's placeholder id, for each modality it takes (none for a text-only model)."""
+    from .audio import audio_token_id
+
+    ids = {"image": image_token_id(model_path), "audio": audio_token_id(model_path)}
+    return {modality: token for modality, token in ids.items() if token is not None}
+
+
+def render_media_prompt(config: ModelConfig, prompt: Prompt, processor: Any, token_ids: dict[str, int]
                         ) -> tuple[list[int], tuple[Any, ...], tuple[int, ...]]:
-    """(expanded token ids, images, positions of the image placeholder tokens)."""
-    messages = ([{"role": "user", "content": [*({"type": "image"} for _ in prompt.images),
+    """(expanded token ids, media items: images (PIL) then sounds (AudioClip), positions of the placeholders)."""
+    from .audio import check_clips_fit, load_audio
+
+    messages = ([{"role": "user", "content": [*({"type": "audio"} for _ in prompt.audios),
+                                               *({"type": "image"} for _ in prompt.images),
                                                {"type": "text", "text": prompt.text}]}]
                 if prompt.text is not None
                 else [{"role": m.role, "content": m.template_content()} for m in prompt.messages or ()])
-    kwargs = {}
+    kwargs: dict[str, Any] = {}
     if config.serve.enable_thinking is not None:
         kwargs["enable_thinking"] = config.serve.enable_thinking
     text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **kwargs)
     images = tuple(load_image(source) for source in prompt.all_images)
-    encoded = processor(text=[text], images=list(images), return_tensors="np")
+    clips = tuple(load_audio(source) for source in prompt.all_audios)
+    check_clips_fit(config, prompt, clips, processor)
+    media: dict[str, Any] = {"images": list(images)} if images else {}
+    if clips:
+        media.update(audio=[c.samples for c in clips], sampling_rate=clips[0].sample_rate)
+    encoded = processor(text=[text], return_tensors="np", **media)
     ids = [int(i) for i in encoded["input_ids"][0]]
-    positions = tuple(i for i, t in enumerate(ids) if t == token_id)
-    runs = sum(1 for i in positions if i - 1 not in positions)
-    if runs != len(images):
-        raise MediaError(f"{config.path}: prompt {prompt.id!r}: {len(images)} image(s) but the chat template of "
-                         f"{config.model_name} placed {runs} image placeholder run(s); expected one per image")
-    return ids, images, positions
+    for modality, items in (("image", images), ("audio", clips)):
+        token = token_ids.get(modality)
+        runs = sum(1 for i, t in enumerate(ids) if t == token and (i == 0 or ids[i - 1] != token))
+        if runs != len(items):
+            raise MediaError(f"{config.path}: prompt {prompt.id!r}: {len(items)} {modality} item(s) but the chat "
+                             f"template of {config.model_name} placed {runs} {modality} placeholder run(s); "
+                             f"expected one per {modality}")
+    positions = tuple(i for i, t in enumerate(ids) if t in token_ids.values())
+    return ids, (*images, *clips), positions
 
 
 def text_positions(positions: tuple[int, ...], media_positions: tuple[int, ...]) -> tuple[int, ...]:

@@ -7,7 +7,7 @@ from typing import Any
 
 from ..config.schema import ModelConfig, Prompt
 from ..errors import NpuprecError
-from . import multimodal
+from . import audio, multimodal
 from .lengths import length_prompts
 from .records import ModelCapture, PromptInput
 
@@ -23,19 +23,20 @@ def load_tokenizer(model_path: Path, trust_remote_code: bool) -> Any:
 
 
 def render_prompts(config: ModelConfig, tokenizer: Any, model_path: Path | None = None) -> list[PromptInput]:
-    """Token ids of every prompt; prompts with images are expanded by the model's processor (multimodal.py)."""
+    """Token ids of every prompt; prompts with images or sounds are expanded by the model's processor (multimodal.py)."""
     assert config.precision is not None
     out = []
-    processor, token_id = None, None
-    if any(p.all_images for p in config.precision.prompts):
-        assert model_path is not None, "image prompts need the checkpoint's processor"
+    processor, token_ids = None, {}
+    if any(p.all_images or p.all_audios for p in config.precision.prompts):
+        assert model_path is not None, "image and audio prompts need the checkpoint's processor"
         multimodal.check_images_allowed(config, model_path)
+        audio.check_audio_allowed(config, model_path)
         processor = multimodal.load_processor(model_path, config.serve.trust_remote_code)
-        token_id = multimodal.image_token_id(model_path)
+        token_ids = multimodal.media_token_ids(model_path)
     for index, prompt in enumerate(config.precision.prompts):
         images, media = (), ()
-        if prompt.all_images:
-            ids, images, media = multimodal.render_image_prompt(config, prompt, processor, token_id)
+        if prompt.all_images or prompt.all_audios:
+            ids, images, media = multimodal.render_media_prompt(config, prompt, processor, token_ids)
         else:
             ids = _token_ids(config, prompt, tokenizer)
         if not ids:

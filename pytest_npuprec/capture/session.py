@@ -167,9 +167,14 @@ def _generated_on(side: str, prompt: PromptInput) -> bool:
 
 
 def _image_meta(prompts: Sequence[PromptInput]) -> dict[str, Any]:
-    """For prompts with images: how many image placeholder tokens each has, none of whose rows is compared."""
-    counts = {p.id: len(p.media_positions) for p in prompts if p.media_positions}
-    return {"image_tokens": {"per_prompt": counts, "compared": False,
-                             "note": "rows at and predicting image placeholder tokens are not compared (text "
-                                     "positions only); both sides' expansions were checked to be the same ids"}
-            } if counts else {}
+    """For prompts with images (sounds): how many image (audio) placeholder tokens each has, none of whose rows is
+    compared: `image_tokens` / `audio_tokens`."""
+    meta = {}
+    for modality in ("image", "audio", "media"):
+        counts = {p.id: len(p.media_positions) for p in prompts if p.media_positions and p.modality == modality}
+        if counts:
+            meta[f"{modality}_tokens"] = {
+                "per_prompt": counts, "compared": False,
+                "note": f"rows at and predicting {modality} placeholder tokens are not compared (text positions "
+                        "only); both sides' expansions were checked to be the same ids"}
+    return meta

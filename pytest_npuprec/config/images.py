@@ -59,36 +59,46 @@ def _file(r: Reader, raw: str, key: str, prompt_id: str) -> ImageSource:
     return ImageSource(key=key, path=path)
 
 
+PART_TYPES = ("text", "image", "audio")
+
+
 def parse_content(r: Reader, raw: Any, key: str, prompt_id: str) -> str | tuple[ContentPart, ...]:
-    """A message's content: a string, or a list of {type: text, text} / {type: image, image} parts."""
+    """A message's content: a string, or a list of {type: text, text} / {type: image, image} / {type: audio,
+    audio} parts."""
+    from .audios import parse_audio
+
     if isinstance(raw, str):
         return raw
     if not isinstance(raw, list) or not raw:
         raise r.fail(key, f"(prompt {prompt_id!r}) expected a string or a non-empty list of {{type: text, text: ...}} "
-                          f"/ {{type: image, image: ...}} parts, got {raw!r}")
+                          f"/ {{type: image, image: ...}} / {{type: audio, audio: ...}} parts, got {raw!r}")
     parts = []
     for i, part in enumerate(raw):
         pkey = f"{key}[{i}]"
-        r.mapping(part, pkey, frozenset({"type", "text", "image"}))
-        kind = r.choice(part.get("type"), f"{pkey}.type", ("text", "image"))
-        other = "image" if kind == "text" else "text"
-        if kind not in part or other in part:
-            raise r.fail(pkey, f"(prompt {prompt_id!r}) a `type: {kind}` part holds `{kind}:` (and no `{other}:`)")
+        r.mapping(part, pkey, frozenset({"type", *PART_TYPES}))
+        kind = r.choice(part.get("type"), f"{pkey}.type", PART_TYPES)
+        others = [t for t in PART_TYPES if t != kind and t in part]
+        if kind not in part or others:
+            raise r.fail(pkey, f"(prompt {prompt_id!r}) a `type: {kind}` part holds `{kind}:` (and no "
+                               f"`{(others or [t for t in PART_TYPES if t != kind])[0]}:`)")
         if kind == "text":
             parts.append(ContentPart("text", text=r.typed(part["text"], f"{pkey}.text", str)))
-        else:
+        elif kind == "image":
             parts.append(ContentPart("image", image=parse_image(r, part["image"], f"{pkey}.image", prompt_id)))
+        else:
+            parts.append(ContentPart("audio", audio=parse_audio(r, part["audio"], f"{pkey}.audio", prompt_id)))
     return tuple(parts)
 
 
 def check_image_limit(r: Reader, prompts: tuple, extra: dict[str, Any]) -> None:
-    """serve.limit_mm_per_prompt.image (the engine's per-prompt limit), when set, bounds every prompt."""
+    """serve.limit_mm_per_prompt.image / .audio (the engine's per-prompt limits), when set, bound every prompt."""
     limits = extra.get("limit_mm_per_prompt")
-    limit = limits.get("image") if isinstance(limits, dict) else None
-    if limit is None:
-        return
-    for prompt in prompts:
-        n = len(prompt.all_images)
-        if n > limit:
-            raise r.fail("precision.prompts", f"prompt {prompt.id!r} has {n} images, more than the model's limit "
-                                              f"serve.limit_mm_per_prompt.image = {limit}")
+    for modality, noun in (("image", "images"), ("audio", "sounds")):
+        limit = limits.get(modality) if isinstance(limits, dict) else None
+        if limit is None:
+            continue
+        for prompt in prompts:
+            n = len(prompt.all_images if modality == "image" else prompt.all_audios)
+            if n > limit:
+                raise r.fail("precision.prompts", f"prompt {prompt.id!r} has {n} {noun}, more than the model's "
+                                                  f"limit serve.limit_mm_per_prompt.{modality} = {limit}")

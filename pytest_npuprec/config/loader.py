@@ -9,6 +9,7 @@ import yaml
 from .checks import parse_checks
 from .decode import decode_thresholds
 from .drift import parse_drift
+from .audios import parse_audios
 from .images import check_image_limit, parse_content, parse_images
 from .layouts import settle_parallel_layouts
 from .lengths import check_lengths_fit, parse_length_text, parse_lengths
@@ -240,17 +241,21 @@ def _prompts(r: Reader, raw: Any) -> tuple[Prompt, ...]:
         if isinstance(item, str):
             prompts.append(_nonempty_text(r, Prompt(id=default_id, text=item), key))
             continue
-        r.mapping(item, key, frozenset({"id", "text", "messages", "images"}))
+        r.mapping(item, key, frozenset({"id", "text", "messages", "images", "audios"}))
         pid = str(r.typed(item.get("id", default_id), f"{key}.id", str, int))
         if ("text" in item) == ("messages" in item):
             raise r.fail(key, "expected exactly one of `text` or `messages`")
         if "images" in item and "text" not in item:
             raise r.fail(f"{key}.images", f"(prompt {pid!r}) goes with `text:`; in `messages` put the images in "
                                           "the content list as {type: image, image: ...} parts")
+        if "audios" in item and "text" not in item:
+            raise r.fail(f"{key}.audios", f"(prompt {pid!r}) goes with `text:`; in `messages` put the sounds in "
+                                          "the content list as {type: audio, audio: ...} parts")
         if "text" in item:
             images = parse_images(r, item["images"], f"{key}.images", pid) if "images" in item else ()
+            audios = parse_audios(r, item["audios"], f"{key}.audios", pid) if "audios" in item else ()
             prompts.append(_nonempty_text(r, Prompt(id=pid, text=r.typed(item["text"], f"{key}.text", str),
-                                                    images=images), key))
+                                                    images=images, audios=audios), key))
             continue
         messages = r.typed(item["messages"], f"{key}.messages", list)
         if not messages:

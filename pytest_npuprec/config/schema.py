@@ -90,12 +90,33 @@ class ImageSource:
 
 
 @dataclass(frozen=True)
-class ContentPart:
-    """One part of a chat message's content list: `{type: text, text: ...}` or `{type: image, image: ...}`."""
+class AudioSource:
+    """One sound of a prompt: a WAV file (absolute, resolved against the config's folder) or a seeded synthetic
+    waveform (standins/synthetic_audio.py)."""
 
-    type: Literal["text", "image"]
+    key: str = field(compare=False)  # the YAML key it came from, for errors
+    path: Path | None = None
+    synthetic: str | None = None
+    seconds: float = 1.0  # of a synthetic sound
+    sample_rate: int = 16000  # of a synthetic sound
+    seed: int = 0
+
+    @property
+    def label(self) -> str:
+        if self.path is not None:
+            return self.path.name
+        return f"{self.synthetic} {self.seconds:g} s {self.sample_rate} Hz seed {self.seed}"
+
+
+@dataclass(frozen=True)
+class ContentPart:
+    """One part of a chat message's content list: `{type: text, text: ...}`, `{type: image, image: ...}` or
+    `{type: audio, audio: ...}`."""
+
+    type: Literal["text", "image", "audio"]
     text: str | None = None
     image: ImageSource | None = None
+    audio: AudioSource | None = None
 
 
 @dataclass(frozen=True)
@@ -108,13 +129,14 @@ class Message:
         """The content as text, each image as [image]."""
         if isinstance(self.content, str):
             return self.content
-        return " ".join(p.text if p.type == "text" else "[image]" for p in self.content if p.text or p.image)
+        return " ".join(p.text if p.type == "text" else f"[{p.type}]" for p in self.content
+                        if p.text or p.image or p.audio)
 
     def template_content(self) -> Any:
-        """The content as chat templates take it: a string, or a list of {type, text} / {type: image} parts."""
+        """The content as chat templates take it: a string, or a list of {type, text} / {type: image|audio} parts."""
         if isinstance(self.content, str):
             return self.content
-        return [{"type": "text", "text": p.text} if p.type == "text" else {"type": "image"} for p in self.content]
+        return [{"type": "text", "text": p.text} if p.type == "text" else {"type": p.type} for p in self.content]
 
 
 @dataclass(frozen=True)
@@ -126,12 +148,13 @@ class Prompt:
     text: str | None = None
     messages: tuple[Message, ...] | None = None
     images: tuple[ImageSource, ...] = ()
+    audios: tuple[AudioSource, ...] = ()  # rendered before the images (Qwen-Omni's order: audio, image, text)
 
     @property
     def label(self) -> str:
         """Short human-readable form for tables."""
         if self.text is not None:
-            return "[image] " * len(self.images) + self.text
+            return "[audio] " * len(self.audios) + "[image] " * len(self.images) + self.text
         assert self.messages is not None
         return " / ".join(m.text for m in self.messages if m.role == "user")
 
@@ -142,6 +165,14 @@ class Prompt:
             return self.images
         return tuple(p.image for m in self.messages if not isinstance(m.content, str) for p in m.content
                      if p.image is not None)
+
+    @property
+    def all_audios(self) -> tuple[AudioSource, ...]:
+        """Every sound of the prompt in the order the rendered prompt holds them."""
+        if self.messages is None:
+            return self.audios
+        return tuple(p.audio for m in self.messages if not isinstance(m.content, str) for p in m.content
+                     if p.audio is not None)
 
 
 @dataclass(frozen=True)

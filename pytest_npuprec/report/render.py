@@ -93,8 +93,9 @@ def _title(report: dict[str, Any]) -> str:
             f"{device.get('engine_kwargs', {}).get('dtype', '?')} vs reference transformers "
             f"{ref.get('platform', '?')} {ref.get('dtype', '?')}; {len(report['prompts'])} prompts, "
             f"positions: {report['positions']}, vocab {report['vocab_size']}"
-            + (f"; image placeholder positions not compared ({sum(images['per_prompt'].values())} in "
-               f"{len(images['per_prompt'])} prompts)" if (images := run.get("image_tokens")) else "")
+            + "".join(f"; {modality} placeholder positions not compared ({sum(media['per_prompt'].values())} in "
+                      f"{len(media['per_prompt'])} prompts)" for modality in ("image", "audio", "media")
+                      if (media := run.get(f"{modality}_tokens")))
             + (f"; FAULT INJECTED: {device['fault']}" if device.get("fault") else ""))
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..capture.multimodal import image_token_id
+from ..capture.multimodal import media_token_ids
 from ..config.schema import ServeConfig
 from ..env_vars import temporary_env
 from ..errors import NpuprecError
@@ -327,9 +327,9 @@ class VllmRunner:
             for one, extra in zip(params, extra_args):
                 one.extra_args = extra
         salts = [cache_salt or f"npuprec-{os.urandom(8).hex()}" for _ in prompts]
-        token_id = image_token_id(self.model_path) if images else None
-        outputs = self.llm.generate(vllm_media.vllm_prompts(prompts, images, token_id, salts), params, use_tqdm=False)
-        vllm_media.check_expansion(self.model, prompts, images, outputs, token_id)
+        token_ids = media_token_ids(self.model_path) if images else {}
+        outputs = self.llm.generate(vllm_media.vllm_prompts(prompts, images, token_ids, salts), params, use_tqdm=False)
+        vllm_media.check_expansion(self.model, prompts, images, outputs, token_ids)
         return outputs if raw else [tuple(out.outputs[0].token_ids) for out in outputs]
 
     def generate(self, prompts: Sequence[Sequence[int]], max_tokens: int, logits_out: Sequence[Path] | None = None,

@@ -16,7 +16,9 @@ DEFAULT_MAGNITUDES = {"attention_scale": 1.25, "rope_theta": 0.01, "rmsnorm_offs
                       "router_lowprec": 0.03, "expert_scale": 1.5, "routing_unnormalized": 0, "router_long": 64,
                       "tp_combine": 2.0,
                       # one decoder layer's block (runners/faults/layers.py): its output factor
-                      "layer_scale": 1.25}
+                      "layer_scale": 1.25,
+                      # audio-language (runners/faults/audio.py): (unused)
+                      "audio_mask": 0}
 FAULT_NAMES = tuple(DEFAULT_MAGNITUDES)
 # faults confined to one decoder layer and block: NAME[=MAGNITUDE][:layer=N][:block=attention|mlp]
 LAYER_FAULTS = ("layer_scale",)

@@ -539,11 +539,14 @@ def _renamed_keys(model: Any, files: dict[str, Path]) -> dict[str, str]:
 
 def _model_class(folder: Path) -> Any:
     """The auto class the in-memory reference loads the checkpoint with (runners/reference.py)."""
-    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoModelForMultimodalLM
 
-    from .reference_media import is_vision_language
+    from ..capture.multimodal import image_token_id
+    from .reference_media import is_multimodal
 
-    return AutoModelForImageTextToText if is_vision_language(folder) else AutoModelForCausalLM
+    if image_token_id(folder) is not None:
+        return AutoModelForImageTextToText
+    return AutoModelForMultimodalLM if is_multimodal(folder) else AutoModelForCausalLM
 
 
 VISION_PARTS = frozenset({"visual", "vision_tower", "vision_model", "vision"})

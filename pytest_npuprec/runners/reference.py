@@ -25,7 +25,7 @@ class TransformersRunner:
         self.trust_remote_code = trust_remote_code
         self.dtype = dtype
         self.model: Any = None
-        self.processor: Any = None  # a vision-language model's processor (reference_media.py)
+        self.processor: Any = None  # an image or audio model's processor (reference_media.py)
         self.info: dict[str, Any] = {}
         self._eos: frozenset[int] = frozenset()
 
@@ -34,7 +34,7 @@ class TransformersRunner:
         from transformers import AutoModelForCausalLM
 
         started = time.perf_counter()
-        if reference_media.is_vision_language(self.model_path):
+        if reference_media.is_multimodal(self.model_path):
             self.model, self.processor = reference_media.load_model_and_processor(
                 self.model_path, getattr(torch, self.dtype), self.trust_remote_code)
         else:
@@ -72,7 +72,7 @@ class TransformersRunner:
 
         out: list[int] = []
         ids, cache = torch.tensor([list(prompt)], dtype=torch.long), None
-        extra = reference_media.vision_inputs(self.model, self.processor, ids, images)
+        extra = reference_media.media_inputs(self.model, self.processor, ids, images)
         with torch.inference_mode():
             while len(out) < max_tokens:
                 result = self._last_logits(ids, cache, extra)
@@ -101,7 +101,7 @@ class TransformersRunner:
         tokens, positions = request.tokens, request.positions
         ids = torch.tensor([list(tokens[: max(positions) + 1])], dtype=torch.long)
         keep = torch.tensor(list(positions), dtype=torch.long)
-        vision = reference_media.vision_inputs(self.model, self.processor, ids, request.images)
+        vision = reference_media.media_inputs(self.model, self.processor, ids, request.images)
         taps = {name: REFERENCE_TAPS[name] for name in request.taps}
         extra = {k: v for tap in taps.values() for k, v in tap.forward_kwargs().items()}
         with torch.inference_mode(), contextlib.ExitStack() as hooks:
@@ -111,6 +111,8 @@ class TransformersRunner:
             try:
                 output = self.model(input_ids=ids, logits_to_keep=keep, **vision, **extra)
                 logits = output.logits[0]
+                if logits.shape[0] != len(keep):  # a forward that takes logits_to_keep into **kwargs, unused
+                    logits = logits.index_select(0, keep)  # (Qwen2-Audio): every row came back
             except TypeError:  # remote code without logits_to_keep: compute all, keep the rows asked for
                 output = self.model(input_ids=ids, **vision, **extra)
                 logits = output.logits[0].index_select(0, keep)

@@ -34,7 +34,7 @@ class StreamedRunner(TransformersRunner):
         started = time.perf_counter()
         self.streamed = StreamedModel(self.model_path, self.trust_remote_code, pace=self._lockstep)
         self.model = self.streamed.model
-        if reference_media.is_vision_language(self.model_path):
+        if reference_media.is_multimodal(self.model_path):
             self.processor = load_processor(self.model_path, self.trust_remote_code)
         self._unhook = self.streamed.attach()
         self._eos = decoding.eos_ids(self.model.generation_config.eos_token_id, self._tokenizer_eos())

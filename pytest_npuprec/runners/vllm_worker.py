@@ -19,6 +19,7 @@ import numpy as np
 from ..atomic import atomic_file
 from . import prefix_fault, step_logits, worker_taps
 from .fault_names import FAULT_NAMES
+from .faults import audio as audio_faults
 from .faults import layers as layer_faults
 from .faults import moe as moe_faults
 from .faults import vision as vision_faults
@@ -345,6 +346,6 @@ FAULTS = {"attention_scale": _attention_scale, "rope_theta": _rope_theta, "rmsno
           "overflow": _overflow, "nondeterminism": _nondeterminism, "engine_kill": _engine_kill,
           "engine_hang": _engine_hang, "decode_only": _decode_only, "batch_only": _batch_only,
           "graph_only": _graph_only, "prefix_only": _prefix_only, **vision_faults.FAULTS, **moe_faults.FAULTS,
-          **layer_faults.FAULTS}
+          **layer_faults.FAULTS, **audio_faults.FAULTS}
 if tuple(FAULTS) != FAULT_NAMES:  # one list of names: fault_names.py, which option parsing reads
     raise ImportError(f"vllm_worker.FAULTS {tuple(FAULTS)} differ from fault_names.FAULT_NAMES {FAULT_NAMES}")

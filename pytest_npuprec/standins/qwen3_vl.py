@@ -18,14 +18,14 @@ the tokenizer (the processor looks <|image_pad|> up by name).
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import corpus
 from .tokenizer import EOS_TOKEN, IM_END, IM_START, train_tokenizer, write_tokenizer_files
-from .training import deterministic_torch, loss_summary, lr_at, TrainSettings
+from .spec import source_digest, write_json
+from .training import deterministic_torch, loss_summary, train_answers
 
 VISION_START, VISION_END, IMAGE_PAD, VIDEO_PAD = "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"
 VL_TOKENS = (VISION_START, VISION_END, IMAGE_PAD, VIDEO_PAD)
@@ -184,7 +184,7 @@ class Qwen3VLStandin:
     def key_material(self) -> dict:
         return {"kind": "qwen3_vl", "arch": asdict(self.arch), "train": asdict(self.train),
                 "chat_template": VL_CHAT_TEMPLATE, "questions": list(QUESTIONS), "corpus_sha256": corpus.corpus_digest(),
-                "images": _synthetic_digest()}
+                "images": source_digest("synthetic.py")}
 
     def build(self, out_dir: Path) -> dict:
         import torch
@@ -197,11 +197,11 @@ class Qwen3VLStandin:
         tok = train_tokenizer(sorted(set(texts)), self.arch.vocab_size, VL_TOKENS)
         ids = write_tokenizer_files(tok, out_dir, self.arch.max_position_embeddings, VL_CHAT_TEMPLATE, VL_TOKENS)
         config = self.arch.hf_config(ids)
-        _write_json(out_dir / "config.json", config)
-        _write_json(out_dir / "preprocessor_config.json", self.arch.preprocessor_config())
-        _write_json(out_dir / "video_preprocessor_config.json", self.arch.video_preprocessor_config())
-        _write_json(out_dir / "chat_template.json", {"chat_template": VL_CHAT_TEMPLATE})
-        _write_json(out_dir / "generation_config.json",
+        write_json(out_dir / "config.json", config)
+        write_json(out_dir / "preprocessor_config.json", self.arch.preprocessor_config())
+        write_json(out_dir / "video_preprocessor_config.json", self.arch.video_preprocessor_config())
+        write_json(out_dir / "chat_template.json", {"chat_template": VL_CHAT_TEMPLATE})
+        write_json(out_dir / "generation_config.json",
                     {"eos_token_id": [ids[EOS_TOKEN], ids[IM_END]], "pad_token_id": ids[EOS_TOKEN], "do_sample": False})
         processor = AutoProcessor.from_pretrained(str(out_dir))
         s = self.train
@@ -241,38 +241,16 @@ class Qwen3VLStandin:
 
     def _train(self, model, processor, im_end_id: int) -> list[float]:
         import torch
-        import torch.nn.functional as F
 
         s = self.train
-        gen = torch.Generator().manual_seed(s.seed)
-        opt = torch.optim.AdamW(model.parameters(), lr=s.lr, betas=s.betas, eps=1e-8, weight_decay=0.0,
-                                foreach=False)
-        model.train()
-        losses = []
-        tok = processor.tokenizer
-        for step in range(s.steps):
+
+        def draw(gen):
             seeds = torch.randint(0, 1_000_000, (s.batch_size,), generator=gen).tolist()
             qs = [QUESTIONS[i] for i in torch.randint(0, len(QUESTIONS), (s.batch_size,), generator=gen).tolist()]
-            enc, prompts, answers = self._batch(processor, seeds, qs)
-            labels = torch.full_like(enc["input_ids"], -100)
-            for row, (p, a) in enumerate(zip(prompts, answers)):
-                # the prompt's expanded length: its ids up to the generation prompt (right padding)
-                n_answer = len(tok(a, add_special_tokens=False)["input_ids"])
-                n = int(enc["attention_mask"][row].sum())
-                labels[row, n - n_answer:n] = enc["input_ids"][row, n - n_answer:n]
-            out = model(**enc, use_cache=False)
-            logits = out.logits[:, :-1].float()
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100)
-            for g in opt.param_groups:
-                g["lr"] = lr_at(step, TrainSettings(steps=s.steps, lr=s.lr, min_lr_ratio=s.min_lr_ratio,
-                                                    warmup_steps=s.warmup_steps))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
-            opt.step()
-            losses.append(float(loss.detach()))
-        model.eval()
-        return losses
+            enc, _, answers = self._batch(processor, seeds, qs)
+            return enc, answers
+
+        return train_answers(model, processor.tokenizer, s, draw)
 
     def _held_out_fit(self, model, processor) -> dict:
         """Greedy answers to held-out scenes: the share exactly right, per question."""
@@ -295,15 +273,3 @@ def _all_scenes():
     from .synthetic import COLOURS, KINDS, Scene
 
     return [Scene(c, k, n) for c in COLOURS for k in KINDS for n in (1, 2, 3)]
-
-
-def _synthetic_digest() -> str:
-    """sha256 of the synthetic generator's source: a change to the images changes the stand-in."""
-    import hashlib
-    from importlib import resources
-
-    return hashlib.sha256(resources.files(__package__).joinpath("synthetic.py").read_bytes()).hexdigest()[:16]
-
-
-def _write_json(path: Path, obj) -> None:
-    path.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")

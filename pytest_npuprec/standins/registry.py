@@ -13,6 +13,7 @@ from .ernie_moe import ErnieMoeArch
 from .guard import GUARD
 from .llama import LlamaArch, LlamaStandin
 from .minicpm import MiniCPMStandin
+from .qwen2_audio import Qwen2AudioStandin
 from .qwen3 import Qwen3Arch
 from .qwen3_moe import Qwen3MoeArch
 from .qwen3_vl import Qwen3VLStandin
@@ -98,6 +99,16 @@ STANDINS: dict[str, StandinSpec] = {
             "interleaved M-RoPE 12/10/10, untied LM head, vocab 1024 byte-level BPE with the Qwen-VL vision "
             "tokens) and a 2-block vision tower (hidden 128, patch 16, 2x2 merge, one deepstack merger); trained "
             "on seeded synthetic images (standins/synthetic.py shapes) to name their colour, shape and count"
+        ),
+    ),
+    "tiny-Qwen2-Audio-7B-Instruct": Qwen2AudioStandin(
+        name="tiny-Qwen2-Audio-7B-Instruct",
+        description=(
+            "Qwen2AudioForConditionalGeneration: 2-layer Qwen2 text stack (4 heads x head_dim 64, 2 KV heads, "
+            "q/k/v bias, untied LM head, vocab 1024 byte-level BPE with the Qwen2-Audio audio tokens) and a "
+            "2-layer Whisper-style audio encoder (d_model 128, 80 mel bins, a 2 s window: 1 s = 25 audio tokens) "
+            "with its projector; trained on seeded synthetic sounds (standins/synthetic_audio.py) to name their "
+            "kind, pitch and loudness (it tells noise from a tonal sound, not a tone from a chirp)"
         ),
     ),
     # no real model behind it: deep enough (4 layers) for the layer-by-layer diagnosis to name one layer

@@ -41,3 +41,15 @@ def standin_key(spec: StandinSpec, length: int = 12) -> str:
     material = {"builder_version": BUILDER_VERSION, "name": spec.name, **spec.key_material()}
     blob = json.dumps(material, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(blob).hexdigest()[:length]
+
+
+def source_digest(filename: str) -> str:
+    """sha256 (16 hex) of one of this package's source files, for key material: a change to a generator of
+    training data (synthetic images, sounds) changes the stand-ins trained on it."""
+    from importlib import resources
+
+    return hashlib.sha256(resources.files(__package__).joinpath(filename).read_bytes()).hexdigest()[:16]
+
+
+def write_json(path: Path, obj) -> None:
+    path.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")

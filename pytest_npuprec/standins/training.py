@@ -151,6 +151,40 @@ def train(model, stream, starts, s: TrainSettings, sentence_entries=()) -> list[
     return losses
 
 
+
+def train_answers(model, tokenizer, s, draw) -> list[float]:
+    """Train ``model`` in place on prompt + answer batches: ``draw(gen)`` returns (encoded batch, answers) with
+    the rows right-padded and each row's text ending in its answer; the loss is on the answer tokens only. ``s``
+    gives seed, steps, lr, min_lr_ratio, warmup_steps, betas and grad_clip. Returns the per-step loss."""
+    import torch
+    import torch.nn.functional as F
+
+    gen = torch.Generator().manual_seed(s.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=s.lr, betas=s.betas, eps=1e-8, weight_decay=0.0, foreach=False)
+    schedule = TrainSettings(steps=s.steps, lr=s.lr, min_lr_ratio=s.min_lr_ratio, warmup_steps=s.warmup_steps)
+    model.train()
+    losses = []
+    for step in range(s.steps):
+        enc, answers = draw(gen)
+        labels = torch.full_like(enc["input_ids"], -100)
+        for row, a in enumerate(answers):  # right padding: the answer ends where the row's mask does
+            n_answer = len(tokenizer(a, add_special_tokens=False)["input_ids"])
+            n = int(enc["attention_mask"][row].sum())
+            labels[row, n - n_answer:n] = enc["input_ids"][row, n - n_answer:n]
+        out = model(**enc, use_cache=False)
+        logits = out.logits[:, :-1].float()
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, schedule)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
+        opt.step()
+        losses.append(float(loss.detach()))
+    model.eval()
+    return losses
+
+
 def loss_summary(losses: list[float], points: int = 10) -> dict:
     """Compact loss-curve summary for the manifest."""
     every = max(1, len(losses) // points)

@@ -47,11 +47,11 @@ def test_text_positions_skip_rows_at_or_predicting_a_placeholder():
 
 def test_same_expansion_passes_and_a_different_one_names_both_lengths():
     expected = [1, 3, IMG, IMG, IMG, 4, 9]
-    check_expansion("m", [expected], [("img",)], [SimpleNamespace(prompt_token_ids=list(expected))], IMG)
-    check_expansion("m", [[1, 2]], None, [SimpleNamespace(prompt_token_ids=[9])], IMG)  # text prompts: not checked
+    check_expansion("m", [expected], [("img",)], [SimpleNamespace(prompt_token_ids=list(expected))], {"image": IMG})
+    check_expansion("m", [[1, 2]], None, [SimpleNamespace(prompt_token_ids=[9])], {"image": IMG})  # text prompts: not checked
     with pytest.raises(ExpansionMismatch) as info:
         check_expansion("m", [expected], [("img",)],
-                        [SimpleNamespace(prompt_token_ids=[1, 3, IMG, IMG, IMG, IMG, 4, 9])], IMG)
+                        [SimpleNamespace(prompt_token_ids=[1, 3, IMG, IMG, IMG, IMG, 4, 9])], {"image": IMG})
     message = str(info.value)
     assert "m: image prompt 1" in message and "8 tokens with 4 image tokens" in message
     assert "reference to 7 tokens with 3 image tokens" in message and "position 5" in message
