@@ -32,6 +32,15 @@ def refuse_taps(model: str, taps: Any) -> str | None:
             "yet; run it with --npuprec-reference live")
 
 
+def refuse_media(model: str, media: Any) -> str | None:
+    """Why a sequence with images or sounds cannot be recorded or replayed (None: it has none). A baseline keys a
+    sequence by its token ids, and two prompts of one text with other media have the same ids."""
+    if not any(media):
+        return None
+    return (f"{model}: its prompts carry images or sounds, and baselines key a sequence by its token ids only (two "
+            "prompts of one text with other media would share one recording); run it with --npuprec-reference live")
+
+
 class RecordingReference:
     """A Runner (capture/session.py): the TransformersRunner it wraps, plus what a baseline needs."""
 
@@ -72,13 +81,16 @@ class RecordingReference:
         self.inner.__exit__(*exc)
 
     def generate(self, prompts: Sequence[Sequence[int]], max_tokens: int, **media: Any) -> list[tuple[int, ...]]:
+        refused = refuse_media(self.model, [m for per_prompt in media.get("images") or () for m in per_prompt])
+        if refused:
+            raise BaselineError(refused)
         out = self.inner.generate(prompts, max_tokens, **media)
         self.generated.update({tuple(p): tuple(g) for p, g in zip(prompts, out, strict=True)})
         return out
 
     def score(self, requests: Sequence[ScoreRequest]) -> None:
         for request in requests:
-            refused = refuse_taps(self.model, request.taps)
+            refused = refuse_taps(self.model, request.taps) or refuse_media(self.model, request.images)
             if refused:
                 raise BaselineError(refused)
             self._score_one(request)

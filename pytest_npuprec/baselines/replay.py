@@ -18,7 +18,7 @@ from ..measure.routing import TAP as ROUTING_TAP
 from ..runners.scoring import ScoreRequest
 from . import BaselineError, update_command
 from .lm_head import checksum_mismatch, rebuild
-from .record import refuse_taps
+from .record import refuse_media, refuse_taps
 from .store import ReferenceBaseline
 
 
@@ -54,7 +54,9 @@ class BaselineReference:
                              f"{update_command(self.model)}")
 
     def generate(self, prompts: Sequence[Sequence[int]], max_tokens: int, **media: Any) -> list[tuple[int, ...]]:
-        # images need no replaying: the baseline's provenance holds each image's sha256 (a changed one is stale)
+        refused = refuse_media(self.model, [m for per_prompt in media.get("images") or () for m in per_prompt])
+        if refused:
+            raise BaselineError(refused)
         if max_tokens != self.baseline.max_tokens:
             raise self._stale(f"recorded with max_tokens {self.baseline.max_tokens}, asked for {max_tokens}")
         out = []
@@ -67,7 +69,7 @@ class BaselineReference:
 
     def score(self, requests: Sequence[ScoreRequest]) -> None:
         for request in requests:
-            refused = refuse_taps(self.model, request.taps)
+            refused = refuse_taps(self.model, request.taps) or refuse_media(self.model, request.images)
             if refused:
                 raise BaselineError(refused)
             self._score_one(request.tokens, request.positions, request.out)

@@ -438,6 +438,22 @@ def test_taps_a_baseline_does_not_store_are_refused_with_the_clear_message(recor
             ref.score([ScoreRequest(first.scored, first.positions, tmp_path / "x.npy", taps)])
 
 
+def test_prompts_with_images_or_sounds_are_refused_not_replayed_by_token_ids(recorded, tmp_path):
+    """Two prompts of one text with other media have the same ids: a baseline keyed by ids would replay one's rows for
+    the other, so media are refused both ways (generate and score) with the way out named."""
+    config, path, root, _ = recorded
+    first = load_reference(root / "tiny-llama", "tiny-llama").prompts[0]
+    message = r"tiny-llama: its prompts carry images or sounds, .* run it with --npuprec-reference live"
+    s = bl.open_session(config, bl.BaselineOptions("baseline", root), path, _inputs(config, path))
+    with s.reference_factory(lambda: None)() as ref:
+        with pytest.raises(BaselineError, match=message):
+            ref.score([ScoreRequest(first.scored, first.positions, tmp_path / "x.npy", images=("an image",))])
+        with pytest.raises(BaselineError, match=message):
+            ref.generate([first.scored], 4, images=[("an image",)])
+        assert ref.generate([first.scored[: len(first.scored) - len(first.generated)]], len(first.generated),
+                            images=[()]) == [first.generated]
+
+
 # --- the drift rule, on fabricated records -------------------------------------------------------------------
 
 HW = {"platform": "cpu", "device_name": "Test CPU", "versions": {"vllm": "0.32"}}
