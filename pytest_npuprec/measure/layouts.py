@@ -6,8 +6,9 @@ engine's step logits judge it a tie (the configured token scored within the tie 
 metrics/tokens.py) or a mismatch.
 
 Routing (a MoE model): at each scored position and MoE layer the two engines' expert sets; a differing pair is a
-*tie* when the experts on which they differ all lie within the routing tie margin of one another in the FP32
-reference's router logits (BF16 arithmetic alone could order them either way), else a *flip*.
+*tie* when each set is within the routing tie margin of the FP32 reference's choice (measure/routing.py's rule,
+on the compact reference a baseline keeps too: BF16 arithmetic alone could order those experts either way), else
+a *flip*.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from ..capture.records import ModelCapture, PromptCapture
 from ..capture.steps import steps_side
 from ..config.schema import ParallelLayoutsCheck, PrecisionConfig, ServeConfig, layout_label
 from ..metrics.tokens import MISMATCH, NONFINITE, continuation_agreement
-from .routing import TAP, RoutingMeasurement, bf16_ulp, measure_routing
+from .routing import TAP, RoutingMeasurement, compare_compact, measure_routing, reference_routes
 from .thresholds import Measurements, measure
 
 CONFIGURED = "device"  # the configured layout's side
@@ -117,30 +118,26 @@ def _divergence(record: PromptCapture, side: str, margin: float | None) -> Token
     return TokenDivergence(record.prompt.id, k, a, b, gap, status)
 
 
-def route_sets_differ(reference_logits: np.ndarray, ids_a: np.ndarray, ids_b: np.ndarray,
+def route_sets_differ(reference: dict[str, np.ndarray], ids_a: np.ndarray, ids_b: np.ndarray,
                       tie_margin: float | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """For [N x L x E] reference router logits and two [N x L x k] expert id arrays: (exact, tie, spread, invalid),
-    each [N x L]. spread: the reference logits' range over the experts in one set only (0 where the sets are
-    equal); a tie: sets differing only among experts within `tie_margin` of one another (None: one BF16 ulp of
-    the largest of them)."""
-    ref = np.asarray(reference_logits, dtype=np.float64)
-    n_experts = ref.shape[-1]
-    a, b = (np.asarray(x).astype(np.int64) for x in (ids_a, ids_b))
-    invalid = ~np.isfinite(ref).all(axis=-1) | ((a < 0) | (a >= n_experts) | (b < 0) | (b >= n_experts)).any(-1)
+    """For a compact FP32 reference (measure/routing.py: a live run's router logits compacted, or a baseline's) and
+    two [N x L x k] expert id arrays: (exact, tie, spread, invalid), each [N x L]. Two sets that differ are a tie
+    when each is within the tie margin of the reference's choice (the routing check's own rule, so a live and a
+    replayed reference judge alike); spread: the larger of the two sets' margins to the reference (0 where the sets
+    are equal)."""
+    agree_a, _, margin_a, invalid_a = compare_compact(reference, ids_a, tie_margin)
+    agree_b, _, margin_b, invalid_b = compare_compact(reference, ids_b, tie_margin)
+    n_experts = np.asarray(reference["gaps"]).shape[-1]
     chosen = []
-    for ids in (a, b):
-        mask = np.zeros(ref.shape, dtype=bool)
-        np.put_along_axis(mask, np.clip(ids, 0, n_experts - 1), True, axis=-1)
+    for ids in (ids_a, ids_b):
+        mask = np.zeros(np.asarray(reference["gaps"]).shape, dtype=bool)
+        np.put_along_axis(mask, np.clip(np.asarray(ids).astype(np.int64), 0, n_experts - 1), True, axis=-1)
         chosen.append(mask)
-    differ = chosen[0] ^ chosen[1]
-    exact = ~differ.any(axis=-1)
-    safe = np.where(np.isfinite(ref), ref, 0.0)
-    high = np.where(differ, safe, -np.inf).max(axis=-1)
-    low = np.where(differ, safe, np.inf).min(axis=-1)
-    spread = np.where(exact, 0.0, high - low)
-    margin = bf16_ulp(np.where(exact, 0.0, high)) if tie_margin is None else tie_margin
-    tie = ~exact & (spread <= margin) & ~invalid
-    return exact & ~invalid, tie, spread, invalid
+    same = (chosen[0] == chosen[1]).all(axis=-1)
+    invalid = invalid_a | invalid_b
+    tie = ~same & agree_a & agree_b & ~invalid
+    spread = np.where(same, 0.0, np.maximum(margin_a, margin_b))
+    return same & ~invalid, tie, spread, invalid
 
 
 def _compare_routing(m: LayoutMeasurement, records: list[PromptCapture], tie_margin: float | None) -> None:
@@ -151,8 +148,9 @@ def _compare_routing(m: LayoutMeasurement, records: list[PromptCapture], tie_mar
             continue
         ref, a, b = (record.tap(TAP, s) for s in ("reference", CONFIGURED, m.side))
         layers = [int(x) for x in ref["layers"]]
-        exact, tie, spread, invalid = route_sets_differ(ref["router_logits"], a["expert_ids"], b["expert_ids"],
-                                                        tie_margin)
+        # a live reference's router logits compacted, or a baseline replay's compact form, checked for its margin
+        compact = reference_routes(ref, tie_margin, record.prompt.id)
+        exact, tie, spread, invalid = route_sets_differ(compact, a["expert_ids"], b["expert_ids"], tie_margin)
         m.routes += int(exact.size)
         m.route_ties += int(np.count_nonzero(tie))
         for row, col in zip(*np.nonzero(invalid)):

@@ -41,7 +41,9 @@ def test_vl_standin_passes_and_its_text_depends_on_the_image(run_suite, repo_con
     assert [(i["prompt_id"], i["image"], i["tokens"]) for i in vision["images"]] == [
         ("describe", 0, 9), ("colour-red", 0, 9), ("colour-blue", 0, 9), ("count", 0, 9), ("two-images", 0, 9),
         ("two-images", 1, 4)]
-    assert len(vision["mrope"]) == 6 and not any(p["differing"] for p in vision["mrope"])
+    # every compared prompt's positions, the text-only and length prompts too (their M-RoPE rows are text rows)
+    assert sorted(p["prompt_id"] for p in vision["mrope"]) == sorted(p["id"] for p in report["prompts"]), vision["mrope"]
+    assert len(vision["mrope"]) > 6 and not any(p["differing"] for p in vision["mrope"])
     assert all(i["worst_part"]["vision_relative_l2"] in ("embeddings", "deepstack 0") for i in vision["images"])
     for text in (markdown, result.stdout.str()):
         assert "vision rel. L2" in text and "M-RoPE" in text

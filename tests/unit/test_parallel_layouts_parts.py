@@ -11,6 +11,7 @@ from pytest_npuprec.measure.layouts import (
     TokenDivergence,
     route_sets_differ,
 )
+from pytest_npuprec.measure.routing import compact_routes
 from pytest_npuprec.measure.thresholds import Cells, Measurements, PromptSummary
 from pytest_npuprec.runners.layouts import UnsupportedLayout, layout_serve, refuse_unsupported_layouts
 from pytest_npuprec.verdicts.layouts import judge_parallel_layouts
@@ -82,10 +83,10 @@ def test_route_sets_differing_among_near_tied_experts_are_ties_and_others_flips(
     ref = np.array([[[3.0, 2.0, 1.99, -4.0]], [[3.0, 2.0, 1.99, -4.0]], [[3.0, 2.0, 1.99, -4.0]]])
     a = np.array([[[0, 1]], [[0, 1]], [[0, 1]]])
     b = np.array([[[1, 0]], [[0, 2]], [[0, 3]]])  # the same set; a near-tie swap (0.01 apart); a flip (6 apart)
-    exact, tie, spread, invalid = route_sets_differ(ref, a, b, tie_margin=0.05)
+    exact, tie, spread, invalid = route_sets_differ(compact_routes(ref, 2, 0.05), a, b, tie_margin=0.05)
     assert exact[:, 0].tolist() == [True, False, False] and tie[:, 0].tolist() == [False, True, False]
     assert spread[2, 0] == pytest.approx(6.0) and not invalid.any()
-    _, _, _, invalid = route_sets_differ(np.full((1, 1, 4), np.nan), a[:1], b[:1], 0.05)
+    _, _, _, invalid = route_sets_differ(compact_routes(np.full((1, 1, 4), np.nan), 2, 0.05), a[:1], b[:1], 0.05)
     assert invalid.all()  # NaN router logits never compare
 
 
@@ -103,6 +104,22 @@ def _layouts(tmp_path, against_configured=0.05, divergences=(), flips=()) -> tup
                           _measurements(against_configured), _measurements(0.05), None, routes=4, route_ties=1,
                           route_flips=list(flips))
     return c.checks.parallel_layouts, ParallelLayoutsMeasurement("tensor_parallel_size=1", [m])
+
+
+def test_a_replayed_reference_judges_layout_routes_as_the_live_one():
+    """Under a baseline the reference's routing is the compact form only (no router logits): the layout check takes
+    the compact form in both cases, so a replay judges exactly as the live reference does."""
+    from pytest_npuprec.measure.routing import reference_routes
+
+    rng = np.random.default_rng(3)
+    logits = rng.normal(size=(400, 2, 8)).astype(np.float32)
+    a, b = (np.argsort(-(logits + rng.normal(scale=s, size=logits.shape)), axis=-1)[..., :2] for s in (0.0, 0.05))
+    live = route_sets_differ(reference_routes({"router_logits": logits, "top_k": 2}, 0.04, "p"), a, b, 0.04)
+    replay = {**compact_routes(logits, 2, 0.04), "top_k": 2, "tie_margin": 0.04}
+    replayed = route_sets_differ(reference_routes(replay, 0.04, "p"), a, b, 0.04)
+    assert live[1].any() and (~live[0] & ~live[1]).any()  # ties and flips both occur
+    for x, y in zip(live, replayed):
+        np.testing.assert_array_equal(x, y)
 
 
 def test_clean_layouts_pass_with_their_figures(tmp_path):
